@@ -1,0 +1,155 @@
+//! The admin actor: owns the accept loop on the node's pre-bound admin listener and one task per
+//! connection, speaking PROTOCOL.md (newline-delimited JSON). Supervised by the root.
+//!
+//! The accept loop runs in a task the actor owns (aborted in `post_stop`), never inside a
+//! handler, because a handler blocked on `accept()` could not be stopped (ractor runs one
+//! handler at a time). Connections are bounded by a semaphore (`max_connections`; the next one
+//! gets one `overloaded` line), lines by `max_line_bytes`, idleness by `idle_timeout`.
+
+mod commands;
+mod conn;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::args::AdminArgs;
+use crate::dispatcher::DispatcherLink;
+use crate::journal::Journal;
+use crate::link::Link;
+use crate::metrics as m;
+use crate::protocol::{error_line, ApiError, ErrorCode};
+use crate::supervisor::{ChildSpec, SupervisorMsg};
+
+pub use self::commands::ShutdownRequest;
+
+/// What every connection needs to serve commands.
+pub struct AdminCtx {
+    /// Limits and token.
+    pub limits: AdminArgs,
+    /// Read side of job state.
+    pub journal: Journal,
+    /// Decisions.
+    pub dispatcher: DispatcherLink,
+    /// The root supervisor, for `tree`.
+    pub root: Link<SupervisorMsg>,
+    /// The node's name for `ping`.
+    pub node_name: String,
+    /// When the node started.
+    pub started: std::time::Instant,
+    /// Where `shutdown` asks the node to stop.
+    pub shutdown: watch::Sender<Option<ShutdownRequest>>,
+}
+
+/// The admin actor (stateless shell).
+pub struct Admin;
+
+/// What an admin incarnation starts with.
+pub struct AdminStart {
+    /// The bound listener (std, so each incarnation can take a clone).
+    pub listener: Arc<std::net::TcpListener>,
+    /// Shared context.
+    pub ctx: Arc<AdminCtx>,
+}
+
+/// The admin actor's state: its accept task and the signal that closes its connections.
+pub struct AdminState {
+    accept: JoinHandle<()>,
+    closing: watch::Sender<bool>,
+}
+
+impl Actor for Admin {
+    type Msg = ();
+    type State = AdminState;
+    type Arguments = AdminStart;
+
+    async fn pre_start(&self, _me: ActorRef<()>, start: AdminStart) -> Result<AdminState, ActorProcessingErr> {
+        let std_listener = start.listener.try_clone()?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener)?;
+        let (closing, closed) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, start.ctx, closed));
+        Ok(AdminState { accept, closing })
+    }
+
+    async fn post_stop(&self, _me: ActorRef<()>, st: &mut AdminState) -> Result<(), ActorProcessingErr> {
+        st.accept.abort();
+        let _ = st.closing.send(true);
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the connections we have.
+                warn!(actor = "root/admin", error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let err = ApiError::new(
+                ErrorCode::Overloaded,
+                format!("too many admin connections (at most {}); try again later", ctx.limits.max_connections),
+            );
+            metrics::counter!(m::ADMIN_REQUESTS, "cmd" => "connect", "outcome" => "overloaded").increment(1);
+            tokio::spawn(async move {
+                let _ = stream.write_all(format!("{}\n", error_line(None, &err)).as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let ctx = ctx.clone();
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            metrics::gauge!(m::ADMIN_CONNECTIONS).increment(1.0);
+            conn::serve(stream, peer, ctx, closed).await;
+            metrics::gauge!(m::ADMIN_CONNECTIONS).decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+/// The recipe for the admin actor under the root.
+pub struct AdminSpec {
+    /// The bound listener.
+    pub listener: Arc<std::net::TcpListener>,
+    /// Shared context.
+    pub ctx: Arc<AdminCtx>,
+}
+
+impl AdminSpec {
+    /// The address the admin port listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+impl ChildSpec for AdminSpec {
+    fn name(&self) -> String {
+        "admin".into()
+    }
+    fn kind(&self) -> &'static str {
+        "admin"
+    }
+    fn spawn(&self, supervisor: ActorCell, _path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+        let start = AdminStart { listener: self.listener.clone(), ctx: self.ctx.clone() };
+        Box::pin(async move {
+            let (r, _) = Actor::spawn_linked(None, Admin, start, supervisor).await?;
+            info!(actor = "root/admin", "admin port open");
+            Ok(r.get_cell())
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! The typed arguments a node runs with. The root crate turns the TOML config into these once,
+//! with every default filled in, so actors never see an `Option` that means "use the default".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::job::Priority;
+
+/// Everything [`crate::node::Node::start`] needs.
+#[derive(Debug, Clone)]
+pub struct NodeArgs {
+    /// The node's name, reported by `ping` and in alerts.
+    pub name: String,
+    /// Where the journal (sled) lives; created if missing.
+    pub data_dir: PathBuf,
+    /// How long a graceful stop waits for running jobs.
+    pub shutdown_timeout: Duration,
+    /// The admin port.
+    pub admin: AdminArgs,
+    /// Queueing, retention and cancellation limits.
+    pub jobs: JobsArgs,
+    /// Restart policy of the root supervisor (for the dispatcher, admin and pipeline supervisors).
+    pub restart: RestartPolicy,
+    /// The pipelines to start; `builtin` is always among them.
+    pub pipelines: Vec<PipelineArgs>,
+    /// Routing rules, first match wins.
+    pub routes: Vec<RouteArgs>,
+}
+
+/// The admin actor's listener and limits (PROTOCOL.md, "Framing").
+#[derive(Debug, Clone)]
+pub struct AdminArgs {
+    /// Address to bind; port 0 picks a free one (tests).
+    pub listen: SocketAddr,
+    /// Connections served at once; the next gets `overloaded`.
+    pub max_connections: usize,
+    /// Longest request line; longer gets `too_large` and the connection is closed.
+    pub max_line_bytes: usize,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// Shared secret required by every command but `ping`, when set.
+    pub token: Option<String>,
+}
+
+/// Limits on jobs as a whole.
+#[derive(Debug, Clone)]
+pub struct JobsArgs {
+    /// Unfinished jobs the node holds at most; beyond it a submit gets `overloaded`.
+    pub max_queued: usize,
+    /// A normal or low job waiting longer than this is promoted one level (anti-starvation).
+    pub max_wait: Duration,
+    /// Finished jobs are kept this long, then compacted away.
+    pub retention: Duration,
+    /// How long a cancelled running job may take to stop before it is aborted.
+    pub cancel_grace: Duration,
+}
+
+/// When and how often a failed job is retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles each time.
+    pub base_delay: Duration,
+    /// Cap on the delay.
+    pub max_delay: Duration,
+}
+
+/// How a supervisor restarts its children (OTP's restart intensity, with backoff).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// Backoff before the first restart of a child.
+    pub min_backoff: Duration,
+    /// Cap on the backoff.
+    pub max_backoff: Duration,
+    /// Relative jitter applied to each backoff, 0.0 ..= 1.0.
+    pub jitter: f64,
+    /// At most this many restarts ...
+    pub max_restarts: u32,
+    /// ... within this window; one more and the supervisor fails itself (escalation).
+    pub within: Duration,
+}
+
+/// One pipeline: its supervisor, workers and (for upstream pipelines) limiter and breaker.
+#[derive(Debug, Clone)]
+pub struct PipelineArgs {
+    /// `builtin`, `sec`, `yahoo`, `alphavantage`.
+    pub name: String,
+    /// Ingestion workers.
+    pub workers: usize,
+    /// Job retry policy.
+    pub retry: RetryPolicy,
+    /// How the pipeline supervisor restarts its workers.
+    pub restart: RestartPolicy,
+}
+
+/// Routes job names matching `pattern` (a glob such as `sec.*`) to a pipeline and priority.
+#[derive(Debug, Clone)]
+pub struct RouteArgs {
+    /// Glob over job names.
+    pub pattern: String,
+    /// Pipeline override; by default a job goes to the pipeline named before its first dot.
+    pub pipeline: Option<String>,
+    /// Default priority for matching jobs when the submit gives none.
+    pub priority: Option<Priority>,
+}
+
+impl RestartPolicy {
+    /// Defaults used when the config says nothing: 100 ms .. 10 s, 10 % jitter, 10 in 60 s.
+    pub const DEFAULT: RestartPolicy = RestartPolicy {
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(10),
+        jitter: 0.1,
+        max_restarts: 10,
+        within: Duration::from_secs(60),
+    };
+}
+
+impl RetryPolicy {
+    /// Defaults: 3 retries, 2 s doubling to 10 min (UPSTREAMS.md).
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(600),
+    };
+}

@@ -1,0 +1,179 @@
+//! The dispatcher: the node's single owner of job state. It journals every transition, routes
+//! submitted jobs to their pipeline's [`RunQueue`], hands the next job to a worker that said it
+//! is ready (workers pull; nothing is prefetched), holds delayed and retrying jobs on one timer,
+//! and decides each outcome: success, retry with backoff, dead-letter.
+//!
+//! One actor owns all of this so that dedup, the queue bound and every transition are decided in
+//! one place without locks. Reads that need no decision (`status`, `list`, `history`) go to the
+//! journal directly, which is always current because the dispatcher writes before it answers.
+//!
+//! On start (the node's boot, or a restart by the root supervisor) it replays the journal:
+//! pending, retrying and running jobs go back to their queues.
+
+mod core;
+mod views;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use crate::args::{JobsArgs, RetryPolicy};
+use crate::job::{JobId, JobRecord};
+use crate::journal::Journal;
+use crate::protocol::{ApiError, SubmitSpec};
+use crate::routing::Router;
+use crate::tasks::TaskResult;
+use crate::worker::WorkerMsg;
+
+pub use self::core::DispatcherState;
+pub use self::views::{Accepted, PipelineView, QueueDepths, Stats, WorkersView};
+
+/// How often finished jobs past their retention are compacted away.
+const COMPACT_EVERY: Duration = Duration::from_secs(3600);
+
+/// Where workers and the admin actor find the current dispatcher.
+pub type DispatcherLink = crate::link::Link<DispatcherMsg>;
+
+/// One pipeline as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct PipelineInfo {
+    /// Its name.
+    pub name: String,
+    /// Retry policy for its jobs.
+    pub retry: RetryPolicy,
+    /// The job names it serves.
+    pub tasks: Vec<String>,
+}
+
+/// What the dispatcher starts with.
+#[derive(Clone)]
+pub struct DispatcherArgs {
+    /// The journal.
+    pub journal: Journal,
+    /// Limits.
+    pub jobs: JobsArgs,
+    /// The pipelines, by index.
+    pub pipelines: Vec<PipelineInfo>,
+    /// Routing rules.
+    pub router: Router,
+    /// Set to this incarnation in `pre_start`.
+    pub link: DispatcherLink,
+}
+
+/// Messages the dispatcher accepts.
+pub enum DispatcherMsg {
+    /// Accept jobs: validated, routed, journaled (not yet fsync'd: the caller awaits
+    /// [`Journal::durable`] before it answers the client). All or none.
+    Submit(Vec<SubmitSpec>, RpcReplyPort<Result<Vec<Accepted>, ApiError>>),
+    /// A worker is idle.
+    WorkerReady {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+    },
+    /// A worker finished a job (and is idle again).
+    JobDone {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+        /// The job.
+        job_id: JobId,
+        /// The task's outcome.
+        outcome: TaskResult,
+        /// How long the attempt took.
+        elapsed: Duration,
+    },
+    /// A worker is gone (crashed, stopped, or its pipeline went down).
+    WorkerDown {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The gone incarnation.
+        worker: ActorId,
+        /// Why.
+        reason: String,
+    },
+    /// A delayed or retrying job may be due.
+    Tick,
+    /// Remove finished jobs past their retention.
+    Compact,
+    /// Counts for `stats`.
+    Stats(RpcReplyPort<Stats>),
+    /// Every pipeline's state.
+    Pipelines(RpcReplyPort<Vec<PipelineView>>),
+    /// Pause (true) or resume (false) a pipeline.
+    SetPaused(String, bool, RpcReplyPort<Result<PipelineView, ApiError>>),
+    /// Cancel a job.
+    Cancel(JobId, RpcReplyPort<Result<JobRecord, ApiError>>),
+    /// Send a failed or cancelled job back to its queue.
+    Retry(JobId, RpcReplyPort<Result<JobRecord, ApiError>>),
+    /// Stop taking work; answer once no job runs.
+    Drain(RpcReplyPort<()>),
+}
+
+/// The dispatcher actor.
+pub struct Dispatcher;
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(&self, me: ActorRef<DispatcherMsg>, args: DispatcherArgs) -> Result<DispatcherState, ActorProcessingErr> {
+        let link = args.link.clone();
+        let mut st = DispatcherState::new(args);
+        let replayed = st.replay()?;
+        info!(actor = "root/dispatcher", replayed, "journal replayed");
+        link.set(me.clone());
+        st.arm_timer(&me);
+        me.send_interval(COMPACT_EVERY, || DispatcherMsg::Compact);
+        let _ = me.cast(DispatcherMsg::Compact);
+        Ok(st)
+    }
+
+    async fn handle(&self, me: ActorRef<DispatcherMsg>, msg: DispatcherMsg, st: &mut DispatcherState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Submit(specs, reply) => {
+                let _ = reply.send(st.submit(specs));
+            }
+            DispatcherMsg::WorkerReady { pipeline, worker } => st.worker_ready(pipeline, worker),
+            DispatcherMsg::JobDone { pipeline, worker, job_id, outcome, elapsed } => {
+                st.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
+                st.worker_ready(pipeline, worker);
+            }
+            DispatcherMsg::WorkerDown { pipeline, worker, reason } => st.worker_down(pipeline, worker, &reason),
+            DispatcherMsg::Tick => st.tick(),
+            DispatcherMsg::Compact => st.compact(),
+            DispatcherMsg::Stats(reply) => {
+                let _ = reply.send(st.stats());
+            }
+            DispatcherMsg::Pipelines(reply) => {
+                let _ = reply.send(st.pipeline_views());
+            }
+            DispatcherMsg::SetPaused(name, paused, reply) => {
+                let _ = reply.send(st.set_paused(&name, paused));
+            }
+            DispatcherMsg::Cancel(id, reply) => {
+                let _ = reply.send(st.cancel(id));
+            }
+            DispatcherMsg::Retry(id, reply) => {
+                let _ = reply.send(st.retry(id));
+            }
+            DispatcherMsg::Drain(reply) => st.drain(reply),
+        }
+        st.flush_journal();
+        st.arm_timer(&me);
+        Ok(())
+    }
+
+    async fn post_stop(&self, me: ActorRef<DispatcherMsg>, st: &mut DispatcherState) -> Result<(), ActorProcessingErr> {
+        st.flush_journal();
+        st.unlink(me.get_id());
+        if let Err(e) = st.journal().sync_now() {
+            warn!(actor = "root/dispatcher", error = %e, "final journal sync failed");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,679 @@
+//! The dispatcher's state and every decision it makes; the actor in `dispatcher.rs` only routes
+//! messages here. Changes made while handling one message are collected and written to the
+//! journal as one sled batch at the end of that message (`flush_journal`), so a finished job and
+//! the start of the next one cost one write.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use ractor::{ActorId, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::views::{Accepted, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView};
+use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
+use crate::args::JobsArgs;
+use crate::backoff::{random_unit, retry_delay};
+use crate::job::{now_ms, EventKind, JobEvent, JobId, JobRecord, JobStatus, Priority};
+use crate::journal::{Change, Journal};
+use crate::metrics as m;
+use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::queue::RunQueue;
+use crate::routing::Router;
+use crate::tasks::{TaskError, TaskResult};
+use crate::worker::{Ticket, WorkerMsg};
+
+/// Wait after a throttle signal that gave no Retry-After.
+const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+/// One pipeline's run state.
+struct Lane {
+    info: PipelineInfo,
+    queue: RunQueue,
+    idle: Vec<ActorRef<WorkerMsg>>,
+    workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+    /// Worker → the job it runs.
+    running: HashMap<ActorId, JobId>,
+    paused: bool,
+}
+
+/// An unfinished job in memory.
+struct Live {
+    rec: JobRecord,
+    lane: usize,
+    /// When it is due, while it waits on the timer.
+    due: Option<Instant>,
+    /// When it entered its queue.
+    queued_at: Instant,
+}
+
+/// Everything the dispatcher knows.
+pub struct DispatcherState {
+    journal: Journal,
+    limits: JobsArgs,
+    router: Router,
+    link: DispatcherLink,
+    lanes: Vec<Lane>,
+    lane_by_name: HashMap<String, usize>,
+    live: HashMap<JobId, Live>,
+    unique: HashMap<String, JobId>,
+    timers: BTreeSet<(Instant, JobId)>,
+    armed: Option<Instant>,
+    changes: Vec<Change>,
+    draining: bool,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+    totals: Totals,
+    started: Instant,
+}
+
+impl DispatcherState {
+    /// Fresh state; call [`DispatcherState::replay`] next.
+    pub fn new(args: DispatcherArgs) -> Self {
+        let lanes: Vec<Lane> = args
+            .pipelines
+            .into_iter()
+            .map(|info| Lane {
+                info,
+                queue: RunQueue::new(args.jobs.max_wait),
+                idle: Vec::new(),
+                workers: HashMap::new(),
+                running: HashMap::new(),
+                paused: false,
+            })
+            .collect();
+        let lane_by_name = lanes.iter().enumerate().map(|(i, l)| (l.info.name.clone(), i)).collect();
+        Self {
+            journal: args.journal,
+            limits: args.jobs,
+            router: args.router,
+            link: args.link,
+            lanes,
+            lane_by_name,
+            live: HashMap::new(),
+            unique: HashMap::new(),
+            timers: BTreeSet::new(),
+            armed: None,
+            changes: Vec::new(),
+            draining: false,
+            drain_waiters: Vec::new(),
+            totals: Totals::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Clears the shared link if it still points at `me`.
+    pub fn unlink(&self, me: ActorId) {
+        self.link.clear_if(me);
+    }
+
+    /// Puts every unfinished job of the journal back in memory: running ones were interrupted
+    /// (the node stopped or this actor restarted) and go back to their queue.
+    pub fn replay(&mut self) -> Result<usize, crate::journal::JournalError> {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let mut count = 0;
+        for mut rec in self.journal.unfinished()? {
+            let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
+                warn!(job_id = %rec.id, pipeline = %rec.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
+                continue;
+            };
+            count += 1;
+            let id = rec.id;
+            if let Some(k) = &rec.unique_key {
+                self.unique.insert(k.clone(), id);
+            }
+            if rec.status == JobStatus::Running {
+                rec.status = JobStatus::Pending;
+                self.totals.requeued += 1;
+                self.changes.push(change(&rec, EventKind::Requeued, Some("the node stopped while it ran".into())));
+            }
+            let due = rec.next_attempt_at.filter(|t| *t > now_ms).map(|t| now + Duration::from_millis((t - now_ms) as u64));
+            self.live.insert(id, Live { rec, lane, due: None, queued_at: now });
+            match due {
+                Some(due) => self.schedule(id, due),
+                None => self.enqueue(id, now, false),
+            }
+        }
+        self.flush_journal();
+        Ok(count)
+    }
+
+    /// Validates, routes, dedups and journals a batch of submits; all or none.
+    pub fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
+        if self.draining {
+            return Err(ApiError::new(ErrorCode::ShuttingDown, "the node is draining and accepts no new work"));
+        }
+        let batch = specs.len() > 1;
+        let mut routed = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let at = if batch { format!("jobs[{i}].job") } else { "job".to_string() };
+            routed.push(self.route(&spec.name, &at)?);
+        }
+        let fresh = specs.iter().filter(|s| s.unique_key.as_ref().is_none_or(|k| !self.unique.contains_key(k))).count();
+        if self.live.len() + fresh > self.limits.max_queued {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the queue is full: {} unfinished jobs, {} more asked, [jobs] max_queued = {}; retry later",
+                    self.live.len(),
+                    fresh,
+                    self.limits.max_queued
+                ),
+            ));
+        }
+        let now_ms = now_ms();
+        let mut accepted = Vec::with_capacity(specs.len());
+        let mut changes = Vec::with_capacity(specs.len());
+        let mut batch_keys: HashMap<String, JobId> = HashMap::new();
+        for (spec, (lane, priority)) in specs.into_iter().zip(routed) {
+            if let Some(k) = &spec.unique_key {
+                if let Some(&id) = self.unique.get(k).or_else(|| batch_keys.get(k)) {
+                    accepted.push(Accepted { job_id: id, deduplicated: true });
+                    continue;
+                }
+            }
+            let id = JobId::new();
+            if let Some(k) = &spec.unique_key {
+                batch_keys.insert(k.clone(), id);
+            }
+            let rec = JobRecord {
+                id,
+                pipeline: self.lanes[lane].info.name.clone(),
+                params: spec.params.to_string(),
+                priority: spec.priority.unwrap_or(priority),
+                status: JobStatus::Pending,
+                attempts: 0,
+                max_retries: spec.max_retries.unwrap_or(self.lanes[lane].info.retry.max_retries),
+                unique_key: spec.unique_key,
+                created_at: now_ms,
+                started_at: None,
+                completed_at: None,
+                next_attempt_at: spec.run_at.filter(|t| *t > now_ms),
+                error: None,
+                result: None,
+                parent_id: None,
+                workflow_id: None,
+                name: spec.name,
+            };
+            changes.push(change(&rec, EventKind::Submitted, None));
+            accepted.push(Accepted { job_id: id, deduplicated: false });
+        }
+        // Earlier changes of this handler (none today) must precede the submit in the journal.
+        self.flush_journal();
+        self.journal.write(&changes).map_err(|e| ApiError::internal(format!("journal write failed, nothing was accepted: {e}")))?;
+        let now = Instant::now();
+        for c in changes {
+            let rec = c.record;
+            let (id, lane) = (rec.id, self.lane_by_name[&rec.pipeline]);
+            metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
+            self.totals.submitted += 1;
+            if let Some(k) = &rec.unique_key {
+                self.unique.insert(k.clone(), id);
+            }
+            let due = rec.next_attempt_at.map(|t| now + Duration::from_millis((t - now_ms).max(0) as u64));
+            self.live.insert(id, Live { rec, lane, due: None, queued_at: now });
+            match due {
+                Some(due) => self.schedule(id, due),
+                None => self.enqueue(id, now, false),
+            }
+        }
+        self.pump_all();
+        Ok(accepted)
+    }
+
+    fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
+        let route = self.router.route(name);
+        let Some(&lane) = self.lane_by_name.get(&route.pipeline) else {
+            let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorCode::UnknownJob,
+                format!(
+                    "{at}: {name:?} matches no pipeline task: pipeline {:?} is not configured (configured: {})",
+                    route.pipeline,
+                    known.join(", ")
+                ),
+            ));
+        };
+        let info = &self.lanes[lane].info;
+        if !info.tasks.iter().any(|t| t == name) {
+            return Err(ApiError::new(
+                ErrorCode::UnknownJob,
+                format!("{at}: {name:?} matches no task of pipeline {:?}; its tasks are {}", info.name, info.tasks.join(", ")),
+            ));
+        }
+        Ok((lane, route.priority))
+    }
+
+    fn enqueue(&mut self, id: JobId, now: Instant, front: bool) {
+        let Some(live) = self.live.get_mut(&id) else { return };
+        live.queued_at = now;
+        live.due = None;
+        let q = &mut self.lanes[live.lane].queue;
+        if front {
+            q.push_front(id, live.rec.priority, now);
+        } else {
+            q.push(id, live.rec.priority, now);
+        }
+    }
+
+    fn schedule(&mut self, id: JobId, due: Instant) {
+        if let Some(live) = self.live.get_mut(&id) {
+            live.due = Some(due);
+            self.timers.insert((due, id));
+        }
+    }
+
+    /// A worker is idle: give it the next job, or keep it.
+    pub fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
+        let Some(l) = self.lanes.get_mut(lane) else { return };
+        let wid = worker.get_id();
+        l.workers.insert(wid, worker.clone());
+        if !l.idle.iter().any(|w| w.get_id() == wid) {
+            l.idle.push(worker);
+        }
+        self.pump(lane);
+    }
+
+    fn pump_all(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.pump(lane);
+        }
+    }
+
+    /// Starts jobs on idle workers while both exist.
+    fn pump(&mut self, lane: usize) {
+        if self.draining || self.lanes[lane].paused {
+            return;
+        }
+        let now = Instant::now();
+        let now_ms = now_ms();
+        loop {
+            let l = &mut self.lanes[lane];
+            if l.idle.is_empty() {
+                return;
+            }
+            let Some((q, _)) = l.queue.pop(now) else { return };
+            let Some(live) = self.live.get_mut(&q.id) else { continue };
+            if !matches!(live.rec.status, JobStatus::Pending | JobStatus::Retrying) {
+                continue;
+            }
+            let Some(worker) = l.idle.pop() else { return };
+            let rec = &mut live.rec;
+            let ticket = Ticket { job_id: rec.id, name: rec.name.clone(), params: rec.params.clone(), attempt: rec.attempts + 1 };
+            if worker.cast(WorkerMsg::Run(ticket)).is_err() {
+                // That worker is gone; its WorkerDown may still be on the way.
+                l.workers.remove(&worker.get_id());
+                l.queue.push_front(q.id, rec.priority, q.since);
+                continue;
+            }
+            rec.attempts += 1;
+            rec.status = JobStatus::Running;
+            rec.started_at = Some(now_ms);
+            rec.next_attempt_at = None;
+            l.running.insert(worker.get_id(), q.id);
+            metrics::histogram!(m::QUEUE_WAIT, "pipeline" => l.info.name.clone())
+                .record(now.saturating_duration_since(live.queued_at).as_secs_f64());
+            self.changes.push(change(rec, EventKind::Started, None));
+        }
+    }
+
+    /// A job's attempt ended.
+    pub fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult, elapsed: Duration) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.running.remove(&worker);
+        }
+        let Some(live) = self.live.get_mut(&id) else {
+            self.check_drained();
+            return; // cancelled while it ran
+        };
+        if live.rec.status != JobStatus::Running {
+            self.check_drained();
+            return;
+        }
+        let name = live.rec.name.clone();
+        metrics::histogram!(m::JOB_DURATION, "job_name" => name.clone()).record(elapsed.as_secs_f64());
+        match outcome {
+            Ok(value) => {
+                let rec = &mut live.rec;
+                rec.status = JobStatus::Succeeded;
+                rec.completed_at = Some(now_ms());
+                rec.error = None;
+                rec.result = Some(value.to_string());
+                debug!(job_id = %id, job_name = %name, attempt = rec.attempts, "succeeded");
+                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded").increment(1);
+                self.totals.succeeded += 1;
+                self.changes.push(change(rec, EventKind::Succeeded, None));
+                self.finish(id);
+            }
+            Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
+            Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
+            Err(TaskError::Throttled { message, retry_after }) => {
+                // A throttled attempt does not count: the upstream never did the work.
+                let rec = &mut live.rec;
+                rec.attempts = rec.attempts.saturating_sub(1);
+                rec.status = JobStatus::Retrying;
+                let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
+                rec.next_attempt_at = Some(now_ms() + wait.as_millis() as i64);
+                rec.error = Some(message.clone());
+                metrics::counter!(m::JOB_RETRIES, "job_name" => name, "error_type" => "throttled").increment(1);
+                self.changes.push(change(rec, EventKind::Retrying, Some(format!("throttled: {message}"))));
+                self.schedule(id, Instant::now() + wait);
+            }
+        }
+        self.check_drained();
+    }
+
+    fn retry_or_dead_letter(&mut self, id: JobId, msg: String, error_type: &'static str) {
+        let Some(live) = self.live.get_mut(&id) else { return };
+        let rec = &mut live.rec;
+        if rec.attempts > rec.max_retries {
+            let why = format!("{msg} (gave up after {} attempts)", rec.attempts);
+            return self.dead_letter(id, why);
+        }
+        let delay = retry_delay(&self.lanes[live.lane].info.retry, rec.attempts, random_unit());
+        rec.status = JobStatus::Retrying;
+        rec.next_attempt_at = Some(now_ms() + delay.as_millis() as i64);
+        rec.error = Some(msg.clone());
+        debug!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, delay_ms = delay.as_millis() as u64, "retry scheduled");
+        metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => error_type).increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried").increment(1);
+        self.totals.retried += 1;
+        self.changes.push(change(rec, EventKind::Retrying, Some(msg)));
+        self.schedule(id, Instant::now() + delay);
+    }
+
+    fn dead_letter(&mut self, id: JobId, msg: String) {
+        let Some(live) = self.live.get_mut(&id) else { return };
+        let rec = &mut live.rec;
+        rec.status = JobStatus::Failed;
+        rec.completed_at = Some(now_ms());
+        rec.error = Some(msg.clone());
+        info!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, error = %msg, "dead-lettered");
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "failed").increment(1);
+        metrics::counter!(m::DEAD_LETTER, "job_name" => rec.name.clone()).increment(1);
+        self.totals.failed += 1;
+        self.changes.push(change(rec, EventKind::DeadLettered, Some(msg)));
+        self.finish(id);
+    }
+
+    fn finish(&mut self, id: JobId) {
+        if let Some(live) = self.live.remove(&id) {
+            if let Some(k) = &live.rec.unique_key {
+                if self.unique.get(k) == Some(&id) {
+                    self.unique.remove(k);
+                }
+            }
+            if let Some(due) = live.due {
+                self.timers.remove(&(due, id));
+            }
+        }
+    }
+
+    /// A worker incarnation is gone: the job it ran goes back to its queue at once (the attempt
+    /// counts), or to the dead-letter queue when its retries are spent.
+    pub fn worker_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
+        let Some(l) = self.lanes.get_mut(lane) else { return };
+        l.workers.remove(&worker);
+        l.idle.retain(|w| w.get_id() != worker);
+        if let Some(id) = l.running.remove(&worker) {
+            if let Some(live) = self.live.get_mut(&id) {
+                if live.rec.status == JobStatus::Running {
+                    let rec = &mut live.rec;
+                    let why = format!("worker crashed: {reason}");
+                    metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => "panic").increment(1);
+                    if rec.attempts > rec.max_retries {
+                        let why = format!("{why} (gave up after {} attempts)", rec.attempts);
+                        self.dead_letter(id, why);
+                    } else {
+                        rec.status = JobStatus::Pending;
+                        rec.error = Some(why.clone());
+                        self.totals.requeued += 1;
+                        self.changes.push(change(rec, EventKind::Requeued, Some(why)));
+                        self.enqueue(id, Instant::now(), true);
+                    }
+                }
+            }
+        }
+        self.pump(lane);
+        self.check_drained();
+    }
+
+    /// Moves due jobs from the timer to their queues.
+    pub fn tick(&mut self) {
+        self.armed = None;
+        let now = Instant::now();
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.live.get(&id).is_some_and(|l| l.due == Some(due)) {
+                self.enqueue(id, now, false);
+            }
+        }
+        self.pump_all();
+    }
+
+    /// Makes sure a `Tick` arrives when the earliest timer is due.
+    pub fn arm_timer(&mut self, me: &ActorRef<DispatcherMsg>) {
+        if let Some(&(due, _)) = self.timers.first() {
+            if self.armed.is_none_or(|a| due < a) {
+                self.armed = Some(due);
+                me.send_after(due.saturating_duration_since(Instant::now()), || DispatcherMsg::Tick);
+            }
+        }
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        for l in &self.lanes {
+            for p in Priority::ALL {
+                metrics::gauge!(m::QUEUE_DEPTH, "pipeline" => l.info.name.clone(), "priority" => p.as_str())
+                    .set(l.queue.depth(p) as f64);
+            }
+            metrics::gauge!(m::ACTIVE_WORKERS, "pipeline" => l.info.name.clone()).set(l.running.len() as f64);
+            metrics::gauge!(m::WORKERS, "pipeline" => l.info.name.clone()).set(l.workers.len() as f64);
+        }
+    }
+
+    /// Writes the changes collected while handling the current message, as one batch.
+    pub fn flush_journal(&mut self) {
+        if self.changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.journal.write(&self.changes) {
+            // The in-memory state goes on; after a crash these jobs replay from their last
+            // durable state (at-least-once).
+            error!(error = %e, entries = self.changes.len(), "journal write failed");
+        }
+        self.changes.clear();
+    }
+
+    /// Starts a compaction of finished jobs past their retention, off the actor's thread.
+    pub fn compact(&self) {
+        let journal = self.journal.clone();
+        let cutoff = now_ms() - self.limits.retention.as_millis() as i64;
+        tokio::task::spawn_blocking(move || match journal.compact(cutoff) {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "compacted finished jobs past their retention"),
+            Err(e) => error!(error = %e, "journal compaction failed"),
+        });
+    }
+
+    /// Counts for `stats`.
+    pub fn stats(&self) -> Stats {
+        let mut jobs = UnfinishedCounts::default();
+        for l in self.live.values() {
+            match l.rec.status {
+                JobStatus::Pending => jobs.pending += 1,
+                JobStatus::Running => jobs.running += 1,
+                JobStatus::Retrying => jobs.retrying += 1,
+                _ => {}
+            }
+        }
+        Stats {
+            jobs,
+            totals: self.totals,
+            queues: self.lanes.iter().map(|l| (l.info.name.clone(), depths(&l.queue))).collect(),
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Every pipeline's state.
+    pub fn pipeline_views(&self) -> Vec<PipelineView> {
+        (0..self.lanes.len()).map(|i| self.view(i)).collect()
+    }
+
+    fn view(&self, lane: usize) -> PipelineView {
+        let l = &self.lanes[lane];
+        PipelineView {
+            name: l.info.name.clone(),
+            paused: l.paused,
+            workers: WorkersView { total: l.workers.len(), busy: l.running.len() },
+            queue: depths(&l.queue),
+            scheduled: self.live.values().filter(|j| j.lane == lane && j.due.is_some()).count(),
+            rate_limit: None,
+            breaker: None,
+        }
+    }
+
+    fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
+        self.lane_by_name.get(name).copied().ok_or_else(|| {
+            let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
+            ApiError::not_found(format!("pipeline: no pipeline named {name:?}; configured: {}", known.join(", ")))
+        })
+    }
+
+    /// Pauses or resumes a pipeline: paused, its workers take no new jobs.
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ApiError> {
+        let lane = self.lane_named(name)?;
+        self.lanes[lane].paused = paused;
+        info!(pipeline = %name, paused, "pipeline {}", if paused { "paused" } else { "resumed" });
+        self.pump(lane);
+        Ok(self.view(lane))
+    }
+
+    /// Cancels an unfinished job; a running one is asked to stop and aborted after the grace.
+    pub fn cancel(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        let Some(live) = self.live.get_mut(&id) else {
+            return Err(self.not_live(id, "cancelled", "only unfinished jobs can be cancelled"));
+        };
+        let lane = live.lane;
+        let rec = &mut live.rec;
+        let detail = match rec.status {
+            JobStatus::Running => {
+                let l = &self.lanes[lane];
+                if let Some(w) = l.running.iter().find(|(_, j)| **j == id).and_then(|(w, _)| l.workers.get(w)) {
+                    let _ = w.cast(WorkerMsg::Cancel { job_id: id, grace: self.limits.cancel_grace });
+                }
+                "cancelled while running: asked to stop, aborted after [jobs] cancel_grace"
+            }
+            _ => {
+                self.lanes[lane].queue.remove(id);
+                "cancelled before it ran"
+            }
+        };
+        rec.status = JobStatus::Cancelled;
+        rec.completed_at = Some(now_ms());
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "cancelled").increment(1);
+        self.totals.cancelled += 1;
+        let out = rec.clone();
+        self.changes.push(change(rec, EventKind::Cancelled, Some(detail.into())));
+        self.finish(id);
+        Ok(out)
+    }
+
+    /// Sends a failed or cancelled job back to its queue with its attempts reset.
+    pub fn retry(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        if let Some(live) = self.live.get(&id) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("job {id} is {}; only failed or cancelled jobs can be retried", live.rec.status.as_str()),
+            ));
+        }
+        let mut rec = self.load(id)?;
+        if !matches!(rec.status, JobStatus::Failed | JobStatus::Cancelled) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("job {id} is {}; only failed or cancelled jobs can be retried", rec.status.as_str()),
+            ));
+        }
+        let lane = self.lane_named(&rec.pipeline)?;
+        if let Some(k) = &rec.unique_key {
+            if let Some(other) = self.unique.get(k) {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("unique_key {k:?} is held by unfinished job {other}; retry it after that one ends"),
+                ));
+            }
+            self.unique.insert(k.clone(), id);
+        }
+        rec.status = JobStatus::Pending;
+        rec.attempts = 0;
+        rec.error = None;
+        rec.result = None;
+        rec.completed_at = None;
+        rec.next_attempt_at = None;
+        self.changes.push(change(&rec, EventKind::Retried, Some("sent back by an operator".into())));
+        let out = rec.clone();
+        self.live.insert(id, Live { rec, lane, due: None, queued_at: Instant::now() });
+        self.enqueue(id, Instant::now(), false);
+        self.pump(lane);
+        Ok(out)
+    }
+
+    fn load(&self, id: JobId) -> Result<JobRecord, ApiError> {
+        self.journal
+            .get(id)
+            .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?
+            .ok_or_else(|| ApiError::not_found(format!("job_id: no job with id {id}")))
+    }
+
+    fn not_live(&self, id: JobId, verb: &str, rule: &str) -> ApiError {
+        match self.load(id) {
+            Ok(rec) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("job {id} is already {}; it cannot be {verb}: {rule}", rec.status.as_str()),
+            ),
+            Err(e) => e,
+        }
+    }
+
+    /// Stops taking work; `reply` is answered once no job runs.
+    pub fn drain(&mut self, reply: RpcReplyPort<()>) {
+        self.draining = true;
+        self.drain_waiters.push(reply);
+        self.check_drained();
+    }
+
+    fn check_drained(&mut self) {
+        if self.draining && self.lanes.iter().all(|l| l.running.is_empty()) {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Jobs on workers now (for tests and the drain log).
+    pub fn running(&self) -> usize {
+        self.lanes.iter().map(|l| l.running.len()).sum()
+    }
+
+    /// The ids of unfinished jobs (tests).
+    pub fn unfinished_ids(&self) -> HashSet<JobId> {
+        self.live.keys().copied().collect()
+    }
+}
+
+fn depths(q: &RunQueue) -> QueueDepths {
+    QueueDepths { high: q.depth(Priority::High), normal: q.depth(Priority::Normal), low: q.depth(Priority::Low) }
+}
+
+fn change(rec: &JobRecord, kind: EventKind, detail: Option<String>) -> Change {
+    Change { record: rec.clone(), event: JobEvent { at: now_ms(), kind, attempt: rec.attempts, detail } }
+}

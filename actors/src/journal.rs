@@ -1,0 +1,1339 @@
+//! The journal: every job state change, the pipelines' output records and a little node state,
+//! stored in one sled database under the node's data dir.
+//!
+//! # Layout
+//!
+//! One [`sled::Db`] in the data dir with three trees:
+//!
+//! - `jobs` holds both job records and their events, so that the record of a change and the event
+//!   describing it are applied in ONE atomic [`sled::Batch`] (batches are atomic per tree only):
+//!   - `b'j' ++ id(16)` → `[version][status byte][bincode(JobRecord)]`. The status byte lets replay
+//!     and `list` skip jobs without decoding them.
+//!   - `b'e' ++ id(16) ++ seq(u64 BE)` → `[version][bincode(JobEvent)]`, where `seq` comes from
+//!     [`sled::Db::generate_id`], which is monotonic across restarts, so a job's events are read
+//!     back oldest first in key order.
+//! - `records` holds pipeline output: `key` → `[version][updated_at i64 BE][JSON text]`.
+//! - `meta` holds small node state: `key` → `[version][bytes]`.
+//!
+//! Every value starts with [`FORMAT_VERSION`]; an unknown version is reported as
+//! [`JournalError::Corrupt`] naming the key rather than being misread. Job ids are UUID v7, so
+//! key order is creation order: `list` walks the tree backwards for newest first and `compact`
+//! walks it forwards and stops at the first job too young to be compacted.
+//!
+//! # Durability, and why fsync is explicit
+//!
+//! A submit is acknowledged only once its entry is durable, i.e. fsync'd. sled 0.34.7's
+//! [`sled::Db::flush`] is not that: it writes the log buffers and ends in `sync_file_range(2)`
+//! (`pagecache/iobuf.rs`), which neither flushes the disk's volatile write cache nor persists
+//! file metadata such as the file's size, and sled never fsyncs the blob files it writes for
+//! large values (`pagecache/blob_io.rs`, under `<dir>/blobs/`). A power loss could therefore
+//! drop entries that `flush` reported as written. So the journal keeps its own handle on
+//! `<dir>/db` and a commit is: `flush()`, then fsync every blob file not synced before (and the
+//! blobs dir when it gained files), then `fdatasync` of `<dir>/db`. Blobs go before the log so
+//! that a durable log never points at a blob that is not.
+//!
+//! # Group commit
+//!
+//! An fsync costs milliseconds, so one per entry would cap throughput at a few hundred entries
+//! a second. [`Journal::write`] therefore only applies the batch (fast, not durable), and
+//! [`Journal::durable`] queues a waiter for a dedicated thread (`warden-journal-commit`). The
+//! thread blocks for the first waiter, drains every waiter queued by then, performs ONE commit
+//! and answers them all; waiters that arrive during that commit are served by the next one. A
+//! waiter is queued only after its writes were applied, and `flush` covers everything applied
+//! before it starts, so every write made before a `durable()` call is covered when it resolves.
+//! A failed commit is reported to every waiter of that round; the thread keeps serving.
+//!
+//! # Exclusive use
+//!
+//! Two nodes on one data dir would corrupt each other's view of the queues, so [`Journal::open`]
+//! first takes an exclusive lock on `<dir>/warden.lock` (released by the OS when the process
+//! dies, so a `kill -9` never leaves a stale lock) and holds it as long as the journal lives.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus};
+
+/// The first byte of every stored value; bump it when an encoding changes.
+const FORMAT_VERSION: u8 = 1;
+
+/// Prefix of job record keys in the `jobs` tree.
+const RECORD_PREFIX: u8 = b'j';
+/// Prefix of job event keys in the `jobs` tree.
+const EVENT_PREFIX: u8 = b'e';
+
+/// The lock file that marks a data dir as in use by a live node.
+const LOCK_FILE: &str = "warden.lock";
+
+/// How often `measure_ceiling` commits, in entries.
+const CEILING_COMMIT_EVERY: usize = 512;
+
+/// A waiter of the commit thread: answered with the outcome of the commit that covered it.
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// What can go wrong in the journal. Messages are lowercase and name what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Another live process holds the data dir's lock file.
+    #[error(
+        "data dir {dir} is in use by another live node (lock file {dir}/warden.lock is held)",
+        dir = .dir.display()
+    )]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+    },
+    /// A file system operation failed.
+    #[error("could not {what}: {source}")]
+    Io {
+        /// The operation and its path, e.g. `fsync /var/lib/warden/db`.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// sled reported an error.
+    #[error("sled failed while {what}: {source}")]
+    Sled {
+        /// What the journal was doing, naming the key or path.
+        what: String,
+        /// The underlying error.
+        source: sled::Error,
+    },
+    /// A stored value could not be read: unknown version byte, bad status byte or undecodable.
+    #[error("corrupt journal value at {what}: {detail}")]
+    Corrupt {
+        /// The tree and key of the value.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A value could not be encoded.
+    #[error("could not encode {what}: {detail}")]
+    Encode {
+        /// The value, naming its key.
+        what: String,
+        /// The encoder's message.
+        detail: String,
+    },
+    /// A group commit (flush + fsync) failed; every waiter of that commit gets this.
+    #[error("journal commit (flush + fsync) failed: {detail}")]
+    Commit {
+        /// The commit's error message.
+        detail: String,
+    },
+    /// The commit thread is gone, so durability can no longer be confirmed.
+    #[error("the journal is closed (its commit thread has stopped)")]
+    Closed,
+}
+
+/// One state change: the record after the change, plus the event that describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The job's record after the change.
+    pub record: JobRecord,
+    /// The history entry describing the change.
+    pub event: JobEvent,
+}
+
+/// One pipeline output record as stored in the `records` tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// The record's key.
+    pub key: String,
+    /// The record's value.
+    pub value: serde_json::Value,
+    /// When the value last changed (Unix ms).
+    pub updated_at: i64,
+}
+
+/// The node's journal. Cloning is cheap (an `Arc`); the last clone to drop stops the commit
+/// thread, closes sled and releases the data dir's lock.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared state behind every clone of a [`Journal`].
+struct Inner {
+    dir: PathBuf,
+    jobs: sled::Tree,
+    records: sled::Tree,
+    meta: sled::Tree,
+    committer: Arc<Committer>,
+    /// `None` only while dropping: taking it closes the channel, which ends the commit thread.
+    commit_tx: Option<mpsc::Sender<Waiter>>,
+    commit_thread: Option<JoinHandle<()>>,
+    /// Waiters queued so far, so a test can tell when its callers are all waiting.
+    #[cfg(test)]
+    queued: std::sync::atomic::AtomicUsize,
+    /// Declared last so it is dropped last: the lock is released only once sled is closed.
+    _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.commit_tx.take());
+        // Join so that sled is really closed (its own lock on `db` released) once the last
+        // `Journal` is gone; the thread exits as soon as it sees the closed channel, after at
+        // most the commit it is running.
+        if let Some(handle) = self.commit_thread.take() {
+            if handle.thread().id() != thread::current().id() && handle.join().is_err() {
+                tracing::error!(dir = %self.dir.display(), "journal commit thread panicked");
+            }
+        }
+    }
+}
+
+/// Performs commits: flush + fsync of the log and of new blob files. Shared by the commit thread,
+/// `sync_now` and `measure_ceiling`.
+struct Committer {
+    db: sled::Db,
+    /// Our own handle on sled's log file, for the fsync sled does not do.
+    db_file: File,
+    db_path: PathBuf,
+    blobs_dir: PathBuf,
+    /// Blob files fsync'd so far (pruned to those still present at each commit). The mutex also
+    /// keeps two concurrent commits from syncing the same files twice.
+    synced_blobs: Mutex<HashSet<OsString>>,
+    /// Commits performed (by the thread or `sync_now`).
+    commits: AtomicU64,
+    /// Held by a test to stall commits while waiters pile up.
+    #[cfg(test)]
+    gate: Mutex<()>,
+}
+
+impl Committer {
+    fn new(db: sled::Db, dir: &Path) -> Result<Committer, JournalError> {
+        let db_path = dir.join("db");
+        // Write access: some platforms refuse to fsync a read-only handle.
+        let db_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&db_path)
+            .map_err(|source| io_err(format!("open {}", db_path.display()), source))?;
+        Ok(Committer {
+            db,
+            db_file,
+            db_path,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
+            commits: AtomicU64::new(0),
+            #[cfg(test)]
+            gate: Mutex::new(()),
+        })
+    }
+
+    /// Makes everything written so far durable: flush, fsync new blobs, fsync the log.
+    fn commit(&self) -> Result<(), JournalError> {
+        #[cfg(test)]
+        let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.db.flush().map_err(|source| JournalError::Sled {
+            what: format!("flushing {}", self.db_path.display()),
+            source,
+        })?;
+        self.sync_blobs()?;
+        self.db_file
+            .sync_data()
+            .map_err(|source| io_err(format!("fsync {}", self.db_path.display()), source))?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `commit`, timed into `warden_journal_fsync_seconds`.
+    fn timed_commit(&self) -> Result<(), JournalError> {
+        let started = Instant::now();
+        let result = self.commit();
+        metrics::histogram!("warden_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Fsyncs blob files not synced before, then the blobs dir if it gained any. sled writes a
+    /// blob when the value is reserved, so after `flush` every blob of a covered write exists.
+    fn sync_blobs(&self) -> Result<(), JournalError> {
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = match fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(io_err(
+                    format!("read dir {}", self.blobs_dir.display()),
+                    source,
+                ))
+            }
+        };
+        let mut present = HashSet::with_capacity(synced.len());
+        let mut added = false;
+        for entry in entries {
+            let entry = entry.map_err(|source| {
+                io_err(format!("read dir {}", self.blobs_dir.display()), source)
+            })?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                let path = entry.path();
+                match File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => added = true,
+                    // sled removes blobs of overwritten values in the background.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(io_err(format!("fsync {}", path.display()), source)),
+                }
+            }
+            present.insert(name);
+        }
+        if added {
+            sync_dir(&self.blobs_dir)?;
+        }
+        // Forget blobs sled has deleted, so the set does not grow forever.
+        *synced = present;
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`: takes the data dir's lock, opens sled and
+    /// starts the commit thread. Fails with [`JournalError::Locked`] if another live process
+    /// holds the lock.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        fs::create_dir_all(dir)
+            .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
+        let lock = take_lock(dir)?;
+
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| JournalError::Sled {
+                what: format!("opening the database in {}", dir.display()),
+                source,
+            })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name).map_err(|source| JournalError::Sled {
+                what: format!("opening tree {name} in {}", dir.display()),
+                source,
+            })
+        };
+        let jobs = open_tree("jobs")?;
+        let records = open_tree("records")?;
+        let meta = open_tree("meta")?;
+        // sled may just have created `db`, `blobs/` and `conf`: make their entries durable.
+        sync_dir(dir)?;
+
+        let committer = Arc::new(Committer::new(db, dir)?);
+        let (commit_tx, commit_rx) = mpsc::channel();
+        let thread_committer = Arc::clone(&committer);
+        let commit_thread = thread::Builder::new()
+            .name("warden-journal-commit".into())
+            .spawn(move || commit_loop(&thread_committer, &commit_rx))
+            .map_err(|source| io_err("spawn the journal commit thread".into(), source))?;
+
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                jobs,
+                records,
+                meta,
+                committer,
+                commit_tx: Some(commit_tx),
+                commit_thread: Some(commit_thread),
+                #[cfg(test)]
+                queued: std::sync::atomic::AtomicUsize::new(0),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// Applies `changes` as ONE atomic sled batch: each change stores the record and appends its
+    /// event. Not durable yet: await [`Journal::durable`] before acknowledging.
+    pub fn write(&self, changes: &[Change]) -> Result<(), JournalError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for change in changes {
+            let id = change.record.id;
+            let seq =
+                self.inner
+                    .committer
+                    .db
+                    .generate_id()
+                    .map_err(|source| JournalError::Sled {
+                        what: format!("generating an event sequence number for job {id}"),
+                        source,
+                    })?;
+            batch.insert(record_key(id).to_vec(), encode_record(&change.record)?);
+            batch.insert(
+                event_key(id, seq).to_vec(),
+                encode_event(id, &change.event)?,
+            );
+        }
+        self.inner
+            .jobs
+            .apply_batch(batch)
+            .map_err(|source| JournalError::Sled {
+                what: format!("applying a batch of {} job changes", changes.len()),
+                source,
+            })?;
+        metrics::counter!("warden_journal_entries_total").increment(changes.len() as u64);
+        Ok(())
+    }
+
+    /// Resolves once every write made before this call is fsync'd. Concurrent callers share one
+    /// flush + fsync (group commit).
+    pub async fn durable(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.inner.commit_tx.as_ref().ok_or(JournalError::Closed)?;
+        sender.send(tx).map_err(|_| JournalError::Closed)?;
+        #[cfg(test)]
+        self.inner.queued.fetch_add(1, Ordering::SeqCst);
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(detail)) => Err(JournalError::Commit { detail }),
+            Err(_) => Err(JournalError::Closed),
+        }
+    }
+
+    /// Flushes and fsyncs now, on the calling thread, independently of the commit thread (used at
+    /// shutdown). Blocking.
+    pub fn sync_now(&self) -> Result<(), JournalError> {
+        self.inner.committer.timed_commit()
+    }
+
+    /// The current record of job `id`, if the journal has it.
+    pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, JournalError> {
+        let key = record_key(id);
+        let value = self
+            .inner
+            .jobs
+            .get(key)
+            .map_err(|source| JournalError::Sled {
+                what: format!("reading the record of job {id}"),
+                source,
+            })?;
+        value.map(|v| decode_record(&key, &v)).transpose()
+    }
+
+    /// The history of job `id`, oldest first.
+    pub fn events(&self, id: JobId) -> Result<Vec<JobEvent>, JournalError> {
+        let mut prefix = [0u8; 17];
+        prefix[0] = EVENT_PREFIX;
+        prefix[1..].copy_from_slice(id.as_bytes());
+        let mut events = Vec::new();
+        for item in self.inner.jobs.scan_prefix(prefix) {
+            let (key, value) = item.map_err(|source| JournalError::Sled {
+                what: format!("reading the events of job {id}"),
+                source,
+            })?;
+            let body = strip_version(&key, &value)?;
+            events.push(decode_bincode(&key, body)?);
+        }
+        Ok(events)
+    }
+
+    /// Every job that must be resumed after a restart (pending, running, retrying), oldest
+    /// first. Finished jobs are skipped on their status byte, without decoding.
+    pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let mut jobs = Vec::new();
+        for item in self.inner.jobs.scan_prefix([RECORD_PREFIX]) {
+            let (key, value) = item.map_err(|source| JournalError::Sled {
+                what: "scanning job records for replay".into(),
+                source,
+            })?;
+            let (status, body) = split_record(&key, &value)?;
+            if !status.is_finished() {
+                jobs.push(decode_bincode(&key, body)?);
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Up to `limit` records accepted by `filter`, newest first; only jobs strictly older than
+    /// `before` when it is given (paging: pass the last id of the previous page).
+    pub fn list(
+        &self,
+        filter: &dyn Fn(JobStatus, &JobRecord) -> bool,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, JournalError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let end = match before {
+            Some(id) => Bound::Excluded(record_key(id).to_vec()),
+            // Record keys all start with `j`, so every one is below `k`.
+            None => Bound::Excluded(vec![RECORD_PREFIX + 1]),
+        };
+        let range = (Bound::Included(vec![RECORD_PREFIX]), end);
+        for item in self.inner.jobs.range(range).rev() {
+            let (key, value) = item.map_err(|source| JournalError::Sled {
+                what: "scanning job records for a listing".into(),
+                source,
+            })?;
+            let (status, body) = split_record(&key, &value)?;
+            let record: JobRecord = decode_bincode(&key, body)?;
+            if filter(status, &record) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes finished jobs (record and every event) that completed before `cutoff_ms`. Scans
+    /// from the oldest id and stops at the first job created at or after the cutoff: ids are
+    /// time-ordered, so nothing past it can be old enough. Returns how many jobs were removed.
+    pub fn compact(&self, cutoff_ms: i64) -> Result<usize, JournalError> {
+        let jobs = &self.inner.jobs;
+        let mut removed = 0;
+        for item in jobs.scan_prefix([RECORD_PREFIX]) {
+            let (key, value) = item.map_err(|source| JournalError::Sled {
+                what: "scanning job records for compaction".into(),
+                source,
+            })?;
+            let (status, body) = split_record(&key, &value)?;
+            let record: JobRecord = decode_bincode(&key, body)?;
+            if record.created_at >= cutoff_ms {
+                break;
+            }
+            let old_enough = record.completed_at.is_some_and(|at| at < cutoff_ms);
+            if !status.is_finished() || !old_enough {
+                continue;
+            }
+
+            let mut batch = sled::Batch::default();
+            batch.remove(key.clone());
+            let mut event_prefix = key.to_vec();
+            event_prefix[0] = EVENT_PREFIX;
+            for event in jobs.scan_prefix(&event_prefix) {
+                let (event_key, _) = event.map_err(|source| JournalError::Sled {
+                    what: format!("scanning the events of job {} for compaction", record.id),
+                    source,
+                })?;
+                batch.remove(event_key);
+            }
+            // Remove only if the record is still the one read above: an operator may have just
+            // retried the job, and deleting it then would lose an acknowledged job.
+            let outcome = jobs.transaction(|tx| {
+                if tx.get(&key)?.as_ref() != Some(&value) {
+                    return Ok(false);
+                }
+                tx.apply_batch(&batch)?;
+                Ok(true)
+            });
+            match outcome {
+                Ok(true) => removed += 1,
+                Ok(false) | Err(sled::transaction::TransactionError::Abort(())) => {}
+                Err(sled::transaction::TransactionError::Storage(source)) => {
+                    return Err(JournalError::Sled {
+                        what: format!("removing job {} during compaction", record.id),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stores a pipeline output record under `key` in the `records` tree. Returns true when the
+    /// value was new or different; storing an identical value again changes nothing (not even
+    /// `updated_at`) and returns false, so re-running a pipeline over the same data is a no-op.
+    pub fn put_record(&self, key: &str, value: &serde_json::Value) -> Result<bool, JournalError> {
+        let json = serde_json::to_vec(value).map_err(|e| JournalError::Encode {
+            what: format!("record {key:?}"),
+            detail: e.to_string(),
+        })?;
+        let sled_err = |source| JournalError::Sled {
+            what: format!("storing record {key:?}"),
+            source,
+        };
+        let mut current = self.inner.records.get(key).map_err(sled_err)?;
+        loop {
+            if let Some(stored) = &current {
+                let (_, stored_json) = split_stored_record(key, stored)?;
+                if stored_json == json.as_slice() {
+                    return Ok(false);
+                }
+            }
+            let mut encoded = Vec::with_capacity(9 + json.len());
+            encoded.push(FORMAT_VERSION);
+            encoded.extend_from_slice(&now_ms().to_be_bytes());
+            encoded.extend_from_slice(&json);
+            // Compare-and-swap so that concurrent writers of one key cannot both claim "new".
+            match self
+                .inner
+                .records
+                .compare_and_swap(key, current.as_ref(), Some(encoded))
+                .map_err(sled_err)?
+            {
+                Ok(()) => return Ok(true),
+                Err(conflict) => current = conflict.current,
+            }
+        }
+    }
+
+    /// Up to `limit` records whose key starts with `prefix`, in key order, with keys strictly
+    /// after `after` when it is given.
+    pub fn records(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, JournalError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.as_bytes().to_vec()),
+            _ => Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        let range = (start, Bound::<Vec<u8>>::Unbounded);
+        for item in self.inner.records.range(range) {
+            let (key, value) = item.map_err(|source| JournalError::Sled {
+                what: format!("scanning records with prefix {prefix:?}"),
+                source,
+            })?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let key = String::from_utf8(key.to_vec()).map_err(|_| JournalError::Corrupt {
+                what: format!("records key {}", String::from_utf8_lossy(&key)),
+                detail: "the key is not UTF-8".into(),
+            })?;
+            let (updated_at, json) = split_stored_record(&key, &value)?;
+            let value = serde_json::from_slice(json).map_err(|e| JournalError::Corrupt {
+                what: format!("records key {key:?}"),
+                detail: format!("undecodable JSON: {e}"),
+            })?;
+            out.push(StoredRecord {
+                key,
+                value,
+                updated_at,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node state stored under `key` in the `meta` tree.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let value = self
+            .inner
+            .meta
+            .get(key)
+            .map_err(|source| JournalError::Sled {
+                what: format!("reading meta key {key:?}"),
+                source,
+            })?;
+        let Some(value) = value else { return Ok(None) };
+        match value.split_first() {
+            Some((&FORMAT_VERSION, body)) => Ok(Some(body.to_vec())),
+            Some((version, _)) => Err(JournalError::Corrupt {
+                what: format!("meta key {key:?}"),
+                detail: bad_version(*version),
+            }),
+            None => Err(JournalError::Corrupt {
+                what: format!("meta key {key:?}"),
+                detail: "empty value".into(),
+            }),
+        }
+    }
+
+    /// Stores node state under `key` in the `meta` tree (durable with the next commit).
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        let mut encoded = Vec::with_capacity(1 + value.len());
+        encoded.push(FORMAT_VERSION);
+        encoded.extend_from_slice(value);
+        self.inner
+            .meta
+            .insert(key, encoded)
+            .map_err(|source| JournalError::Sled {
+                what: format!("storing meta key {key:?}"),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk (log and blobs); 0 if it cannot be determined.
+    pub fn size_on_disk(&self) -> u64 {
+        match self.inner.committer.db.size_on_disk() {
+            Ok(size) => size,
+            Err(error) => {
+                tracing::warn!(dir = %self.inner.dir.display(), %error, "cannot size the journal");
+                0
+            }
+        }
+    }
+
+    /// Commits performed so far (by the commit thread or `sync_now`).
+    #[cfg(test)]
+    fn commit_count(&self) -> u64 {
+        self.inner.committer.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// The raw storage ceiling for the benchmark: insert `entries` small values (about the size of a
+/// JobRecord, ~200 bytes) into a fresh sled db in `dir`, fsync (the same flush+fsync path as the
+/// journal) every 512 entries, return entries per second.
+pub fn measure_ceiling(dir: &Path, entries: usize) -> Result<f64, JournalError> {
+    fs::create_dir_all(dir)
+        .map_err(|source| io_err(format!("create dir {}", dir.display()), source))?;
+    let db = sled::Config::new()
+        .path(dir)
+        .open()
+        .map_err(|source| JournalError::Sled {
+            what: format!("opening the benchmark database in {}", dir.display()),
+            source,
+        })?;
+    let committer = Committer::new(db, dir)?;
+    let value = [0x5au8; 200];
+    let started = Instant::now();
+    for i in 0..entries {
+        committer
+            .db
+            .insert((i as u64).to_be_bytes(), &value[..])
+            .map_err(|source| JournalError::Sled {
+                what: format!("inserting benchmark entry {i}"),
+                source,
+            })?;
+        if (i + 1) % CEILING_COMMIT_EVERY == 0 {
+            committer.commit()?;
+        }
+    }
+    if entries % CEILING_COMMIT_EVERY != 0 {
+        committer.commit()?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(if secs > 0.0 {
+        entries as f64 / secs
+    } else {
+        0.0
+    })
+}
+
+/// The commit thread: one commit per round for every waiter queued when the round starts.
+fn commit_loop(committer: &Committer, waiters: &mpsc::Receiver<Waiter>) {
+    // `recv` fails once every sender is gone, i.e. the last `Journal` was dropped.
+    while let Ok(first) = waiters.recv() {
+        let mut round = vec![first];
+        while let Ok(next) = waiters.try_recv() {
+            round.push(next);
+        }
+        let result = committer.timed_commit().map_err(|e| {
+            tracing::error!(error = %e, "journal commit failed");
+            e.to_string()
+        });
+        metrics::histogram!("warden_journal_batch_size").record(round.len() as f64);
+        for waiter in round {
+            // A waiter whose caller gave up (dropped future) is simply skipped.
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// Creates/opens `dir/warden.lock`, locks it exclusively and writes our pid into it.
+fn take_lock(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    // No truncation before the lock is ours: the file may hold a live node's pid.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| io_err(format!("open lock file {}", path.display()), source))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(JournalError::Locked {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(TryLockError::Error(source)) => {
+            return Err(io_err(format!("lock {}", path.display()), source))
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|source| io_err(format!("write pid to {}", path.display()), source))?;
+    Ok(file)
+}
+
+/// Fsyncs a directory so that entries created in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| io_err(format!("fsync dir {}", dir.display()), source))
+}
+
+fn io_err(what: String, source: io::Error) -> JournalError {
+    JournalError::Io { what, source }
+}
+
+fn bad_version(version: u8) -> String {
+    format!("unknown format version {version} (expected {FORMAT_VERSION})")
+}
+
+fn record_key(id: JobId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = RECORD_PREFIX;
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn event_key(id: JobId, seq: u64) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[0] = EVENT_PREFIX;
+    key[1..17].copy_from_slice(id.as_bytes());
+    key[17..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// A readable name for a key of the `jobs` tree, for error messages.
+fn describe_job_key(key: &[u8]) -> String {
+    let id = |bytes: &[u8]| {
+        <[u8; 16]>::try_from(bytes)
+            .map(|b| uuid::Uuid::from_bytes(b).to_string())
+            .ok()
+    };
+    match key {
+        [RECORD_PREFIX, rest @ ..] if rest.len() == 16 => {
+            if let Some(id) = id(rest) {
+                return format!("jobs key of the record of job {id}");
+            }
+        }
+        [EVENT_PREFIX, rest @ ..] if rest.len() == 24 => {
+            if let (Some(id), Ok(seq)) = (id(&rest[..16]), <[u8; 8]>::try_from(&rest[16..])) {
+                return format!("jobs key of event {} of job {id}", u64::from_be_bytes(seq));
+            }
+        }
+        _ => {}
+    }
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("jobs key 0x{hex}")
+}
+
+fn encode_record(record: &JobRecord) -> Result<Vec<u8>, JournalError> {
+    let mut out = vec![FORMAT_VERSION, record.status as u8];
+    let body = bincode::serde::encode_to_vec(record, bincode::config::standard()).map_err(|e| {
+        JournalError::Encode {
+            what: format!("the record of job {}", record.id),
+            detail: e.to_string(),
+        }
+    })?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn encode_event(id: JobId, event: &JobEvent) -> Result<Vec<u8>, JournalError> {
+    let mut out = vec![FORMAT_VERSION];
+    let body = bincode::serde::encode_to_vec(event, bincode::config::standard()).map_err(|e| {
+        JournalError::Encode {
+            what: format!("an event of job {id}"),
+            detail: e.to_string(),
+        }
+    })?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Checks the version byte of a `jobs` value and returns what follows it.
+fn strip_version<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], JournalError> {
+    match value.split_first() {
+        Some((&FORMAT_VERSION, body)) => Ok(body),
+        Some((version, _)) => Err(JournalError::Corrupt {
+            what: describe_job_key(key),
+            detail: bad_version(*version),
+        }),
+        None => Err(JournalError::Corrupt {
+            what: describe_job_key(key),
+            detail: "empty value".into(),
+        }),
+    }
+}
+
+/// Splits a stored record into its status and its bincode body, without decoding the body.
+fn split_record<'a>(key: &[u8], value: &'a [u8]) -> Result<(JobStatus, &'a [u8]), JournalError> {
+    let body = strip_version(key, value)?;
+    let (&status, body) = body.split_first().ok_or_else(|| JournalError::Corrupt {
+        what: describe_job_key(key),
+        detail: "missing status byte".into(),
+    })?;
+    let status = JobStatus::from_byte(status).ok_or_else(|| JournalError::Corrupt {
+        what: describe_job_key(key),
+        detail: format!("unknown status byte {status}"),
+    })?;
+    Ok((status, body))
+}
+
+fn decode_record(key: &[u8], value: &[u8]) -> Result<JobRecord, JournalError> {
+    let (_, body) = split_record(key, value)?;
+    decode_bincode(key, body)
+}
+
+/// Decodes a whole bincode body; trailing bytes mean the value is not what we wrote.
+fn decode_bincode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    body: &[u8],
+) -> Result<T, JournalError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| JournalError::Corrupt {
+            what: describe_job_key(key),
+            detail: format!("undecodable: {e}"),
+        })?;
+    if used != body.len() {
+        return Err(JournalError::Corrupt {
+            what: describe_job_key(key),
+            detail: format!(
+                "{} trailing bytes after the encoded value",
+                body.len() - used
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// Splits a `records` value into its `updated_at` and its JSON text.
+fn split_stored_record<'a>(key: &str, value: &'a [u8]) -> Result<(i64, &'a [u8]), JournalError> {
+    let corrupt = |detail: String| JournalError::Corrupt {
+        what: format!("records key {key:?}"),
+        detail,
+    };
+    let (&version, rest) = value
+        .split_first()
+        .ok_or_else(|| corrupt("empty value".into()))?;
+    if version != FORMAT_VERSION {
+        return Err(corrupt(bad_version(version)));
+    }
+    let (at, json) = rest
+        .split_at_checked(8)
+        .ok_or_else(|| corrupt("truncated timestamp".into()))?;
+    let at = <[u8; 8]>::try_from(at).map_err(|_| corrupt("truncated timestamp".into()))?;
+    Ok((i64::from_be_bytes(at), json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{EventKind, Priority};
+
+    fn record(status: JobStatus) -> JobRecord {
+        let now = now_ms();
+        JobRecord {
+            id: JobId::new(),
+            name: "ingest.fetch".into(),
+            pipeline: "ingest".into(),
+            params: r#"{"url":"https://example.com"}"#.into(),
+            priority: Priority::Normal,
+            status,
+            attempts: 0,
+            max_retries: 3,
+            unique_key: None,
+            created_at: now,
+            started_at: None,
+            completed_at: status.is_finished().then_some(now),
+            next_attempt_at: None,
+            error: None,
+            result: None,
+            parent_id: None,
+            workflow_id: None,
+        }
+    }
+
+    fn change(record: &JobRecord, kind: EventKind) -> Change {
+        Change {
+            record: record.clone(),
+            event: JobEvent {
+                at: now_ms(),
+                kind,
+                attempt: record.attempts,
+                detail: None,
+            },
+        }
+    }
+
+    /// Submits a job with the given status (one `Submitted` change).
+    fn submit(journal: &Journal, status: JobStatus) -> JobRecord {
+        let rec = record(status);
+        journal
+            .write(&[change(&rec, EventKind::Submitted)])
+            .unwrap();
+        rec
+    }
+
+    /// Ensures that a written change reads back after `durable`, and events come oldest first.
+    #[tokio::test]
+    async fn write_durable_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut rec = record(JobStatus::Pending);
+        journal
+            .write(&[change(&rec, EventKind::Submitted)])
+            .unwrap();
+        rec.status = JobStatus::Running;
+        rec.attempts = 1;
+        journal.write(&[change(&rec, EventKind::Started)]).unwrap();
+        rec.status = JobStatus::Succeeded;
+        rec.completed_at = Some(now_ms());
+        rec.result = Some("{}".into());
+        journal
+            .write(&[change(&rec, EventKind::Succeeded)])
+            .unwrap();
+        journal.durable().await.unwrap();
+
+        assert_eq!(journal.get(rec.id).unwrap(), Some(rec.clone()));
+        let kinds: Vec<_> = journal
+            .events(rec.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Submitted,
+                EventKind::Started,
+                EventKind::Succeeded
+            ]
+        );
+        assert_eq!(journal.get(JobId::new()).unwrap(), None);
+        assert!(journal.events(JobId::new()).unwrap().is_empty());
+        journal.sync_now().unwrap();
+        assert!(journal.size_on_disk() > 0);
+    }
+
+    /// Ensures that a second open of a live data dir fails with `Locked`, and succeeds once the
+    /// first journal is dropped.
+    #[test]
+    fn second_open_is_locked_until_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap();
+        let clone = first.clone();
+        let err = Journal::open(dir.path()).unwrap_err();
+        assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+        let shown = dir.path().display().to_string();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "data dir {shown} is in use by another live node (lock file {shown}/warden.lock is held)"
+            )
+        );
+        drop(first);
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::Locked { .. })
+        ));
+        drop(clone);
+        let again = Journal::open(dir.path()).unwrap();
+        let pid = fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        drop(again);
+    }
+
+    /// Ensures that after a reopen `unfinished` returns exactly the pending, running and
+    /// retrying jobs, oldest first.
+    #[test]
+    fn reopen_replays_unfinished_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        {
+            let journal = Journal::open(dir.path()).unwrap();
+            for status in JobStatus::ALL {
+                let rec = submit(&journal, status);
+                if !status.is_finished() {
+                    expected.push(rec);
+                }
+            }
+            journal.sync_now().unwrap();
+        }
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.unfinished().unwrap(), expected);
+    }
+
+    /// Ensures that `list` is newest first, pages with `before`, and applies the filter.
+    #[test]
+    fn list_newest_first_pages_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let statuses = [
+            JobStatus::Pending,
+            JobStatus::Failed,
+            JobStatus::Pending,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+        ];
+        let ids: Vec<JobId> = statuses.iter().map(|&s| submit(&journal, s).id).collect();
+        let newest_first: Vec<JobId> = ids.iter().rev().copied().collect();
+        let all = |_: JobStatus, _: &JobRecord| true;
+
+        let listed: Vec<JobId> = journal
+            .list(&all, None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, newest_first);
+
+        let page1: Vec<JobId> = journal
+            .list(&all, None, 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(page1, newest_first[..2]);
+        let page2: Vec<JobId> = journal
+            .list(&all, Some(page1[1]), 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(page2, newest_first[2..4]);
+        let page3: Vec<JobId> = journal
+            .list(&all, Some(page2[1]), 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(page3, newest_first[4..]);
+        assert!(journal.list(&all, Some(ids[0]), 2).unwrap().is_empty());
+        assert!(journal.list(&all, None, 0).unwrap().is_empty());
+
+        let failed = |s: JobStatus, _: &JobRecord| s == JobStatus::Failed;
+        let listed: Vec<JobId> = journal
+            .list(&failed, None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, [ids[4], ids[1]]);
+    }
+
+    /// Ensures that `compact` removes old finished jobs with their events, keeps unfinished and
+    /// recent ones, and stops at the first job created after the cutoff.
+    #[test]
+    fn compact_removes_old_finished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let cutoff = 10_000;
+        let at = |status: JobStatus, created: i64, completed: Option<i64>| {
+            let mut rec = record(status);
+            rec.created_at = created;
+            rec.completed_at = completed;
+            journal
+                .write(&[change(&rec, EventKind::Submitted)])
+                .unwrap();
+            journal
+                .write(&[change(&rec, EventKind::Succeeded)])
+                .unwrap();
+            rec
+        };
+        let old_done = at(JobStatus::Succeeded, 1_000, Some(2_000));
+        let old_pending = at(JobStatus::Pending, 1_000, None);
+        let recently_done = at(JobStatus::Failed, 1_000, Some(cutoff + 1));
+        let young = at(JobStatus::Succeeded, cutoff, Some(cutoff + 5));
+        // Old, but after the first young job: the scan never gets here.
+        let behind_young = at(JobStatus::Cancelled, 1_000, Some(2_000));
+
+        assert_eq!(journal.compact(cutoff).unwrap(), 1);
+        assert_eq!(journal.get(old_done.id).unwrap(), None);
+        assert!(journal.events(old_done.id).unwrap().is_empty());
+        for kept in [&old_pending, &recently_done, &young, &behind_young] {
+            assert_eq!(journal.get(kept.id).unwrap().as_ref(), Some(kept));
+            assert_eq!(journal.events(kept.id).unwrap().len(), 2);
+        }
+        assert_eq!(journal.compact(cutoff).unwrap(), 0);
+    }
+
+    /// Ensures that `put_record` reports new and changed values but not identical re-runs, and
+    /// that `records` honours prefix, `after` and `limit`.
+    #[test]
+    fn put_record_dedups_and_records_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let v1 = serde_json::json!({"title": "a", "n": 1});
+        assert!(journal.put_record("feed/1", &v1).unwrap());
+        let stored_at = journal.records("feed/1", None, 1).unwrap()[0].updated_at;
+        assert!(!journal.put_record("feed/1", &v1).unwrap());
+        assert_eq!(
+            journal.records("feed/1", None, 1).unwrap()[0].updated_at,
+            stored_at
+        );
+        let v2 = serde_json::json!({"title": "b", "n": 1});
+        assert!(journal.put_record("feed/1", &v2).unwrap());
+
+        for key in ["feed/2", "feed/3", "other/1", "fee"] {
+            assert!(journal.put_record(key, &serde_json::json!(key)).unwrap());
+        }
+        let keys = |after: Option<&str>, limit: usize| -> Vec<String> {
+            journal
+                .records("feed/", after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key)
+                .collect()
+        };
+        assert_eq!(keys(None, 10), ["feed/1", "feed/2", "feed/3"]);
+        assert_eq!(keys(None, 2), ["feed/1", "feed/2"]);
+        assert_eq!(keys(Some("feed/2"), 10), ["feed/3"]);
+        assert_eq!(keys(Some("a"), 1), ["feed/1"]);
+        assert!(keys(Some("feed/3"), 10).is_empty());
+        assert_eq!(journal.records("feed/1", None, 1).unwrap()[0].value, v2);
+    }
+
+    /// Ensures that meta values round-trip and a missing key reads as `None`.
+    #[test]
+    fn meta_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.meta_get("limiter").unwrap(), None);
+        journal.meta_put("limiter", b"\x00\x01window").unwrap();
+        assert_eq!(
+            journal.meta_get("limiter").unwrap().as_deref(),
+            Some(&b"\x00\x01window"[..])
+        );
+        journal.meta_put("empty", b"").unwrap();
+        assert_eq!(journal.meta_get("empty").unwrap(), Some(Vec::new()));
+    }
+
+    /// Ensures that a value with a wrong version byte gives a `Corrupt` error naming the key,
+    /// in every reader, instead of a panic.
+    #[test]
+    fn wrong_version_is_corrupt_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let rec = submit(&journal, JobStatus::Pending);
+        journal
+            .inner
+            .jobs
+            .insert(record_key(rec.id), vec![9, 0, 1, 2])
+            .unwrap();
+
+        let err = journal.get(rec.id).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&rec.id.to_string()), "{msg}");
+        assert!(msg.contains("unknown format version 9"), "{msg}");
+        assert!(matches!(
+            journal.unfinished(),
+            Err(JournalError::Corrupt { .. })
+        ));
+        let all = |_: JobStatus, _: &JobRecord| true;
+        assert!(matches!(
+            journal.list(&all, None, 10),
+            Err(JournalError::Corrupt { .. })
+        ));
+
+        journal
+            .inner
+            .jobs
+            .insert(record_key(rec.id), vec![FORMAT_VERSION, 0, 0xff])
+            .unwrap();
+        assert!(matches!(
+            journal.get(rec.id),
+            Err(JournalError::Corrupt { .. })
+        ));
+
+        journal.inner.records.insert("feed/x", vec![7, 0]).unwrap();
+        let err = journal.records("feed/", None, 10).unwrap_err();
+        assert!(err.to_string().contains("feed/x"), "{err}");
+        assert!(matches!(
+            journal.put_record("feed/x", &serde_json::json!(1)),
+            Err(JournalError::Corrupt { .. })
+        ));
+
+        journal.inner.meta.insert("state", vec![3]).unwrap();
+        let err = journal.meta_get("state").unwrap_err();
+        assert!(err.to_string().contains("state"), "{err}");
+    }
+
+    /// Ensures that many concurrent `durable` callers all resolve and share commits: with the
+    /// commit thread stalled while they queue up, 200 callers need at most 2 commits.
+    #[test]
+    fn concurrent_durable_callers_share_commits() {
+        const CALLERS: usize = 200;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let before = journal.commit_count();
+
+        let gate = journal.inner.committer.gate.lock().unwrap();
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let journal = journal.clone();
+                rt.spawn(async move {
+                    let rec = submit(&journal, JobStatus::Pending);
+                    journal.durable().await.map(|()| rec.id)
+                })
+            })
+            .collect();
+        while journal.inner.queued.load(Ordering::SeqCst) < CALLERS {
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(gate);
+
+        let ids = rt.block_on(async {
+            let mut ids = Vec::new();
+            for task in tasks {
+                ids.push(task.await.unwrap().unwrap());
+            }
+            ids
+        });
+        for id in ids {
+            assert!(journal.get(id).unwrap().is_some());
+        }
+        let commits = journal.commit_count() - before;
+        assert!(
+            (1..=2).contains(&commits),
+            "{commits} commits for {CALLERS} callers"
+        );
+        assert!((commits as usize) < CALLERS);
+    }
+
+    /// Ensures that values large enough to become sled blob files are committed and read back.
+    #[tokio::test]
+    async fn large_values_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut rec = record(JobStatus::Succeeded);
+        rec.result = Some("x".repeat(512 * 1024));
+        journal
+            .write(&[change(&rec, EventKind::Succeeded)])
+            .unwrap();
+        journal.durable().await.unwrap();
+        let synced = journal.inner.committer.synced_blobs.lock().unwrap().len();
+        assert!(synced > 0, "the blob file was not fsync'd");
+        journal.durable().await.unwrap();
+        assert_eq!(journal.get(rec.id).unwrap(), Some(rec));
+    }
+
+    /// Ensures that the storage ceiling measurement runs and reports a positive rate.
+    #[test]
+    fn measure_ceiling_reports_a_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = measure_ceiling(dir.path(), 1_100).unwrap();
+        assert!(rate > 0.0, "{rate}");
+    }
+}

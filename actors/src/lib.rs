@@ -1,0 +1,20 @@
+//! `warden-actors`: the job model, the journal, the admin protocol and every actor of a Warden
+//! node. Nothing here reads TOML or installs process-global state; the root crate does that and
+//! hands plain typed arguments ([`args::NodeArgs`]) to [`node::Node::start`].
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod args;
+pub mod job;
+pub mod journal;
+pub mod link;
+pub mod backoff;
+pub mod dispatcher;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod queue;
+pub mod routing;
+pub mod supervisor;
+pub mod tasks;
+pub mod worker;

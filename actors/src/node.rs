@@ -1,0 +1,260 @@
+//! Starting and stopping a node: the one code path used by the binary, the tests and the
+//! benchmark. [`Node::start`] opens the journal, binds the admin port and spawns the tree;
+//! [`Node::run`] waits for a stop request (a signal future, the admin `shutdown` command) or for
+//! the root supervisor to escalate, then stops gracefully:
+//!
+//! 1. the dispatcher stops taking work and waits for running jobs (up to `shutdown_timeout`);
+//! 2. the root stops its children in reverse start order and waits for them;
+//! 3. the journal is flushed and fsync'd.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
+use crate::args::{NodeArgs, PipelineArgs};
+use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
+use crate::journal::{Journal, JournalError};
+use crate::link::Link;
+use crate::routing::Router;
+use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec};
+use crate::tasks::{self, TaskSet};
+use crate::worker::WorkerSpec;
+
+/// Extra time the root gets to stop its children after the drain.
+const STOP_SLACK: Duration = Duration::from_secs(30);
+
+/// Why a node could not start, or why it stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data dir could not be created.
+    #[error("cannot create data dir {dir}: {source}")]
+    DataDir {
+        /// The dir.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The admin port could not be bound.
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The arguments are inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The tree could not be spawned.
+    #[error("cannot start the supervision tree: {0}")]
+    Spawn(String),
+    /// The root supervisor spent its restart budget.
+    #[error("the root supervisor escalated: {0}")]
+    Escalated(String),
+}
+
+/// A running node.
+pub struct Node {
+    admin_addr: SocketAddr,
+    name: String,
+    root: ActorRef<SupervisorMsg>,
+    root_done: JoinHandle<()>,
+    journal: Journal,
+    dispatcher: DispatcherLink,
+    shutdown_tx: watch::Sender<Option<ShutdownRequest>>,
+    shutdown_rx: watch::Receiver<Option<ShutdownRequest>>,
+    fatal: Arc<Mutex<Option<String>>>,
+    shutdown_timeout: Duration,
+}
+
+/// The tasks of a pipeline by name; `None` for a pipeline this build does not have.
+fn tasks_of(pipeline: &str) -> Option<TaskSet> {
+    match pipeline {
+        "builtin" => Some(tasks::builtin()),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// Opens the journal, binds the admin port, spawns the tree and replays the journal.
+    pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir { dir: args.data_dir.clone(), source })?;
+        let journal = Journal::open(&args.data_dir)?;
+        let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
+        let listener = std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind { addr: args.admin.listen, source })?;
+        let admin_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: args.admin.listen, source })?;
+
+        let dispatcher = DispatcherLink::default();
+        let root_link: Link<SupervisorMsg> = Link::default();
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let fatal = Arc::new(Mutex::new(None));
+
+        let mut infos = Vec::new();
+        let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
+        for (i, p) in args.pipelines.iter().enumerate() {
+            let tasks = tasks_of(&p.name).ok_or_else(|| NodeError::Invalid(format!("pipelines.{}: no such pipeline in this build", p.name)))?;
+            infos.push(PipelineInfo { name: p.name.clone(), retry: p.retry, tasks: tasks.names().map(String::from).collect() });
+            pipeline_specs.push(pipeline_spec(i, p, tasks, dispatcher.clone()));
+        }
+
+        let admin = Arc::new(AdminSpec {
+            listener: Arc::new(listener),
+            ctx: Arc::new(AdminCtx {
+                limits: args.admin.clone(),
+                journal: journal.clone(),
+                dispatcher: dispatcher.clone(),
+                root: root_link.clone(),
+                node_name: args.name.clone(),
+                started: std::time::Instant::now(),
+                shutdown: shutdown_tx.clone(),
+            }),
+        });
+        let dispatcher_spec = Arc::new(DispatcherSpec(DispatcherArgs {
+            journal: journal.clone(),
+            jobs: args.jobs.clone(),
+            pipelines: infos,
+            router,
+            link: dispatcher.clone(),
+        }));
+        // Order matters: the dispatcher restarts every child after it (the pipelines), so that
+        // no worker keeps waiting on a dead dispatcher.
+        let mut children: Vec<Arc<dyn ChildSpec>> = vec![admin, dispatcher_spec];
+        children.extend(pipeline_specs);
+        let fatal_w = fatal.clone();
+        let root_args = SupervisorArgs {
+            path: "root".into(),
+            pipeline: "-".into(),
+            policy: args.restart,
+            children,
+            on_escalate: Some(Box::new(move |why| {
+                *fatal_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            })),
+        };
+        let (root, root_done) = Actor::spawn(None, Supervisor, root_args).await.map_err(|e| NodeError::Spawn(e.to_string()))?;
+        root_link.set(root.clone());
+        info!(admin = %admin_addr, data_dir = %args.data_dir.display(), node = %args.name, "node started");
+        Ok(Node {
+            admin_addr,
+            name: args.name,
+            root,
+            root_done,
+            journal,
+            dispatcher,
+            shutdown_tx,
+            shutdown_rx,
+            fatal,
+            shutdown_timeout: args.shutdown_timeout,
+        })
+    }
+
+    /// The admin port's address (useful with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The journal (the benchmark and tests read it).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Asks the node to stop, as the admin `shutdown` command does.
+    pub fn request_shutdown(&self, drain: bool) {
+        let _ = self.shutdown_tx.send(Some(ShutdownRequest { drain }));
+    }
+
+    /// Runs until `stop` resolves, `shutdown` arrives, or the root escalates; then stops.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<(), NodeError> {
+        tokio::pin!(stop);
+        let drain = tokio::select! {
+            _ = &mut stop => true,
+            r = self.shutdown_rx.wait_for(Option::is_some) => r.map(|r| r.is_some_and(|r| r.drain)).unwrap_or(true),
+            _ = &mut self.root_done => {
+                let why = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "the root supervisor stopped".into());
+                error!(reason = %why, "node stopping: supervision failure reached the root");
+                let _ = self.journal.sync_now();
+                return Err(NodeError::Escalated(why));
+            }
+        };
+        self.stop(drain).await
+    }
+
+    /// Stops the node: drain (when asked), stop the tree, sync the journal.
+    pub async fn stop(self, drain: bool) -> Result<(), NodeError> {
+        info!(drain, "node stopping");
+        if drain {
+            if let Some(d) = self.dispatcher.get() {
+                match d.call(DispatcherMsg::Drain, Some(self.shutdown_timeout)).await {
+                    Ok(ractor::rpc::CallResult::Success(())) => info!("running jobs finished"),
+                    _ => warn!(timeout = ?self.shutdown_timeout, "jobs still running at shutdown_timeout; they will run again after a restart"),
+                }
+            }
+        }
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(self.shutdown_timeout + STOP_SLACK)).await;
+        let _ = self.root_done.await;
+        self.journal.sync_now()?;
+        info!("node stopped");
+        Ok(())
+    }
+}
+
+fn pipeline_spec(index: usize, p: &PipelineArgs, tasks: TaskSet, dispatcher: DispatcherLink) -> Arc<dyn ChildSpec> {
+    let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers).map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone())).collect();
+    let down = workers.clone();
+    let (name, policy) = (p.name.clone(), p.restart);
+    Arc::new(SupervisorSpec {
+        name: format!("pipeline:{}", p.name),
+        build: Box::new(move |path| SupervisorArgs {
+            path,
+            pipeline: name.clone(),
+            policy,
+            children: workers.iter().map(|w| w.clone() as Arc<dyn ChildSpec>).collect(),
+            on_escalate: None,
+        }),
+        // A pipeline supervisor that fails takes its workers with it without telling them
+        // apart: tell the dispatcher for each, so their jobs go back to the queue.
+        on_down: Some(Box::new(move |reason| {
+            for w in &down {
+                w.on_down(&format!("pipeline supervisor down: {reason}"));
+            }
+        })),
+    })
+}
+
+/// The dispatcher's recipe under the root.
+struct DispatcherSpec(DispatcherArgs);
+
+impl ChildSpec for DispatcherSpec {
+    fn name(&self) -> String {
+        "dispatcher".into()
+    }
+    fn kind(&self) -> &'static str {
+        "dispatcher"
+    }
+    fn spawn(&self, supervisor: ActorCell, _path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+        let args = self.0.clone();
+        Box::pin(async move {
+            let (r, _) = Actor::spawn_linked(None, Dispatcher, args, supervisor).await?;
+            Ok(r.get_cell())
+        })
+    }
+    fn restarts_later_siblings(&self) -> bool {
+        true
+    }
+}

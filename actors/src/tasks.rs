@@ -1,0 +1,186 @@
+//! Tasks: what a job name means. A pipeline owns a [`TaskSet`] mapping `<pipeline>.<task>` to an
+//! async function; the worker runs it and reports its [`TaskError`] class, which decides the
+//! job's fate (ARCHITECTURE.md, "A job's life"): transient → retry with backoff, permanent →
+//! dead-letter at once, throttled → wait without burning an attempt.
+//!
+//! The built-in pipeline's tasks live here too: they exist for tests, benchmarks and smoke
+//! checks (PROTOCOL.md, "Job names").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use crate::job::JobId;
+
+/// What a task gets to run.
+#[derive(Debug, Clone)]
+pub struct TaskCtx {
+    /// The job.
+    pub job_id: JobId,
+    /// `<pipeline>.<task>`.
+    pub name: String,
+    /// The job's params object.
+    pub params: Value,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+/// Why an attempt failed, classified where it happened.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    /// May work next time (connect error, timeout, 5xx, truncated body): retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Will never work (bad params, unknown ticker, 4xx): dead-letter at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// The upstream asked us to slow down: wait, and do not count the attempt.
+    #[error("{message}")]
+    Throttled {
+        /// What the upstream said.
+        message: String,
+        /// How long it asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The outcome of one attempt: the result JSON or the classified error.
+pub type TaskResult = Result<Value, TaskError>;
+
+/// A task's body.
+pub type TaskFn = Arc<dyn Fn(TaskCtx) -> BoxFuture<'static, TaskResult> + Send + Sync>;
+
+/// The tasks of one pipeline, by full job name.
+#[derive(Clone, Default)]
+pub struct TaskSet {
+    tasks: BTreeMap<String, TaskFn>,
+}
+
+impl TaskSet {
+    /// Adds a task under `name` (`<pipeline>.<task>`).
+    pub fn with(mut self, name: &str, f: TaskFn) -> Self {
+        self.tasks.insert(name.to_string(), f);
+        self
+    }
+
+    /// The task for a job name.
+    pub fn get(&self, name: &str) -> Option<&TaskFn> {
+        self.tasks.get(name)
+    }
+
+    /// Every job name this set serves.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for TaskSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tasks.keys()).finish()
+    }
+}
+
+/// Reads an optional non-negative integer param, naming it in the error.
+pub fn param_u64(ctx: &TaskCtx, key: &str, default: Option<u64>) -> Result<u64, TaskError> {
+    match ctx.params.get(key) {
+        None | Some(Value::Null) => default.ok_or_else(|| {
+            TaskError::Permanent(format!("{}: params.{key}: expected a whole number, got nothing", ctx.name))
+        }),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            TaskError::Permanent(format!("{}: params.{key}: expected a whole number, got {v}", ctx.name))
+        }),
+    }
+}
+
+fn task<F, Fut>(f: F) -> TaskFn
+where
+    F: Fn(TaskCtx) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = TaskResult> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(f(ctx)))
+}
+
+/// The longest `builtin.sleep` accepted: a day.
+const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// The built-in pipeline: `noop`, `sleep {ms}`, `fail {times}`, `fail_permanent`, `panic {times}`.
+pub fn builtin() -> TaskSet {
+    TaskSet::default()
+        .with("builtin.noop", task(|_| async { Ok(Value::Null) }))
+        .with(
+            "builtin.sleep",
+            task(|ctx| async move {
+                let ms = param_u64(&ctx, "ms", None)?;
+                if ms > MAX_SLEEP_MS {
+                    return Err(TaskError::Permanent(format!(
+                        "builtin.sleep: params.ms: expected at most {MAX_SLEEP_MS} (a day), got {ms}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({ "slept_ms": ms }))
+            }),
+        )
+        .with(
+            "builtin.fail",
+            task(|ctx| async move {
+                let times = param_u64(&ctx, "times", Some(1))?;
+                if u64::from(ctx.attempt) <= times {
+                    Err(TaskError::Transient(format!(
+                        "builtin.fail: attempt {} of the {times} that fail on purpose",
+                        ctx.attempt
+                    )))
+                } else {
+                    Ok(json!({ "attempts": ctx.attempt }))
+                }
+            }),
+        )
+        .with(
+            "builtin.fail_permanent",
+            task(|_| async { Err(TaskError::Permanent("builtin.fail_permanent: fails on purpose".into())) }),
+        )
+        .with(
+            "builtin.panic",
+            task(|ctx| async move {
+                let times = param_u64(&ctx, "times", Some(1))?;
+                if u64::from(ctx.attempt) <= times {
+                    panic!("builtin.panic: attempt {} of the {times} that panic on purpose", ctx.attempt);
+                }
+                Ok(json!({ "attempts": ctx.attempt }))
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(name: &str, params: Value, attempt: u32) -> TaskCtx {
+        TaskCtx { job_id: JobId::new(), name: name.into(), params, attempt }
+    }
+
+    /// Ensures that `builtin.fail` fails its first N attempts with a transient error, then succeeds.
+    #[tokio::test]
+    async fn fail_fails_first_n_attempts() {
+        let set = builtin();
+        let f = set.get("builtin.fail").unwrap();
+        for attempt in 1..=2 {
+            let r = f(ctx("builtin.fail", json!({"times": 2}), attempt)).await;
+            assert!(matches!(r, Err(TaskError::Transient(_))), "{r:?}");
+        }
+        assert_eq!(f(ctx("builtin.fail", json!({"times": 2}), 3)).await, Ok(json!({"attempts": 3})));
+    }
+
+    /// Ensures that a mistyped param is a permanent error naming the param.
+    #[tokio::test]
+    async fn bad_param_is_permanent_and_named() {
+        let set = builtin();
+        let r = set.get("builtin.sleep").unwrap()(ctx("builtin.sleep", json!({"ms": "soon"}), 1)).await;
+        assert_eq!(
+            r,
+            Err(TaskError::Permanent("builtin.sleep: params.ms: expected a whole number, got \"soon\"".into()))
+        );
+    }
+}
