@@ -1,4 +1,10 @@
 //! The `warden` package: the node binary's glue. It reads the TOML config into the actors'
-//! typed arguments, installs the process-global pieces (tracing, Prometheus) and hosts the CLI.
+//! typed arguments (`config`), installs the process-global pieces (`telemetry`), hosts the
+//! admin CLI (`cli`, over `client`) and the benchmark (`bench`). The actors themselves live in
+//! the `warden-actors` crate.
 
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod telemetry;

@@ -1,1 +1,114 @@
-fn main() {}
+//! The `warden` binary: `warden node` runs a node, `warden bench` measures one, and every other
+//! subcommand is the admin CLI (see `cli.rs`). Only this file installs process-global things:
+//! the tracing subscriber, the Prometheus recorder and the signal handlers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use warden::cli::{ClientCommand, ClientOpts};
+use warden::config::Config;
+use warden::{bench, telemetry};
+use warden_actors::node::Node;
+
+/// Warden: a supervised job runtime for data ingestion.
+#[derive(Parser)]
+#[command(name = "warden", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (on the embedded default config unless --config is given).
+    Node {
+        /// A TOML config file (see config/default.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Measure throughput, latency and memory of an in-process node against the raw storage ceiling.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warden: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Node { config } => rt.block_on(run_node(config)),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Client(cmd) => rt.block_on(warden::cli::run(cmd, cli.client)),
+    }
+}
+
+async fn run_node(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match &config {
+        Some(path) => Config::from_file(path),
+        None => Ok(Config::embedded_default()),
+    };
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(cfg.log.format, &cfg.log.level);
+    if let Err(e) = telemetry::install_metrics(cfg.metrics.listen) {
+        eprintln!("warden: {e}");
+        return ExitCode::from(2);
+    }
+    let args = cfg.into_args(std::env::var("WARDEN_ADMIN_TOKEN").ok());
+    let node = match Node::start(args).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "node did not start");
+            eprintln!("warden: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match node.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once (the journal replays
+/// whatever was in flight on the next start).
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("signal received: stopping gracefully (send another to exit at once)");
+    tokio::spawn(async {
+        wait_signal().await;
+        eprintln!("warden: second signal, exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
