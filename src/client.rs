@@ -76,6 +76,11 @@ impl Client {
         Self::connect(&addr.to_string(), Duration::from_secs(10)).await
     }
 
+    /// The address this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     fn io(&self, source: std::io::Error) -> ClientError {
         ClientError::Io { addr: self.addr.clone(), source }
     }

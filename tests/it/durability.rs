@@ -1,0 +1,152 @@
+//! Durability: acknowledged jobs survive `kill -9`, a graceful stop lets running jobs finish,
+//! a data dir cannot be opened twice, and a bad config stops the node before it starts.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use warden::client::Client;
+
+use crate::support::{finished, poll, req, status, submit, TestNode};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a config for the binary and returns the admin address it will listen on.
+fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let path = dir.join("node.toml");
+    let text = format!(
+        "[node]\ndata_dir = {:?}\nshutdown_timeout = \"10s\"\n[admin]\nlisten = {admin:?}\n[metrics]\nlisten = {metrics:?}\n\
+         [log]\nlevel = \"warn\"\n[pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n",
+        dir.join("data").display().to_string()
+    );
+    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    (path, admin)
+}
+
+fn spawn_node(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["node", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warden node")
+}
+
+async fn connect(addr: &str) -> Client {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "node at {addr} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ensures that a node killed with SIGKILL while 1,500 acknowledged jobs are queued or running
+/// loses none of them: restarted on the same dir it runs every one to `succeeded`; and that
+/// `shutdown` then stops it with exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(tmp.path());
+    let mut child = spawn_node(&config);
+    let mut c = connect(&addr).await;
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.sleep", "params": {"ms": 5}})).collect();
+        let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+        assert_eq!(a["ok"], true, "{a}");
+        ids.extend(a["job_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    let before = req(&mut c, json!({"cmd": "stats"})).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done_before = before["totals"]["succeeded"].as_u64().unwrap();
+    assert!(done_before < 1500, "the kill must hit unfinished work, but {done_before} had finished");
+
+    let mut child = spawn_node(&config);
+    let mut c = connect(&addr).await;
+    poll(&mut c, "every replayed job to finish", WAIT, json!({"cmd": "stats"}), |s| {
+        s["jobs"] == json!({"pending": 0, "running": 0, "retrying": 0})
+    })
+    .await;
+    for id in &ids {
+        let j = status(&mut c, id).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+    }
+    let a = req(&mut c, json!({"cmd": "shutdown"})).await;
+    assert_eq!(a["draining"], true);
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(code.success(), "exit status {code:?}");
+}
+
+/// Ensures that a bad config file stops the binary before it starts, with a message that names
+/// the file and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, "[pipelines.builtin]\nwrokers = 4\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(["node", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("pipelines.builtin.wrokers"), "{err}");
+}
+
+/// Ensures that a graceful stop lets a running job finish before the node exits, and that a
+/// restart on the same dir finds it succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_finishes_running_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
+    let mut c = node.client().await;
+    let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
+    poll(&mut c, "the job to run", WAIT, json!({"cmd": "status", "job_id": id}), |a| a["job"]["status"] == "running").await;
+    node.stop().await.unwrap();
+    let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
+    let mut c = node.client().await;
+    assert_eq!(status(&mut c, &id).await["status"], "succeeded");
+}
+
+/// Ensures that jobs queued on a paused pipeline are replayed after a restart and then run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_replay_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
+    let mut c = node.client().await;
+    req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
+    let id = submit(&mut c, "builtin.noop", json!({})).await;
+    node.stop().await.unwrap();
+    let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
+    let mut c = node.client().await;
+    let j = finished(&mut c, &id, WAIT).await;
+    assert_eq!(j["status"], "succeeded");
+}
+
+/// Ensures that a second node on a data dir held by a live node fails with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_is_locked_by_a_live_node() {
+    let node = TestNode::start().await;
+    let second = TestNode::start_in(node.dir(), |_| {}).await;
+    let err = second.err().expect("the second node must not start").to_string();
+    assert!(err.contains("in use by another live node"), "{err}");
+}
+
+/// Ensures that the `shutdown` command stops an in-process node cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_command_stops_the_node() {
+    let node = TestNode::start().await;
+    let mut c = node.client().await;
+    assert_eq!(req(&mut c, json!({"cmd": "shutdown"})).await["draining"], true);
+    node.ended(WAIT).await.unwrap();
+}

@@ -1,0 +1,186 @@
+//! Test support: [`TestNode`] (a real node on 127.0.0.1:0 with a temporary data dir and short
+//! timings, the same `Node::start` the binary uses), client helpers, and [`eventually`], the
+//! bounded poll that replaces sleeping.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warden::client::Client;
+use warden_actors::args::{AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy};
+use warden_actors::node::{Node, NodeError};
+
+/// Short timings so retries and restarts take milliseconds.
+pub fn test_args(dir: &Path) -> NodeArgs {
+    let restart = RestartPolicy {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        jitter: 0.1,
+        max_restarts: 10,
+        within: Duration::from_secs(10),
+    };
+    NodeArgs {
+        name: "test".into(),
+        data_dir: dir.to_path_buf(),
+        shutdown_timeout: Duration::from_secs(10),
+        admin: AdminArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_connections: 32,
+            max_line_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(60),
+            token: None,
+        },
+        jobs: JobsArgs {
+            max_queued: 100_000,
+            max_wait: Duration::from_secs(60),
+            retention: Duration::from_secs(86400),
+            cancel_grace: Duration::from_millis(200),
+        },
+        restart,
+        pipelines: vec![PipelineArgs {
+            name: "builtin".into(),
+            workers: 4,
+            retry: RetryPolicy { max_retries: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100) },
+            restart,
+        }],
+        routes: vec![],
+    }
+}
+
+/// A node running in this process.
+pub struct TestNode {
+    addr: SocketAddr,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    run: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl TestNode {
+    /// A node with [`test_args`] on a fresh temporary dir.
+    pub async fn start() -> TestNode {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A node on a fresh temporary dir, with `tweak` applied to its arguments.
+    pub async fn start_with(tweak: impl FnOnce(&mut NodeArgs)) -> TestNode {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = Self::start_in(tmp.path(), tweak).await.expect("node starts");
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// A node on `dir` (kept after the node stops, for restart tests).
+    pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut NodeArgs)) -> Result<TestNode, NodeError> {
+        let mut args = test_args(dir);
+        tweak(&mut args);
+        let node = Node::start(args).await?;
+        let addr = node.admin_addr();
+        let (tx, rx) = oneshot::channel();
+        let run = tokio::spawn(node.run(async {
+            let _ = rx.await;
+        }));
+        Ok(TestNode { addr, dir: dir.to_path_buf(), _tmp: None, stop: Some(tx), run: Some(run) })
+    }
+
+    /// The admin address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new admin connection.
+    pub async fn client(&self) -> Client {
+        Client::connect_addr(self.addr).await.expect("connect to the test node")
+    }
+
+    /// Stops gracefully and returns how `run` ended.
+    pub async fn stop(mut self) -> Result<(), NodeError> {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.run.take().unwrap().await.expect("node task")
+    }
+
+    /// Waits for the node to end by itself (the `shutdown` command, an escalation).
+    pub async fn ended(mut self, within: Duration) -> Result<(), NodeError> {
+        tokio::time::timeout(within, self.run.take().unwrap()).await.expect("node ended in time").expect("node task")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// Polls `check` until it yields `Some`, at most `within`; panics naming `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends one request and returns the answer.
+pub async fn req(c: &mut Client, r: Value) -> Value {
+    c.request(&r).await.expect("an answer")
+}
+
+/// Submits one job and returns its id.
+pub async fn submit(c: &mut Client, job: &str, params: Value) -> String {
+    let a = req(c, json!({"cmd": "submit", "job": job, "params": params})).await;
+    assert_eq!(a["ok"], true, "submit failed: {a}");
+    a["job_id"].as_str().unwrap().to_string()
+}
+
+/// The job object of `id`.
+pub async fn status(c: &mut Client, id: &str) -> Value {
+    let a = req(c, json!({"cmd": "status", "job_id": id})).await;
+    assert_eq!(a["ok"], true, "status failed: {a}");
+    a["job"].clone()
+}
+
+/// Sends `request` until `done` holds for the answer, at most `within`; returns that answer.
+pub async fn poll(c: &mut Client, what: &str, within: Duration, request: Value, mut done: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let a = req(c, request.clone()).await;
+        if done(&a) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}; last answer: {a}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until job `id` is finished (succeeded, failed or cancelled) and returns it.
+pub async fn finished(c: &mut Client, id: &str, within: Duration) -> Value {
+    let a = poll(c, &format!("job {id} to finish"), within, json!({"cmd": "status", "job_id": id}), |a| {
+        matches!(a["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    })
+    .await;
+    a["job"].clone()
+}
+
+/// The error code of an answer, asserting that it is an error.
+pub fn code(a: &Value) -> &str {
+    assert_eq!(a["ok"], false, "expected an error, got {a}");
+    a["error"]["code"].as_str().unwrap()
+}
