@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
-use warden_actors::args::{AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy};
+use warden_actors::args::{
+    AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy,
+};
 use warden_actors::node::Node;
 
 use crate::client::Client;
@@ -76,27 +78,41 @@ fn node_args(dir: &std::path::Path, workers: usize) -> NodeArgs {
             cancel_grace: Duration::from_secs(10),
         },
         restart: RestartPolicy::DEFAULT,
-        pipelines: vec![PipelineArgs { name: "builtin".into(), workers, retry: RetryPolicy::DEFAULT, restart: RestartPolicy::DEFAULT }],
+        pipelines: vec![PipelineArgs {
+            name: "builtin".into(),
+            workers,
+            retry: RetryPolicy::DEFAULT,
+            restart: RestartPolicy::DEFAULT,
+        }],
         routes: vec![],
     }
 }
 
 async fn measure(args: BenchArgs) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    println!("machine_cores={}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "machine_cores={}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
 
     let dir = tempfile::tempdir().map_err(|x| e(&x))?;
     let ceiling_dir = dir.path().join("ceiling");
     std::fs::create_dir_all(&ceiling_dir).map_err(|x| e(&x))?;
     let entries = args.ceiling_entries;
-    let ceiling = tokio::task::spawn_blocking(move || warden_actors::journal::measure_ceiling(&ceiling_dir, entries))
-        .await
-        .map_err(|x| e(&x))?
-        .map_err(|x| e(&x))?;
+    let ceiling = tokio::task::spawn_blocking(move || {
+        warden_actors::journal::measure_ceiling(&ceiling_dir, entries)
+    })
+    .await
+    .map_err(|x| e(&x))?
+    .map_err(|x| e(&x))?;
     println!("ceiling_entries_per_s={ceiling:.0}");
     println!("ceiling_jobs_per_s={:.0}", ceiling / 3.0);
 
-    let node = Node::start(node_args(&dir.path().join("node"), args.workers)).await.map_err(|x| e(&x))?;
+    let node = Node::start(node_args(&dir.path().join("node"), args.workers))
+        .await
+        .map_err(|x| e(&x))?;
     let addr = node.admin_addr();
 
     // Throughput: batches over several connections, each pipelining its batches.
@@ -106,15 +122,21 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
     for _ in 0..args.connections.max(1) {
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect_addr(addr).await.map_err(|x| x.to_string())?;
-            let line = json!({"cmd": "submit_batch", "jobs": vec![json!({"job": "builtin.noop"}); batch]}).to_string();
+            let mut c = Client::connect_addr(addr)
+                .await
+                .map_err(|x| x.to_string())?;
+            let line =
+                json!({"cmd": "submit_batch", "jobs": vec![json!({"job": "builtin.noop"}); batch]})
+                    .to_string();
             let rounds = per_conn.div_ceil(batch);
             let window = 4; // batches in flight per connection
             let mut sent = 0;
             let mut got = 0;
             while got < rounds {
                 while sent < rounds && sent - got < window {
-                    c.send_raw(line.as_bytes()).await.map_err(|x| x.to_string())?;
+                    c.send_raw(line.as_bytes())
+                        .await
+                        .map_err(|x| x.to_string())?;
                     sent += 1;
                 }
                 let a = c.recv().await.map_err(|x| x.to_string())?;
@@ -136,20 +158,32 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     let elapsed = start.elapsed();
     let tput = total as f64 / elapsed.as_secs_f64();
     println!("throughput_jobs={total}");
-    println!("throughput_submit_only_jobs_per_s={:.0}", total as f64 / submitted_at.as_secs_f64());
+    println!(
+        "throughput_submit_only_jobs_per_s={:.0}",
+        total as f64 / submitted_at.as_secs_f64()
+    );
     println!("throughput_jobs_per_s={tput:.0}");
-    println!("throughput_ratio_to_ceiling_jobs={:.3}", tput / (ceiling / 3.0));
+    println!(
+        "throughput_ratio_to_ceiling_jobs={:.3}",
+        tput / (ceiling / 3.0)
+    );
 
     // Latency: sequential round trips.
     let mut ack = Vec::with_capacity(args.sequential);
     let mut done = Vec::with_capacity(args.sequential);
     for _ in 0..args.sequential {
         let t0 = Instant::now();
-        let a = c.request(&json!({"cmd": "submit", "job": "builtin.noop"})).await.map_err(|x| e(&x))?;
+        let a = c
+            .request(&json!({"cmd": "submit", "job": "builtin.noop"}))
+            .await
+            .map_err(|x| e(&x))?;
         ack.push(t0.elapsed());
         let id = a["job_id"].clone();
         loop {
-            let s = c.request(&json!({"cmd": "status", "job_id": id})).await.map_err(|x| e(&x))?;
+            let s = c
+                .request(&json!({"cmd": "status", "job_id": id}))
+                .await
+                .map_err(|x| e(&x))?;
             if s["job"]["status"] == "succeeded" {
                 break;
             }
@@ -164,7 +198,10 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     println!("latency_done_p99_us={d99}");
 
     // Memory: jobs held on a paused pipeline.
-    let p = c.request(&json!({"cmd": "pause", "pipeline": "builtin"})).await.map_err(|x| e(&x))?;
+    let p = c
+        .request(&json!({"cmd": "pause", "pipeline": "builtin"}))
+        .await
+        .map_err(|x| e(&x))?;
     if p["ok"] != true {
         return Err(format!("pause failed: {p}"));
     }
@@ -186,8 +223,13 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     println!("rss_before_queue_bytes={before}");
     println!("rss_with_queue_bytes={after}");
     println!("rss_peak_bytes={peak}");
-    println!("rss_bytes_per_queued_job={:.0}", after.saturating_sub(before) as f64 / args.queued.max(1) as f64);
-    let _ = c.request(&json!({"cmd": "resume", "pipeline": "builtin"})).await;
+    println!(
+        "rss_bytes_per_queued_job={:.0}",
+        after.saturating_sub(before) as f64 / args.queued.max(1) as f64
+    );
+    let _ = c
+        .request(&json!({"cmd": "resume", "pipeline": "builtin"}))
+        .await;
     node.stop(false).await.map_err(|x| e(&x))?;
     Ok(())
 }
@@ -195,7 +237,10 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
 async fn wait_succeeded(c: &mut Client, n: u64) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let s = c.request(&json!({"cmd": "stats"})).await.map_err(|x| x.to_string())?;
+        let s = c
+            .request(&json!({"cmd": "stats"}))
+            .await
+            .map_err(|x| x.to_string())?;
         let ok = s["totals"]["succeeded"].as_u64().unwrap_or(0);
         if ok >= n {
             return Ok(());
@@ -230,4 +275,3 @@ fn rss_bytes() -> Option<u64> {
 fn peak_rss_bytes() -> Option<u64> {
     status_field("VmHWM:")
 }
-

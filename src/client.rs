@@ -56,10 +56,18 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` (`host:port`), giving up after `timeout`.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
-        let err = |source| ClientError::Connect { addr: addr.to_string(), source };
+        let err = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(|_| {
+                err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                ))
+            })?
             .map_err(err)?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
@@ -82,7 +90,10 @@ impl Client {
     }
 
     fn io(&self, source: std::io::Error) -> ClientError {
-        ClientError::Io { addr: self.addr.clone(), source }
+        ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
     }
 
     /// Queues a raw line (a `\n` is added) without flushing.
@@ -119,8 +130,13 @@ impl Client {
 
     /// Reads the next answer.
     pub async fn recv(&mut self) -> Result<Value, ClientError> {
-        let line = self.recv_raw().await?.ok_or_else(|| ClientError::Closed { addr: self.addr.clone() })?;
-        serde_json::from_str(&line).map_err(|_| ClientError::BadAnswer { addr: self.addr.clone(), line })
+        let line = self.recv_raw().await?.ok_or_else(|| ClientError::Closed {
+            addr: self.addr.clone(),
+        })?;
+        serde_json::from_str(&line).map_err(|_| ClientError::BadAnswer {
+            addr: self.addr.clone(),
+            line,
+        })
     }
 
     /// Sends one request and waits for its answer.

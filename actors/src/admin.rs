@@ -70,7 +70,11 @@ impl Actor for Admin {
     type State = AdminState;
     type Arguments = AdminStart;
 
-    async fn pre_start(&self, _me: ActorRef<()>, start: AdminStart) -> Result<AdminState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<()>,
+        start: AdminStart,
+    ) -> Result<AdminState, ActorProcessingErr> {
         let std_listener = start.listener.try_clone()?;
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
@@ -79,7 +83,11 @@ impl Actor for Admin {
         Ok(AdminState { accept, closing })
     }
 
-    async fn post_stop(&self, _me: ActorRef<()>, st: &mut AdminState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<()>,
+        st: &mut AdminState,
+    ) -> Result<(), ActorProcessingErr> {
         st.accept.abort();
         let _ = st.closing.send(true);
         Ok(())
@@ -102,11 +110,17 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::R
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let err = ApiError::new(
                 ErrorCode::Overloaded,
-                format!("too many admin connections (at most {}); try again later", ctx.limits.max_connections),
+                format!(
+                    "too many admin connections (at most {}); try again later",
+                    ctx.limits.max_connections
+                ),
             );
-            metrics::counter!(m::ADMIN_REQUESTS, "cmd" => "connect", "outcome" => "overloaded").increment(1);
+            metrics::counter!(m::ADMIN_REQUESTS, "cmd" => "connect", "outcome" => "overloaded")
+                .increment(1);
             tokio::spawn(async move {
-                let _ = stream.write_all(format!("{}\n", error_line(None, &err)).as_bytes()).await;
+                let _ = stream
+                    .write_all(format!("{}\n", error_line(None, &err)).as_bytes())
+                    .await;
                 let _ = stream.shutdown().await;
             });
             continue;
@@ -144,8 +158,15 @@ impl ChildSpec for AdminSpec {
     fn kind(&self) -> &'static str {
         "admin"
     }
-    fn spawn(&self, supervisor: ActorCell, _path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
-        let start = AdminStart { listener: self.listener.clone(), ctx: self.ctx.clone() };
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        _path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+        let start = AdminStart {
+            listener: self.listener.clone(),
+            ctx: self.ctx.clone(),
+        };
         Box::pin(async move {
             let (r, _) = Actor::spawn_linked(None, Admin, start, supervisor).await?;
             info!(actor = "root/admin", "admin port open");

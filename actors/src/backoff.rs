@@ -16,7 +16,13 @@ pub const RETRY_JITTER: f64 = 0.1;
 
 /// `base · 2^n`, capped at `max`, then moved by `jitter_unit · jitter · delay` where
 /// `jitter_unit` is in `[-1, 1]`. Saturates instead of overflowing for large `n`.
-pub fn exponential(base: Duration, max: Duration, n: u32, jitter: f64, jitter_unit: f64) -> Duration {
+pub fn exponential(
+    base: Duration,
+    max: Duration,
+    n: u32,
+    jitter: f64,
+    jitter_unit: f64,
+) -> Duration {
     let factor = 2f64.powi(n.min(62) as i32);
     let raw = (base.as_secs_f64() * factor).min(max.as_secs_f64());
     let moved = raw * (1.0 + jitter * jitter_unit.clamp(-1.0, 1.0));
@@ -70,7 +76,11 @@ pub struct RestartBudget {
 impl RestartBudget {
     /// A fresh budget.
     pub fn new(policy: RestartPolicy) -> Self {
-        Self { policy, restarts: VecDeque::new(), total: 0 }
+        Self {
+            policy,
+            restarts: VecDeque::new(),
+            total: 0,
+        }
     }
 
     /// Records a failure at `now` and decides.
@@ -84,7 +94,9 @@ impl RestartBudget {
         }
         let already = self.restarts.len() as u32;
         if already >= self.policy.max_restarts {
-            return RestartDecision::Escalate { restarts_in_window: already };
+            return RestartDecision::Escalate {
+                restarts_in_window: already,
+            };
         }
         self.restarts.push_back(now);
         self.total += 1;
@@ -95,7 +107,10 @@ impl RestartBudget {
             self.policy.jitter,
             jitter_unit,
         );
-        RestartDecision::Restart { backoff, restarts_in_window: already + 1 }
+        RestartDecision::Restart {
+            backoff,
+            restarts_in_window: already + 1,
+        }
     }
 
     /// Restarts since the child was first started.
@@ -131,7 +146,10 @@ mod tests {
         assert_eq!(retry_delay(&p, 1000, 0.0), Duration::from_secs(1));
         let hi = retry_delay(&p, 2, 1.0).as_secs_f64();
         let lo = retry_delay(&p, 2, -1.0).as_secs_f64();
-        assert!((hi - 0.110).abs() < 1e-9 && (lo - 0.090).abs() < 1e-9, "{lo} {hi}");
+        assert!(
+            (hi - 0.110).abs() < 1e-9 && (lo - 0.090).abs() < 1e-9,
+            "{lo} {hi}"
+        );
         for _ in 0..1000 {
             let d = retry_delay(&p, 3, random_unit()).as_secs_f64();
             assert!((0.18..=0.22).contains(&d), "{d}");
@@ -150,7 +168,12 @@ mod tests {
             })
             .collect();
         assert_eq!(delays, [100, 200, 400].map(Duration::from_millis));
-        assert_eq!(b.on_failure(now, 0.0), RestartDecision::Escalate { restarts_in_window: 3 });
+        assert_eq!(
+            b.on_failure(now, 0.0),
+            RestartDecision::Escalate {
+                restarts_in_window: 3
+            }
+        );
         assert_eq!(b.total(), 3);
     }
 
@@ -163,11 +186,14 @@ mod tests {
             b.on_failure(Instant::now(), 0.0);
             tokio::time::advance(Duration::from_secs(1)).await;
         }
-        tokio::time::advance(Duration::from_secs(9)).await;
-        // the first two restarts (at t=0 and t=1) are now 10 s old or more
+        tokio::time::advance(Duration::from_secs(8)).await;
+        // now t=11: the restarts at t=0 and t=1 are 10 s old or more, the one at t=2 is not
         assert_eq!(
             b.on_failure(Instant::now(), 0.0),
-            RestartDecision::Restart { backoff: Duration::from_millis(200), restarts_in_window: 2 }
+            RestartDecision::Restart {
+                backoff: Duration::from_millis(200),
+                restarts_in_window: 2
+            }
         );
     }
 
@@ -176,7 +202,8 @@ mod tests {
     async fn budget_jitter_is_bounded() {
         for unit in [-1.0, -0.5, 0.0, 0.5, 1.0] {
             let mut b = RestartBudget::new(POLICY);
-            let RestartDecision::Restart { backoff, .. } = b.on_failure(Instant::now(), unit) else {
+            let RestartDecision::Restart { backoff, .. } = b.on_failure(Instant::now(), unit)
+            else {
                 panic!("expected a restart")
             };
             let ms = backoff.as_secs_f64() * 1000.0;

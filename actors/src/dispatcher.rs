@@ -65,7 +65,10 @@ pub struct DispatcherArgs {
 pub enum DispatcherMsg {
     /// Accept jobs: validated, routed, journaled (not yet fsync'd: the caller awaits
     /// [`Journal::durable`] before it answers the client). All or none.
-    Submit(Vec<SubmitSpec>, RpcReplyPort<Result<Vec<Accepted>, ApiError>>),
+    Submit(
+        Vec<SubmitSpec>,
+        RpcReplyPort<Result<Vec<Accepted>, ApiError>>,
+    ),
     /// A worker is idle.
     WorkerReady {
         /// Its pipeline.
@@ -121,7 +124,11 @@ impl Actor for Dispatcher {
     type State = DispatcherState;
     type Arguments = DispatcherArgs;
 
-    async fn pre_start(&self, me: ActorRef<DispatcherMsg>, args: DispatcherArgs) -> Result<DispatcherState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
         let link = args.link.clone();
         let mut st = DispatcherState::new(args);
         let replayed = st.replay()?;
@@ -133,17 +140,32 @@ impl Actor for Dispatcher {
         Ok(st)
     }
 
-    async fn handle(&self, me: ActorRef<DispatcherMsg>, msg: DispatcherMsg, st: &mut DispatcherState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        st: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatcherMsg::Submit(specs, reply) => {
                 let _ = reply.send(st.submit(specs));
             }
             DispatcherMsg::WorkerReady { pipeline, worker } => st.worker_ready(pipeline, worker),
-            DispatcherMsg::JobDone { pipeline, worker, job_id, outcome, elapsed } => {
+            DispatcherMsg::JobDone {
+                pipeline,
+                worker,
+                job_id,
+                outcome,
+                elapsed,
+            } => {
                 st.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
                 st.worker_ready(pipeline, worker);
             }
-            DispatcherMsg::WorkerDown { pipeline, worker, reason } => st.worker_down(pipeline, worker, &reason),
+            DispatcherMsg::WorkerDown {
+                pipeline,
+                worker,
+                reason,
+            } => st.worker_down(pipeline, worker, &reason),
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
             DispatcherMsg::Stats(reply) => {
@@ -168,7 +190,11 @@ impl Actor for Dispatcher {
         Ok(())
     }
 
-    async fn post_stop(&self, me: ActorRef<DispatcherMsg>, st: &mut DispatcherState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        st: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
         st.flush_journal();
         st.unlink(me.get_id());
         if let Err(e) = st.journal().sync_now() {

@@ -41,14 +41,16 @@ impl fmt::Display for JobId {
 impl FromStr for JobId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s)
-            .map(JobId)
-            .map_err(|_| format!("expected a UUID like 0193b7f0-3c55-7d2e-9a51-2b0c8f1e6a10, got {s:?}"))
+        Uuid::parse_str(s).map(JobId).map_err(|_| {
+            format!("expected a UUID like 0193b7f0-3c55-7d2e-9a51-2b0c8f1e6a10, got {s:?}")
+        })
     }
 }
 
 /// Strict scheduling class of a job. `High` always runs first; see `queue.rs` for aging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Runs before everything else.
@@ -123,7 +125,10 @@ impl JobStatus {
 
     /// True once the job will never run again (unless an operator retries it).
     pub fn is_finished(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     /// The lowercase name used on the wire.
@@ -195,6 +200,27 @@ pub struct JobRecord {
     pub parent_id: Option<JobId>,
     /// The workflow this job belongs to.
     pub workflow_id: Option<Uuid>,
+    /// What happened to it, oldest first (the `history` command). Kept inside the record so a
+    /// transition is one journal write; capped at [`MAX_HISTORY`] entries.
+    pub history: Vec<JobEvent>,
+}
+
+/// Most history entries a record keeps: the first (its submission) and the latest ones.
+pub const MAX_HISTORY: usize = 64;
+
+impl JobRecord {
+    /// Appends an event to the history, dropping the oldest but the first beyond [`MAX_HISTORY`].
+    pub fn push_event(&mut self, kind: EventKind, detail: Option<String>) {
+        if self.history.len() >= MAX_HISTORY {
+            self.history.remove(1);
+        }
+        self.history.push(JobEvent {
+            at: now_ms(),
+            kind,
+            attempt: self.attempts,
+            detail,
+        });
+    }
 }
 
 /// What happened to a job; one entry per transition, shown by `history`.

@@ -5,11 +5,11 @@
 
 pub mod admin;
 pub mod args;
+pub mod backoff;
+pub mod dispatcher;
 pub mod job;
 pub mod journal;
 pub mod link;
-pub mod backoff;
-pub mod dispatcher;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

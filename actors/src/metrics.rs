@@ -45,21 +45,48 @@ pub const UPTIME: &str = "warden_uptime_seconds";
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe_all() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(JOB_EXECUTIONS, "Job attempts that ended, by job name and status.");
+    describe_counter!(
+        JOB_EXECUTIONS,
+        "Job attempts that ended, by job name and status."
+    );
     describe_histogram!(JOB_DURATION, Unit::Seconds, "Duration of job attempts.");
-    describe_counter!(JOB_RETRIES, "Retries scheduled, by job name and error type.");
+    describe_counter!(
+        JOB_RETRIES,
+        "Retries scheduled, by job name and error type."
+    );
     describe_counter!(JOBS_SUBMITTED, "Jobs accepted, by job name.");
     describe_counter!(DEAD_LETTER, "Jobs dead-lettered, by job name.");
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting, by pipeline and priority.");
-    describe_histogram!(QUEUE_WAIT, Unit::Seconds, "Time jobs waited in their queue before starting.");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time jobs waited in their queue before starting."
+    );
     describe_gauge!(ACTIVE_WORKERS, "Workers running a job, by pipeline.");
     describe_gauge!(WORKERS, "Workers registered, by pipeline.");
-    describe_counter!(ACTOR_RESTARTS, "Actor restarts, by actor kind and pipeline.");
-    describe_counter!(SUPERVISOR_ESCALATIONS, "Supervisors that spent their restart budget.");
+    describe_counter!(
+        ACTOR_RESTARTS,
+        "Actor restarts, by actor kind and pipeline."
+    );
+    describe_counter!(
+        SUPERVISOR_ESCALATIONS,
+        "Supervisors that spent their restart budget."
+    );
     describe_counter!(JOURNAL_ENTRIES, "Journal entries written.");
-    describe_histogram!(JOURNAL_FSYNC, Unit::Seconds, "Duration of one group commit (flush + fsync).");
-    describe_histogram!(JOURNAL_BATCH, "Durability waiters answered by one group commit.");
-    describe_gauge!(JOURNAL_BYTES, Unit::Bytes, "Bytes the journal takes on disk.");
+    describe_histogram!(
+        JOURNAL_FSYNC,
+        Unit::Seconds,
+        "Duration of one group commit (flush + fsync)."
+    );
+    describe_histogram!(
+        JOURNAL_BATCH,
+        "Durability waiters answered by one group commit."
+    );
+    describe_gauge!(
+        JOURNAL_BYTES,
+        Unit::Bytes,
+        "Bytes the journal takes on disk."
+    );
     describe_gauge!(ADMIN_CONNECTIONS, "Admin connections open now.");
     describe_counter!(ADMIN_REQUESTS, "Admin requests, by command and outcome.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build.");

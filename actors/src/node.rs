@@ -90,11 +90,21 @@ fn tasks_of(pipeline: &str) -> Option<TaskSet> {
 impl Node {
     /// Opens the journal, binds the admin port, spawns the tree and replays the journal.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir { dir: args.data_dir.clone(), source })?;
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir {
+            dir: args.data_dir.clone(),
+            source,
+        })?;
         let journal = Journal::open(&args.data_dir)?;
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
-        let listener = std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind { addr: args.admin.listen, source })?;
-        let admin_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: args.admin.listen, source })?;
+        let listener =
+            std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind {
+                addr: args.admin.listen,
+                source,
+            })?;
+        let admin_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: args.admin.listen,
+            source,
+        })?;
 
         let dispatcher = DispatcherLink::default();
         let root_link: Link<SupervisorMsg> = Link::default();
@@ -104,8 +114,17 @@ impl Node {
         let mut infos = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         for (i, p) in args.pipelines.iter().enumerate() {
-            let tasks = tasks_of(&p.name).ok_or_else(|| NodeError::Invalid(format!("pipelines.{}: no such pipeline in this build", p.name)))?;
-            infos.push(PipelineInfo { name: p.name.clone(), retry: p.retry, tasks: tasks.names().map(String::from).collect() });
+            let tasks = tasks_of(&p.name).ok_or_else(|| {
+                NodeError::Invalid(format!(
+                    "pipelines.{}: no such pipeline in this build",
+                    p.name
+                ))
+            })?;
+            infos.push(PipelineInfo {
+                name: p.name.clone(),
+                retry: p.retry,
+                tasks: tasks.names().map(String::from).collect(),
+            });
             pipeline_specs.push(pipeline_spec(i, p, tasks, dispatcher.clone()));
         }
 
@@ -142,7 +161,9 @@ impl Node {
                 *fatal_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             })),
         };
-        let (root, root_done) = Actor::spawn(None, Supervisor, root_args).await.map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let (root, root_done) = Actor::spawn(None, Supervisor, root_args)
+            .await
+            .map_err(|e| NodeError::Spawn(e.to_string()))?;
         root_link.set(root.clone());
         info!(admin = %admin_addr, data_dir = %args.data_dir.display(), node = %args.name, "node started");
         Ok(Node {
@@ -200,13 +221,24 @@ impl Node {
         info!(drain, "node stopping");
         if drain {
             if let Some(d) = self.dispatcher.get() {
-                match d.call(DispatcherMsg::Drain, Some(self.shutdown_timeout)).await {
+                match d
+                    .call(DispatcherMsg::Drain, Some(self.shutdown_timeout))
+                    .await
+                {
                     Ok(ractor::rpc::CallResult::Success(())) => info!("running jobs finished"),
-                    _ => warn!(timeout = ?self.shutdown_timeout, "jobs still running at shutdown_timeout; they will run again after a restart"),
+                    _ => {
+                        warn!(timeout = ?self.shutdown_timeout, "jobs still running at shutdown_timeout; they will run again after a restart")
+                    }
                 }
             }
         }
-        let _ = self.root.stop_and_wait(Some("shutdown".into()), Some(self.shutdown_timeout + STOP_SLACK)).await;
+        let _ = self
+            .root
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(self.shutdown_timeout + STOP_SLACK),
+            )
+            .await;
         let _ = self.root_done.await;
         self.journal.sync_now()?;
         info!("node stopped");
@@ -214,8 +246,15 @@ impl Node {
     }
 }
 
-fn pipeline_spec(index: usize, p: &PipelineArgs, tasks: TaskSet, dispatcher: DispatcherLink) -> Arc<dyn ChildSpec> {
-    let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers).map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone())).collect();
+fn pipeline_spec(
+    index: usize,
+    p: &PipelineArgs,
+    tasks: TaskSet,
+    dispatcher: DispatcherLink,
+) -> Arc<dyn ChildSpec> {
+    let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
+        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone()))
+        .collect();
     let down = workers.clone();
     let (name, policy) = (p.name.clone(), p.restart);
     Arc::new(SupervisorSpec {
@@ -224,7 +263,10 @@ fn pipeline_spec(index: usize, p: &PipelineArgs, tasks: TaskSet, dispatcher: Dis
             path,
             pipeline: name.clone(),
             policy,
-            children: workers.iter().map(|w| w.clone() as Arc<dyn ChildSpec>).collect(),
+            children: workers
+                .iter()
+                .map(|w| w.clone() as Arc<dyn ChildSpec>)
+                .collect(),
             on_escalate: None,
         }),
         // A pipeline supervisor that fails takes its workers with it without telling them
@@ -247,7 +289,11 @@ impl ChildSpec for DispatcherSpec {
     fn kind(&self) -> &'static str {
         "dispatcher"
     }
-    fn spawn(&self, supervisor: ActorCell, _path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        _path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = self.0.clone();
         Box::pin(async move {
             let (r, _) = Actor::spawn_linked(None, Dispatcher, args, supervisor).await?;

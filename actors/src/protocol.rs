@@ -78,7 +78,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     /// `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -96,8 +99,23 @@ impl ApiError {
 
 /// Every command name, for the `unknown_command` message.
 pub const COMMANDS: &[&str] = &[
-    "ping", "submit", "submit_batch", "status", "history", "list", "cancel", "retry", "dlq", "tree",
-    "pipelines", "pause", "resume", "stats", "records", "schedules", "shutdown",
+    "ping",
+    "submit",
+    "submit_batch",
+    "status",
+    "history",
+    "list",
+    "cancel",
+    "retry",
+    "dlq",
+    "tree",
+    "pipelines",
+    "pause",
+    "resume",
+    "stats",
+    "records",
+    "schedules",
+    "shutdown",
 ];
 
 /// One job to submit, as it comes on the wire.
@@ -110,7 +128,11 @@ pub struct SubmitReq {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
     /// Priority; default from routing.
-    #[serde(default, deserialize_with = "de_from_str", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_from_str",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<Priority>,
     /// Dedup key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,7 +171,12 @@ impl SubmitReq {
         let params = match self.params {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(v @ Value::Object(_)) => v,
-            Some(other) => return Err(format!("params: expected an object, got {}", kind_of(&other))),
+            Some(other) => {
+                return Err(format!(
+                    "params: expected an object, got {}",
+                    kind_of(&other)
+                ))
+            }
         };
         if self.job.is_empty() {
             return Err("job: expected a job name like builtin.noop, got \"\"".into());
@@ -173,14 +200,17 @@ impl SubmitReq {
 
 /// Parses a humantime duration, naming the field on error.
 pub fn parse_duration(field: &str, s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|_| format!("{field}: expected a duration like \"30s\" or \"5m\", got {s:?}"))
+    humantime::parse_duration(s)
+        .map_err(|_| format!("{field}: expected a duration like \"30s\" or \"5m\", got {s:?}"))
 }
 
 /// Parses an RFC 3339 time into Unix ms, naming the field on error.
 pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| format!("{field}: expected an RFC 3339 time like \"2026-11-28T10:00:00Z\", got {s:?}"))
+        .map_err(|_| {
+            format!("{field}: expected an RFC 3339 time like \"2026-11-28T10:00:00Z\", got {s:?}")
+        })
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -202,7 +232,10 @@ where
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s.parse().map(Some).map_err(serde::de::Error::custom),
-        Some(other) => Err(serde::de::Error::custom(format!("expected a string, got {}", kind_of(&other)))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string, got {}",
+            kind_of(&other)
+        ))),
     }
 }
 
@@ -226,7 +259,10 @@ pub struct JobIdReq {
 fn de_job_id<'de, D: Deserializer<'de>>(d: D) -> Result<JobId, D::Error> {
     match Value::deserialize(d)? {
         Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-        other => Err(serde::de::Error::custom(format!("expected a UUID string, got {}", kind_of(&other)))),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a UUID string, got {}",
+            kind_of(&other)
+        ))),
     }
 }
 
@@ -252,7 +288,10 @@ fn de_opt_job_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobId>, D::Er
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s.parse().map(Some).map_err(serde::de::Error::custom),
-        Some(other) => Err(serde::de::Error::custom(format!("expected a UUID string, got {}", kind_of(&other)))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a UUID string, got {}",
+            kind_of(&other)
+        ))),
     }
 }
 
@@ -372,7 +411,12 @@ fn fields<T: DeserializeOwned>(rest: Map<String, Value>) -> Result<T, ApiError> 
 
 /// Parses one request line (without its `\n`; a trailing `\r` is allowed).
 pub fn parse_request(line: &[u8]) -> Request {
-    let mut req = Request { id: None, token: None, cmd_name: None, command: Err(ApiError::bad_request("")) };
+    let mut req = Request {
+        id: None,
+        token: None,
+        cmd_name: None,
+        command: Err(ApiError::bad_request("")),
+    };
     let text = match std::str::from_utf8(line) {
         Ok(t) => t,
         Err(e) => {
@@ -393,7 +437,9 @@ pub fn parse_request(line: &[u8]) -> Request {
             return req;
         }
         Err(e) => {
-            req.command = Err(ApiError::bad_request(format!("request: not valid JSON ({e})")));
+            req.command = Err(ApiError::bad_request(format!(
+                "request: not valid JSON ({e})"
+            )));
             return req;
         }
     };
@@ -402,18 +448,26 @@ pub fn parse_request(line: &[u8]) -> Request {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(other) => {
-            req.command = Err(ApiError::bad_request(format!("token: expected a string, got {}", kind_of(&other))));
+            req.command = Err(ApiError::bad_request(format!(
+                "token: expected a string, got {}",
+                kind_of(&other)
+            )));
             return req;
         }
     };
     let cmd = match obj.remove("cmd") {
         Some(Value::String(s)) => s,
         None => {
-            req.command = Err(ApiError::bad_request("cmd: missing; expected a command name like \"ping\""));
+            req.command = Err(ApiError::bad_request(
+                "cmd: missing; expected a command name like \"ping\"",
+            ));
             return req;
         }
         Some(other) => {
-            req.command = Err(ApiError::bad_request(format!("cmd: expected a string, got {}", kind_of(&other))));
+            req.command = Err(ApiError::bad_request(format!(
+                "cmd: expected a string, got {}",
+                kind_of(&other)
+            )));
             return req;
         }
     };
@@ -453,7 +507,10 @@ fn parse_command(cmd: &str, rest: Map<String, Value>) -> Result<Command, ApiErro
         other => {
             return Err(ApiError::new(
                 ErrorCode::UnknownCommand,
-                format!("cmd: unknown command {other:?}; expected one of {}", COMMANDS.join(", ")),
+                format!(
+                    "cmd: unknown command {other:?}; expected one of {}",
+                    COMMANDS.join(", ")
+                ),
             ))
         }
     })
@@ -464,7 +521,9 @@ pub fn limit_or(limit: Option<usize>, default: usize) -> Result<usize, ApiError>
     match limit {
         None => Ok(default),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!("limit: expected 1 to {MAX_LIMIT}, got {n}"))),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit: expected 1 to {MAX_LIMIT}, got {n}"
+        ))),
     }
 }
 
@@ -521,7 +580,10 @@ impl From<&JobRecord> for JobView {
             completed_at: r.completed_at.map(rfc3339_ms),
             next_attempt_at: r.next_attempt_at.map(rfc3339_ms),
             error: r.error.clone(),
-            result: r.result.as_deref().and_then(|s| serde_json::from_str(s).ok()),
+            result: r
+                .result
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
             parent_id: r.parent_id.map(|p| p.to_string()),
             workflow_id: r.workflow_id.map(|w| w.to_string()),
         }
@@ -548,7 +610,10 @@ pub fn error_line(id: Option<Value>, err: &ApiError) -> String {
         m.insert("id".into(), id);
     }
     m.insert("ok".into(), Value::Bool(false));
-    m.insert("error".into(), serde_json::json!({ "code": err.code, "message": err.message }));
+    m.insert(
+        "error".into(),
+        serde_json::json!({ "code": err.code, "message": err.message }),
+    );
     Value::Object(m).to_string()
 }
 
@@ -565,36 +630,57 @@ mod tests {
     fn bad_priority_message() {
         let e = err_of(r#"{"cmd":"submit","job":"builtin.noop","priority":"urgent"}"#);
         assert_eq!(e.code, ErrorCode::BadRequest);
-        assert_eq!(e.message, "priority: expected one of high, normal, low, got \"urgent\"");
+        assert_eq!(
+            e.message,
+            "priority: expected one of high, normal, low, got \"urgent\""
+        );
     }
 
     /// Ensures that a nested mistake in a batch names its path.
     #[test]
     fn batch_path_in_message() {
         let e = err_of(r#"{"cmd":"submit_batch","jobs":[{"job":"a.b"},{"job":"a.b","prio":"x"}]}"#);
-        assert!(e.message.starts_with("jobs[1]: unknown field `prio`"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("jobs[1].prio: unknown field `prio`, expected one of `job`"),
+            "{}",
+            e.message
+        );
     }
 
     /// Ensures that unknown fields, arrays, garbage and unknown commands get the right codes.
     #[test]
     fn codes_for_malformed_lines() {
-        assert_eq!(err_of(r#"{"cmd":"ping","x":1}"#).code, ErrorCode::BadRequest);
+        assert_eq!(
+            err_of(r#"{"cmd":"ping","x":1}"#).code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(err_of("[1,2]").code, ErrorCode::BadRequest);
         assert_eq!(err_of("{nope").code, ErrorCode::BadRequest);
         assert_eq!(err_of(r#"{"cmd":"fly"}"#).code, ErrorCode::UnknownCommand);
         let bad_utf8 = parse_request(&[b'{', 0xff, b'}']).command.unwrap_err();
         assert!(bad_utf8.message.contains("UTF-8"));
         let e = err_of(r#"{"cmd":"status","job_id":"nope"}"#);
-        assert!(e.message.starts_with("job_id: expected a UUID"), "{}", e.message);
+        assert!(
+            e.message.starts_with("job_id: expected a UUID"),
+            "{}",
+            e.message
+        );
     }
 
     /// Ensures that the id is echoed even when the command is bad, and durations are checked.
     #[test]
     fn id_kept_and_delay_checked() {
-        let r = parse_request(br#"{"id":[1,"x"],"cmd":"submit","job":"builtin.noop","delay":"soon"}"#);
+        let r =
+            parse_request(br#"{"id":[1,"x"],"cmd":"submit","job":"builtin.noop","delay":"soon"}"#);
         assert_eq!(r.id, Some(serde_json::json!([1, "x"])));
-        let Command::Submit(s) = r.command.unwrap() else { panic!("expected submit") };
+        let Command::Submit(s) = r.command.unwrap() else {
+            panic!("expected submit")
+        };
         let e = s.validate(0).unwrap_err();
-        assert_eq!(e, "delay: expected a duration like \"30s\" or \"5m\", got \"soon\"");
+        assert_eq!(
+            e,
+            "delay: expected a duration like \"30s\" or \"5m\", got \"soon\""
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct RunQueue {
 impl RunQueue {
     /// An empty queue that promotes a job one level per `max_wait` waited.
     pub fn new(max_wait: Duration) -> Self {
-        Self { lanes: Default::default(), max_wait }
+        Self {
+            lanes: Default::default(),
+            max_wait,
+        }
     }
 
     /// Adds a job at the back of its lane.
@@ -61,7 +64,9 @@ impl RunQueue {
             }
         }
         let (_, lane, _) = best?;
-        self.lanes[lane].pop_front().map(|q| (q, Priority::ALL[lane]))
+        self.lanes[lane]
+            .pop_front()
+            .map(|q| (q, Priority::ALL[lane]))
     }
 
     /// Removes a job wherever it waits; true if it was there.

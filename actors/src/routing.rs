@@ -31,7 +31,12 @@ impl Router {
             .map(|(i, r)| {
                 Glob::new(&r.pattern)
                     .map(|g| (g.compile_matcher(), r.clone()))
-                    .map_err(|e| format!("routes[{i}].match: expected a glob like \"sec.*\", got {:?} ({e})", r.pattern))
+                    .map_err(|e| {
+                        format!(
+                            "routes[{i}].match: expected a glob like \"sec.*\", got {:?} ({e})",
+                            r.pattern
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { rules })
@@ -40,7 +45,10 @@ impl Router {
     /// The route of a job name.
     pub fn route(&self, name: &str) -> Route {
         let default_pipeline = name.split('.').next().unwrap_or(name).to_string();
-        let mut route = Route { pipeline: default_pipeline, priority: Priority::Normal };
+        let mut route = Route {
+            pipeline: default_pipeline,
+            priority: Priority::Normal,
+        };
         if let Some((_, rule)) = self.rules.iter().find(|(m, _)| m.is_match(name)) {
             if let Some(p) = &rule.pipeline {
                 route.pipeline = p.clone();
@@ -61,19 +69,50 @@ mod tests {
     #[test]
     fn first_match_wins_else_prefix() {
         let r = Router::new(&[
-            RouteArgs { pattern: "builtin.sleep".into(), pipeline: None, priority: Some(Priority::Low) },
-            RouteArgs { pattern: "builtin.*".into(), pipeline: Some("other".into()), priority: Some(Priority::High) },
+            RouteArgs {
+                pattern: "builtin.sleep".into(),
+                pipeline: None,
+                priority: Some(Priority::Low),
+            },
+            RouteArgs {
+                pattern: "builtin.*".into(),
+                pipeline: Some("other".into()),
+                priority: Some(Priority::High),
+            },
         ])
         .unwrap();
-        assert_eq!(r.route("builtin.sleep"), Route { pipeline: "builtin".into(), priority: Priority::Low });
-        assert_eq!(r.route("builtin.noop"), Route { pipeline: "other".into(), priority: Priority::High });
-        assert_eq!(r.route("sec.filings"), Route { pipeline: "sec".into(), priority: Priority::Normal });
+        assert_eq!(
+            r.route("builtin.sleep"),
+            Route {
+                pipeline: "builtin".into(),
+                priority: Priority::Low
+            }
+        );
+        assert_eq!(
+            r.route("builtin.noop"),
+            Route {
+                pipeline: "other".into(),
+                priority: Priority::High
+            }
+        );
+        assert_eq!(
+            r.route("sec.filings"),
+            Route {
+                pipeline: "sec".into(),
+                priority: Priority::Normal
+            }
+        );
     }
 
     /// Ensures that a broken glob is reported with its index and text.
     #[test]
     fn bad_glob_is_named() {
-        let e = Router::new(&[RouteArgs { pattern: "sec.[".into(), pipeline: None, priority: None }]).unwrap_err();
+        let e = Router::new(&[RouteArgs {
+            pattern: "sec.[".into(),
+            pipeline: None,
+            priority: None,
+        }])
+        .unwrap_err();
         assert!(e.starts_with("routes[0].match: expected a glob"), "{e}");
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ractor::concurrency::JoinHandle;
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr, RpcReplyPort,
-    SpawnErr, SupervisionEvent,
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr,
+    RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -39,7 +39,11 @@ pub trait ChildSpec: Send + Sync + 'static {
     /// What kind of actor it is, as shown by `tree` (`supervisor`, `worker`, `dispatcher`, …).
     fn kind(&self) -> &'static str;
     /// Spawns a new incarnation linked to `supervisor`; `path` is the child's full path.
-    fn spawn(&self, supervisor: ActorCell, path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>;
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>>;
     /// Called when an incarnation is gone (failed, stopped or killed), before any restart.
     fn on_down(&self, _reason: &str) {}
     /// Called after a new incarnation started.
@@ -59,6 +63,9 @@ pub trait ChildSpec: Send + Sync + 'static {
     }
 }
 
+/// Told the reason when a supervisor escalates.
+pub type EscalateHook = Box<dyn Fn(String) + Send + Sync>;
+
 /// What a supervisor starts with.
 pub struct SupervisorArgs {
     /// This supervisor's path (`root`, `root/pipeline:sec`).
@@ -71,7 +78,7 @@ pub struct SupervisorArgs {
     pub children: Vec<Arc<dyn ChildSpec>>,
     /// Told the reason when this supervisor escalates (the root's is how the node learns it
     /// must exit non-zero).
-    pub on_escalate: Option<Box<dyn Fn(String) + Send + Sync>>,
+    pub on_escalate: Option<EscalateHook>,
 }
 
 /// Messages a supervisor accepts. Work never goes through a supervisor.
@@ -125,7 +132,7 @@ pub struct SupervisorState {
     path: String,
     pipeline: String,
     children: Vec<Child>,
-    on_escalate: Option<Box<dyn Fn(String) + Send + Sync>>,
+    on_escalate: Option<EscalateHook>,
 }
 
 impl SupervisorState {
@@ -134,7 +141,11 @@ impl SupervisorState {
     }
 
     /// Starts child `i`; a failed start counts as a failure of the child.
-    async fn start(&mut self, me: &ActorRef<SupervisorMsg>, i: usize) -> Result<(), ActorProcessingErr> {
+    async fn start(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        i: usize,
+    ) -> Result<(), ActorProcessingErr> {
         let path = self.child_path(i);
         let spec = self.children[i].spec.clone();
         match spec.spawn(me.get_cell(), path.clone()).await {
@@ -149,7 +160,12 @@ impl SupervisorState {
     }
 
     /// Handles the failure of child `i`: schedule a restart or escalate.
-    fn failed(&mut self, me: &ActorRef<SupervisorMsg>, i: usize, reason: String) -> Result<(), ActorProcessingErr> {
+    fn failed(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        i: usize,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
         let path = self.child_path(i);
         let child = &mut self.children[i];
         child.cell = None;
@@ -157,7 +173,10 @@ impl SupervisorState {
         child.last_failure = Some(reason.clone());
         warn!(actor = %path, pipeline = %self.pipeline, reason = %reason, "failed");
         match child.budget.on_failure(Instant::now(), random_unit()) {
-            RestartDecision::Restart { backoff, restarts_in_window } => {
+            RestartDecision::Restart {
+                backoff,
+                restarts_in_window,
+            } => {
                 let backoff_ms = backoff.as_millis() as u64;
                 info!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total(), restarts_in_window, backoff_ms, reason = %reason, "restart scheduled");
                 metrics::counter!(m::ACTOR_RESTARTS, "actor_kind" => child.spec.kind(), "pipeline" => self.pipeline.clone()).increment(1);
@@ -173,7 +192,8 @@ impl SupervisorState {
             RestartDecision::Escalate { restarts_in_window } => {
                 let why = format!("{path}: restart budget spent ({restarts_in_window} restarts within the window), last failure: {reason}");
                 error!(actor = %self.path, pipeline = %self.pipeline, restarts = child.budget.total(), reason = %why, "budget spent, escalating");
-                metrics::counter!(m::SUPERVISOR_ESCALATIONS, "pipeline" => self.pipeline.clone()).increment(1);
+                metrics::counter!(m::SUPERVISOR_ESCALATIONS, "pipeline" => self.pipeline.clone())
+                    .increment(1);
                 if let Some(tell) = &self.on_escalate {
                     tell(why.clone());
                 }
@@ -198,7 +218,9 @@ impl SupervisorState {
     }
 
     fn index_of(&self, id: ActorId) -> Option<usize> {
-        self.children.iter().position(|c| c.cell.as_ref().map(|c| c.get_id()) == Some(id))
+        self.children
+            .iter()
+            .position(|c| c.cell.as_ref().map(|c| c.get_id()) == Some(id))
     }
 
     async fn tree(&self) -> TreeNode {
@@ -222,14 +244,21 @@ impl SupervisorState {
             };
             if let (true, Some(cell)) = (c.spec.is_supervisor(), &c.cell) {
                 let sub: ActorRef<SupervisorMsg> = cell.clone().into();
-                if let Ok(ractor::rpc::CallResult::Success(t)) = sub.call(SupervisorMsg::Tree, Some(TREE_TIMEOUT)).await {
+                if let Ok(ractor::rpc::CallResult::Success(t)) =
+                    sub.call(SupervisorMsg::Tree, Some(TREE_TIMEOUT)).await
+                {
                     node.children = t.children;
                 }
             }
             children.push(node);
         }
         TreeNode {
-            name: self.path.rsplit('/').next().unwrap_or(&self.path).to_string(),
+            name: self
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.path)
+                .to_string(),
             path: self.path.clone(),
             kind: "supervisor".into(),
             status: "running".into(),
@@ -246,7 +275,11 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, me: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut st = SupervisorState {
             path: args.path,
             pipeline: args.pipeline,
@@ -271,7 +304,12 @@ impl Actor for Supervisor {
         Ok(st)
     }
 
-    async fn handle(&self, me: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart(i) => {
                 st.children[i].timer = None;
@@ -292,7 +330,12 @@ impl Actor for Supervisor {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, me: ActorRef<SupervisorMsg>, evt: SupervisionEvent, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         let (id, reason) = match &evt {
             SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
@@ -301,16 +344,28 @@ impl Actor for Supervisor {
                     c.expected_exit = None;
                     return Ok(());
                 }
-                (id, format!("stopped unexpectedly: {}", reason.as_deref().unwrap_or("no reason")))
+                (
+                    id,
+                    format!(
+                        "stopped unexpectedly: {}",
+                        reason.as_deref().unwrap_or("no reason")
+                    ),
+                )
             }
             _ => return Ok(()),
         };
         // Events about an incarnation we no longer track (already replaced) are ignored.
-        let Some(i) = st.index_of(id) else { return Ok(()) };
+        let Some(i) = st.index_of(id) else {
+            return Ok(());
+        };
         st.failed(&me, i, reason)
     }
 
-    async fn post_stop(&self, me: ActorRef<SupervisorMsg>, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         for c in &mut st.children {
             if let Some(t) = c.timer.take() {
                 t.abort();
@@ -321,7 +376,9 @@ impl Actor for Supervisor {
         for i in (0..st.children.len()).rev() {
             if let Some(cell) = st.children[i].cell.take() {
                 st.children[i].expected_exit = Some(cell.get_id());
-                let _ = cell.stop_and_wait(Some("shutdown".into()), Some(STOP_CHILDREN_TIMEOUT)).await;
+                let _ = cell
+                    .stop_and_wait(Some("shutdown".into()), Some(STOP_CHILDREN_TIMEOUT))
+                    .await;
                 st.children[i].spec.on_down("shutdown");
             }
         }
@@ -331,6 +388,9 @@ impl Actor for Supervisor {
     }
 }
 
+/// A hook told why a child went down.
+pub type DownHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// A [`ChildSpec`] for a nested supervisor (a pipeline under the root).
 pub struct SupervisorSpec {
     /// Name within the parent.
@@ -338,7 +398,7 @@ pub struct SupervisorSpec {
     /// Builds the nested supervisor's arguments for each incarnation.
     pub build: Box<dyn Fn(String) -> SupervisorArgs + Send + Sync>,
     /// Called when an incarnation is gone.
-    pub on_down: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    pub on_down: Option<DownHook>,
 }
 
 impl ChildSpec for SupervisorSpec {
@@ -348,7 +408,11 @@ impl ChildSpec for SupervisorSpec {
     fn kind(&self) -> &'static str {
         "supervisor"
     }
-    fn spawn(&self, supervisor: ActorCell, path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = (self.build)(path);
         Box::pin(async move {
             let (r, _) = Actor::spawn_linked(None, Supervisor, args, supervisor).await?;

@@ -87,10 +87,16 @@ impl std::fmt::Debug for TaskSet {
 pub fn param_u64(ctx: &TaskCtx, key: &str, default: Option<u64>) -> Result<u64, TaskError> {
     match ctx.params.get(key) {
         None | Some(Value::Null) => default.ok_or_else(|| {
-            TaskError::Permanent(format!("{}: params.{key}: expected a whole number, got nothing", ctx.name))
+            TaskError::Permanent(format!(
+                "{}: params.{key}: expected a whole number, got nothing",
+                ctx.name
+            ))
         }),
         Some(v) => v.as_u64().ok_or_else(|| {
-            TaskError::Permanent(format!("{}: params.{key}: expected a whole number, got {v}", ctx.name))
+            TaskError::Permanent(format!(
+                "{}: params.{key}: expected a whole number, got {v}",
+                ctx.name
+            ))
         }),
     }
 }
@@ -158,7 +164,12 @@ mod tests {
     use super::*;
 
     fn ctx(name: &str, params: Value, attempt: u32) -> TaskCtx {
-        TaskCtx { job_id: JobId::new(), name: name.into(), params, attempt }
+        TaskCtx {
+            job_id: JobId::new(),
+            name: name.into(),
+            params,
+            attempt,
+        }
     }
 
     /// Ensures that `builtin.fail` fails its first N attempts with a transient error, then succeeds.
@@ -170,17 +181,23 @@ mod tests {
             let r = f(ctx("builtin.fail", json!({"times": 2}), attempt)).await;
             assert!(matches!(r, Err(TaskError::Transient(_))), "{r:?}");
         }
-        assert_eq!(f(ctx("builtin.fail", json!({"times": 2}), 3)).await, Ok(json!({"attempts": 3})));
+        assert_eq!(
+            f(ctx("builtin.fail", json!({"times": 2}), 3)).await,
+            Ok(json!({"attempts": 3}))
+        );
     }
 
     /// Ensures that a mistyped param is a permanent error naming the param.
     #[tokio::test]
     async fn bad_param_is_permanent_and_named() {
         let set = builtin();
-        let r = set.get("builtin.sleep").unwrap()(ctx("builtin.sleep", json!({"ms": "soon"}), 1)).await;
+        let r =
+            set.get("builtin.sleep").unwrap()(ctx("builtin.sleep", json!({"ms": "soon"}), 1)).await;
         assert_eq!(
             r,
-            Err(TaskError::Permanent("builtin.sleep: params.ms: expected a whole number, got \"soon\"".into()))
+            Err(TaskError::Permanent(
+                "builtin.sleep: params.ms: expected a whole number, got \"soon\"".into()
+            ))
         );
     }
 }

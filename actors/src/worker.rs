@@ -92,26 +92,55 @@ impl Actor for Worker {
     type State = WorkerState;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, _me: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
-        Ok(WorkerState { args, current: None })
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        Ok(WorkerState {
+            args,
+            current: None,
+        })
     }
 
-    async fn post_start(&self, me: ActorRef<WorkerMsg>, st: &mut WorkerState) -> Result<(), ActorProcessingErr> {
-        st.args.dispatcher.cast(DispatcherMsg::WorkerReady { pipeline: st.args.pipeline, worker: me });
+    async fn post_start(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.args.dispatcher.cast(DispatcherMsg::WorkerReady {
+            pipeline: st.args.pipeline,
+            worker: me,
+        });
         Ok(())
     }
 
-    async fn handle(&self, me: ActorRef<WorkerMsg>, msg: WorkerMsg, st: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Run(ticket) => st.run(me, ticket),
-            WorkerMsg::Finished { job_id, outcome, elapsed } => {
+            WorkerMsg::Finished {
+                job_id,
+                outcome,
+                elapsed,
+            } => {
                 if st.current.as_ref().map(|(id, _)| *id) != Some(job_id) {
                     return Ok(()); // a cancelled job's late result
                 }
                 st.current = None;
                 match outcome {
                     Ok(outcome) => {
-                        let done = DispatcherMsg::JobDone { pipeline: st.args.pipeline, worker: me, job_id, outcome, elapsed };
+                        let done = DispatcherMsg::JobDone {
+                            pipeline: st.args.pipeline,
+                            worker: me,
+                            job_id,
+                            outcome,
+                            elapsed,
+                        };
                         st.args.dispatcher.cast(done);
                     }
                     Err(panic) => return Err(format!("job {job_id} panicked: {panic}").into()),
@@ -136,19 +165,35 @@ impl Actor for Worker {
 impl WorkerState {
     fn run(&mut self, me: ActorRef<WorkerMsg>, t: Ticket) {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
-        let ctx = TaskCtx { job_id: t.job_id, name: t.name.clone(), params, attempt: t.attempt };
+        let ctx = TaskCtx {
+            job_id: t.job_id,
+            name: t.name.clone(),
+            params,
+            attempt: t.attempt,
+        };
         let body = self.args.tasks.get(&t.name).cloned();
-        let span = tracing::info_span!("job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
+        let span =
+            tracing::info_span!("job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
         let task = tokio::spawn(
             async move {
                 let started = Instant::now();
                 let outcome = match body {
-                    Some(body) => AssertUnwindSafe(body(ctx)).catch_unwind().await.map_err(panic_text),
-                    None => Ok(Err(TaskError::Permanent(format!("no task named {} in this pipeline", t.name)))),
+                    Some(body) => AssertUnwindSafe(body(ctx))
+                        .catch_unwind()
+                        .await
+                        .map_err(panic_text),
+                    None => Ok(Err(TaskError::Permanent(format!(
+                        "no task named {} in this pipeline",
+                        t.name
+                    )))),
                 };
-                let _ = me.cast(WorkerMsg::Finished { job_id, outcome, elapsed: started.elapsed() });
+                let _ = me.cast(WorkerMsg::Finished {
+                    job_id,
+                    outcome,
+                    elapsed: started.elapsed(),
+                });
             }
             .instrument(span),
         );
@@ -180,7 +225,13 @@ pub struct WorkerSpec {
 impl WorkerSpec {
     /// A recipe for worker `n` (1-based) of pipeline `pipeline`.
     pub fn new(n: usize, pipeline: usize, dispatcher: DispatcherLink, tasks: TaskSet) -> Arc<Self> {
-        Arc::new(Self { name: format!("worker-{n}"), pipeline, dispatcher, tasks, current: Mutex::new(None) })
+        Arc::new(Self {
+            name: format!("worker-{n}"),
+            pipeline,
+            dispatcher,
+            tasks,
+            current: Mutex::new(None),
+        })
     }
 }
 
@@ -191,8 +242,17 @@ impl ChildSpec for WorkerSpec {
     fn kind(&self) -> &'static str {
         "worker"
     }
-    fn spawn(&self, supervisor: ActorCell, path: String) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
-        let args = WorkerArgs { pipeline: self.pipeline, path, dispatcher: self.dispatcher.clone(), tasks: self.tasks.clone() };
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+        let args = WorkerArgs {
+            pipeline: self.pipeline,
+            path,
+            dispatcher: self.dispatcher.clone(),
+            tasks: self.tasks.clone(),
+        };
         Box::pin(async move {
             let (r, _) = Actor::spawn_linked(None, Worker, args, supervisor).await?;
             Ok(r.get_cell())
@@ -202,8 +262,17 @@ impl ChildSpec for WorkerSpec {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
     }
     fn on_down(&self, reason: &str) {
-        if let Some(worker) = self.current.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.dispatcher.cast(DispatcherMsg::WorkerDown { pipeline: self.pipeline, worker, reason: reason.to_string() });
+        if let Some(worker) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.dispatcher.cast(DispatcherMsg::WorkerDown {
+                pipeline: self.pipeline,
+                worker,
+                reason: reason.to_string(),
+            });
         }
     }
 }

@@ -14,7 +14,11 @@ use crate::support::{finished, poll, req, status, submit, TestNode};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes a config for the binary and returns the admin address it will listen on.
@@ -27,7 +31,10 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
          [log]\nlevel = \"warn\"\n[pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n",
         dir.join("data").display().to_string()
     );
-    std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     (path, admin)
 }
 
@@ -47,7 +54,10 @@ async fn connect(addr: &str) -> Client {
         if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
             return c;
         }
-        assert!(std::time::Instant::now() < deadline, "node at {addr} never answered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node at {addr} never answered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -63,22 +73,37 @@ async fn kill_9_loses_no_acknowledged_job() {
     let mut c = connect(&addr).await;
     let mut ids: Vec<String> = Vec::new();
     for _ in 0..3 {
-        let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.sleep", "params": {"ms": 5}})).collect();
+        let jobs: Vec<Value> = (0..500)
+            .map(|_| json!({"job": "builtin.sleep", "params": {"ms": 5}}))
+            .collect();
         let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
         assert_eq!(a["ok"], true, "{a}");
-        ids.extend(a["job_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+        ids.extend(
+            a["job_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
     }
     let before = req(&mut c, json!({"cmd": "stats"})).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done_before = before["totals"]["succeeded"].as_u64().unwrap();
-    assert!(done_before < 1500, "the kill must hit unfinished work, but {done_before} had finished");
+    assert!(
+        done_before < 1500,
+        "the kill must hit unfinished work, but {done_before} had finished"
+    );
 
     let mut child = spawn_node(&config);
     let mut c = connect(&addr).await;
-    poll(&mut c, "every replayed job to finish", WAIT, json!({"cmd": "stats"}), |s| {
-        s["jobs"] == json!({"pending": 0, "running": 0, "retrying": 0})
-    })
+    poll(
+        &mut c,
+        "every replayed job to finish",
+        WAIT,
+        json!({"cmd": "stats"}),
+        |s| s["jobs"] == json!({"pending": 0, "running": 0, "retrying": 0}),
+    )
     .await;
     for id in &ids {
         let j = status(&mut c, id).await;
@@ -86,7 +111,9 @@ async fn kill_9_loses_no_acknowledged_job() {
     }
     let a = req(&mut c, json!({"cmd": "shutdown"})).await;
     assert_eq!(a["draining"], true);
-    let code = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(code.success(), "exit status {code:?}");
 }
 
@@ -97,10 +124,17 @@ async fn bad_config_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bad.toml");
     std::fs::write(&path, "[pipelines.builtin]\nwrokers = 4\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_warden")).args(["node", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["node", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("pipelines.builtin.wrokers"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("pipelines.builtin.wrokers"),
+        "{err}"
+    );
 }
 
 /// Ensures that a graceful stop lets a running job finish before the node exits, and that a
@@ -111,7 +145,14 @@ async fn graceful_stop_finishes_running_jobs() {
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
     let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
-    poll(&mut c, "the job to run", WAIT, json!({"cmd": "status", "job_id": id}), |a| a["job"]["status"] == "running").await;
+    poll(
+        &mut c,
+        "the job to run",
+        WAIT,
+        json!({"cmd": "status", "job_id": id}),
+        |a| a["job"]["status"] == "running",
+    )
+    .await;
     node.stop().await.unwrap();
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
@@ -138,7 +179,10 @@ async fn queued_jobs_replay_after_restart() {
 async fn data_dir_is_locked_by_a_live_node() {
     let node = TestNode::start().await;
     let second = TestNode::start_in(node.dir(), |_| {}).await;
-    let err = second.err().expect("the second node must not start").to_string();
+    let err = second
+        .err()
+        .expect("the second node must not start")
+        .to_string();
     assert!(err.contains("in use by another live node"), "{err}");
 }
 
@@ -147,6 +191,9 @@ async fn data_dir_is_locked_by_a_live_node() {
 async fn shutdown_command_stops_the_node() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    assert_eq!(req(&mut c, json!({"cmd": "shutdown"})).await["draining"], true);
+    assert_eq!(
+        req(&mut c, json!({"cmd": "shutdown"})).await["draining"],
+        true
+    );
     node.ended(WAIT).await.unwrap();
 }

@@ -19,18 +19,38 @@ async fn two_thousand_noops_all_succeed() {
         let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.noop"})).collect();
         let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
         assert_eq!(a["ok"], true, "{a}");
-        ids.extend(a["job_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+        ids.extend(
+            a["job_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
     }
     assert_eq!(ids.len(), 2000);
-    let stats = poll(&mut c, "2000 successes", WAIT, json!({"cmd": "stats"}), |s| s["totals"]["succeeded"] == 2000).await;
+    let stats = poll(
+        &mut c,
+        "2000 successes",
+        WAIT,
+        json!({"cmd": "stats"}),
+        |s| s["totals"]["succeeded"] == 2000,
+    )
+    .await;
     assert_eq!(stats["totals"]["submitted"], 2000);
-    assert_eq!(stats["jobs"], json!({"pending": 0, "running": 0, "retrying": 0}));
+    assert_eq!(
+        stats["jobs"],
+        json!({"pending": 0, "running": 0, "retrying": 0})
+    );
     for id in ids.iter().step_by(97) {
         let j = status(&mut c, id).await;
         assert_eq!(j["status"], "succeeded");
         assert_eq!(j["attempts"], 1);
     }
-    let listed = req(&mut c, json!({"cmd": "list", "status": "succeeded", "limit": 1000})).await;
+    let listed = req(
+        &mut c,
+        json!({"cmd": "list", "status": "succeeded", "limit": 1000}),
+    )
+    .await;
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1000);
     node.stop().await.unwrap();
 }
@@ -47,8 +67,24 @@ async fn fail_twice_then_succeed() {
     assert_eq!(j["attempts"], 3);
     assert_eq!(j["result"], json!({"attempts": 3}));
     let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
-    let kinds: Vec<&str> = h["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["submitted", "started", "retrying", "started", "retrying", "started", "succeeded"]);
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "started",
+            "retrying",
+            "started",
+            "retrying",
+            "started",
+            "succeeded"
+        ]
+    );
 }
 
 /// Ensures that retries are spent and the job is dead-lettered after max_retries + 1 attempts.
@@ -56,12 +92,22 @@ async fn fail_twice_then_succeed() {
 async fn retries_spent_dead_letters() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.fail", "params": {"times": 10}, "max_retries": 2})).await;
+    let a = req(
+        &mut c,
+        json!({"cmd": "submit", "job": "builtin.fail", "params": {"times": 10}, "max_retries": 2}),
+    )
+    .await;
     let id = a["job_id"].as_str().unwrap().to_string();
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "failed");
     assert_eq!(j["attempts"], 3);
-    assert!(j["error"].as_str().unwrap().contains("gave up after 3 attempts"), "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{j}"
+    );
     let dlq = req(&mut c, json!({"cmd": "dlq"})).await;
     assert_eq!(dlq["jobs"][0]["job_id"], id.as_str());
 }
@@ -88,21 +134,53 @@ async fn panic_restarts_worker_and_job_succeeds() {
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], 2);
-    let tree = poll(&mut c, "the restarted worker to run", WAIT, json!({"cmd": "tree"}), |t| {
-        restarted_workers(&t["tree"]).iter().any(|w| w["status"] == "running")
-    })
+    let tree = poll(
+        &mut c,
+        "the restarted worker to run",
+        WAIT,
+        json!({"cmd": "tree"}),
+        |t| {
+            restarted_workers(&t["tree"])
+                .iter()
+                .any(|w| w["status"] == "running")
+        },
+    )
     .await;
     let restarted = restarted_workers(&tree["tree"]);
     assert_eq!(restarted.len(), 1, "{tree}");
     assert_eq!(restarted[0]["restarts"], 1);
-    assert!(restarted[0]["last_failure"].as_str().unwrap().contains("panic"), "{tree}");
+    assert!(
+        restarted[0]["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("panic"),
+        "{tree}"
+    );
     let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
-    assert!(h["events"].as_array().unwrap().iter().any(|e| e["kind"] == "requeued"), "{h}");
+    assert!(
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "requeued"),
+        "{h}"
+    );
 }
 
 fn restarted_workers(tree: &Value) -> Vec<Value> {
-    let pipeline = tree["children"].as_array().unwrap().iter().find(|n| n["name"] == "pipeline:builtin").unwrap();
-    pipeline["children"].as_array().unwrap().iter().filter(|w| w["restarts"].as_u64() > Some(0)).cloned().collect()
+    let pipeline = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pipeline:builtin")
+        .unwrap();
+    pipeline["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["restarts"].as_u64() > Some(0))
+        .cloned()
+        .collect()
 }
 
 /// Ensures that the tree names the root's children and every worker with its path.
@@ -113,12 +191,19 @@ async fn tree_shows_the_supervision_tree() {
     let t = req(&mut c, json!({"cmd": "tree"})).await;
     let root = &t["tree"];
     assert_eq!(root["name"], "root");
-    let names: Vec<&str> = root["children"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = root["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["admin", "dispatcher", "pipeline:builtin"]);
     let workers = root["children"][2]["children"].as_array().unwrap();
     assert_eq!(workers.len(), 4);
     assert_eq!(workers[2]["path"], "root/pipeline:builtin/worker-3");
-    assert!(workers.iter().all(|w| w["status"] == "running" && w["kind"] == "worker"));
+    assert!(workers
+        .iter()
+        .all(|w| w["status"] == "running" && w["kind"] == "worker"));
 }
 
 /// Ensures that a unique_key dedups while its job is unfinished, within and across batches.
@@ -126,19 +211,26 @@ async fn tree_shows_the_supervision_tree() {
 async fn unique_key_dedups_unfinished_jobs() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let job = json!({"cmd": "submit", "job": "builtin.sleep", "params": {"ms": 300}, "unique_key": "k1"});
+    let job =
+        json!({"cmd": "submit", "job": "builtin.sleep", "params": {"ms": 300}, "unique_key": "k1"});
     let a = req(&mut c, job.clone()).await;
     let b = req(&mut c, job.clone()).await;
     assert_eq!(a["deduplicated"], false);
     assert_eq!(b["deduplicated"], true);
     assert_eq!(a["job_id"], b["job_id"]);
-    let batch = req(&mut c, json!({"cmd": "submit_batch", "jobs": [
-        {"job": "builtin.noop", "unique_key": "k2"}, {"job": "builtin.noop", "unique_key": "k2"}]}))
+    let batch = req(
+        &mut c,
+        json!({"cmd": "submit_batch", "jobs": [
+        {"job": "builtin.noop", "unique_key": "k2"}, {"job": "builtin.noop", "unique_key": "k2"}]}),
+    )
     .await;
     assert_eq!(batch["job_ids"][0], batch["job_ids"][1]);
     finished(&mut c, a["job_id"].as_str().unwrap(), WAIT).await;
     let again = req(&mut c, job).await;
-    assert_eq!(again["deduplicated"], false, "a finished job no longer holds its key");
+    assert_eq!(
+        again["deduplicated"], false,
+        "a finished job no longer holds its key"
+    );
 }
 
 /// Ensures that a delayed job waits for its delay and then runs.
@@ -146,7 +238,11 @@ async fn unique_key_dedups_unfinished_jobs() {
 async fn delayed_job_waits() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.noop", "delay": "400ms"})).await;
+    let a = req(
+        &mut c,
+        json!({"cmd": "submit", "job": "builtin.noop", "delay": "400ms"}),
+    )
+    .await;
     let id = a["job_id"].as_str().unwrap().to_string();
     let j = status(&mut c, &id).await;
     assert_eq!(j["status"], "pending");
@@ -154,7 +250,11 @@ async fn delayed_job_waits() {
     let started = std::time::Instant::now();
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "succeeded");
-    assert!(started.elapsed() >= Duration::from_millis(300), "ran after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "ran after {:?}",
+        started.elapsed()
+    );
 }
 
 /// Ensures that with one busy worker, waiting jobs start in priority order.
@@ -163,17 +263,31 @@ async fn priorities_decide_the_order() {
     let node = TestNode::start_with(|a| a.pipelines[0].workers = 1).await;
     let mut c = node.client().await;
     let blocker = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
-    poll(&mut c, "the blocker to run", WAIT, json!({"cmd": "status", "job_id": blocker}), |a| a["job"]["status"] == "running").await;
+    poll(
+        &mut c,
+        "the blocker to run",
+        WAIT,
+        json!({"cmd": "status", "job_id": blocker}),
+        |a| a["job"]["status"] == "running",
+    )
+    .await;
     let mut ids = Vec::new();
     for p in ["low", "normal", "high"] {
         // 30 ms each, so that start times (ms resolution) tell the order apart
-        let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.sleep", "params": {"ms": 30}, "priority": p})).await;
+        let a = req(
+            &mut c,
+            json!({"cmd": "submit", "job": "builtin.sleep", "params": {"ms": 30}, "priority": p}),
+        )
+        .await;
         ids.push(a["job_id"].as_str().unwrap().to_string());
     }
     let mut started = Vec::new();
     for id in &ids {
         let j = finished(&mut c, id, WAIT).await;
-        started.push((j["started_at"].as_str().unwrap().to_string(), j["priority"].as_str().unwrap().to_string()));
+        started.push((
+            j["started_at"].as_str().unwrap().to_string(),
+            j["priority"].as_str().unwrap().to_string(),
+        ));
     }
     started.sort();
     let order: Vec<&str> = started.iter().map(|(_, p)| p.as_str()).collect();
@@ -185,17 +299,42 @@ async fn priorities_decide_the_order() {
 async fn queue_bound_answers_overloaded() {
     let node = TestNode::start_with(|a| a.jobs.max_queued = 5).await;
     let mut c = node.client().await;
-    assert_eq!(req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await["ok"], true);
+    assert_eq!(
+        req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await["ok"],
+        true
+    );
     let five: Vec<Value> = (0..5).map(|_| json!({"job": "builtin.noop"})).collect();
-    assert_eq!(req(&mut c, json!({"cmd": "submit_batch", "jobs": five})).await["ok"], true);
+    assert_eq!(
+        req(&mut c, json!({"cmd": "submit_batch", "jobs": five})).await["ok"],
+        true
+    );
     let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.noop"})).await;
     assert_eq!(code(&a), "overloaded");
-    assert!(a["error"]["message"].as_str().unwrap().contains("max_queued = 5"), "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued = 5"),
+        "{a}"
+    );
     let p = req(&mut c, json!({"cmd": "resume", "pipeline": "builtin"})).await;
     assert_eq!(p["pipeline"]["paused"], false, "{p}");
-    let (queued, busy) = (p["pipeline"]["queue"]["normal"].as_u64().unwrap(), p["pipeline"]["workers"]["busy"].as_u64().unwrap());
-    assert!(busy >= 1 && queued + busy <= 5, "resuming starts the queued jobs: {p}");
-    poll(&mut c, "the queue to drain", WAIT, json!({"cmd": "stats"}), |s| s["totals"]["succeeded"] == 5).await;
+    let (queued, busy) = (
+        p["pipeline"]["queue"]["normal"].as_u64().unwrap(),
+        p["pipeline"]["workers"]["busy"].as_u64().unwrap(),
+    );
+    assert!(
+        busy >= 1 && queued + busy <= 5,
+        "resuming starts the queued jobs: {p}"
+    );
+    poll(
+        &mut c,
+        "the queue to drain",
+        WAIT,
+        json!({"cmd": "stats"}),
+        |s| s["totals"]["succeeded"] == 5,
+    )
+    .await;
 }
 
 /// Ensures that an unknown job name is refused with `unknown_job` naming the pipelines.
@@ -205,7 +344,13 @@ async fn unknown_job_is_refused() {
     let mut c = node.client().await;
     let a = req(&mut c, json!({"cmd": "submit", "job": "sec.filings"})).await;
     assert_eq!(code(&a), "unknown_job");
-    assert!(a["error"]["message"].as_str().unwrap().contains("configured: builtin"), "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("configured: builtin"),
+        "{a}"
+    );
     let b = req(&mut c, json!({"cmd": "submit", "job": "builtin.nothing"})).await;
     assert_eq!(code(&b), "unknown_job");
 }

@@ -7,3 +7,5 @@ mod support;
 mod jobs;
 // durability: kill -9 and replay, graceful stop, the data-dir lock, bad config files
 mod durability;
+// the `warden` CLI binary against a live node: output and exit codes
+mod cli;

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warden::client::Client;
-use warden_actors::args::{AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy};
+use warden_actors::args::{
+    AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy,
+};
 use warden_actors::node::{Node, NodeError};
 
 /// Short timings so retries and restarts take milliseconds.
@@ -46,7 +48,11 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         pipelines: vec![PipelineArgs {
             name: "builtin".into(),
             workers: 4,
-            retry: RetryPolicy { max_retries: 3, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100) },
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(100),
+            },
             restart,
         }],
         routes: vec![],
@@ -71,13 +77,18 @@ impl TestNode {
     /// A node on a fresh temporary dir, with `tweak` applied to its arguments.
     pub async fn start_with(tweak: impl FnOnce(&mut NodeArgs)) -> TestNode {
         let tmp = tempfile::tempdir().unwrap();
-        let mut node = Self::start_in(tmp.path(), tweak).await.expect("node starts");
+        let mut node = Self::start_in(tmp.path(), tweak)
+            .await
+            .expect("node starts");
         node._tmp = Some(tmp);
         node
     }
 
     /// A node on `dir` (kept after the node stops, for restart tests).
-    pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut NodeArgs)) -> Result<TestNode, NodeError> {
+    pub async fn start_in(
+        dir: &Path,
+        tweak: impl FnOnce(&mut NodeArgs),
+    ) -> Result<TestNode, NodeError> {
         let mut args = test_args(dir);
         tweak(&mut args);
         let node = Node::start(args).await?;
@@ -86,7 +97,13 @@ impl TestNode {
         let run = tokio::spawn(node.run(async {
             let _ = rx.await;
         }));
-        Ok(TestNode { addr, dir: dir.to_path_buf(), _tmp: None, stop: Some(tx), run: Some(run) })
+        Ok(TestNode {
+            addr,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(tx),
+            run: Some(run),
+        })
     }
 
     /// The admin address.
@@ -101,7 +118,9 @@ impl TestNode {
 
     /// A new admin connection.
     pub async fn client(&self) -> Client {
-        Client::connect_addr(self.addr).await.expect("connect to the test node")
+        Client::connect_addr(self.addr)
+            .await
+            .expect("connect to the test node")
     }
 
     /// Stops gracefully and returns how `run` ended.
@@ -112,7 +131,10 @@ impl TestNode {
 
     /// Waits for the node to end by itself (the `shutdown` command, an escalation).
     pub async fn ended(mut self, within: Duration) -> Result<(), NodeError> {
-        tokio::time::timeout(within, self.run.take().unwrap()).await.expect("node ended in time").expect("node task")
+        tokio::time::timeout(within, self.run.take().unwrap())
+            .await
+            .expect("node ended in time")
+            .expect("node task")
     }
 }
 
@@ -133,7 +155,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -158,23 +183,41 @@ pub async fn status(c: &mut Client, id: &str) -> Value {
 }
 
 /// Sends `request` until `done` holds for the answer, at most `within`; returns that answer.
-pub async fn poll(c: &mut Client, what: &str, within: Duration, request: Value, mut done: impl FnMut(&Value) -> bool) -> Value {
+pub async fn poll(
+    c: &mut Client,
+    what: &str,
+    within: Duration,
+    request: Value,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let a = req(c, request.clone()).await;
         if done(&a) {
             return a;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}; last answer: {a}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}; last answer: {a}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Waits until job `id` is finished (succeeded, failed or cancelled) and returns it.
 pub async fn finished(c: &mut Client, id: &str, within: Duration) -> Value {
-    let a = poll(c, &format!("job {id} to finish"), within, json!({"cmd": "status", "job_id": id}), |a| {
-        matches!(a["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
-    })
+    let a = poll(
+        c,
+        &format!("job {id} to finish"),
+        within,
+        json!({"cmd": "status", "job_id": id}),
+        |a| {
+            matches!(
+                a["job"]["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        },
+    )
     .await;
     a["job"].clone()
 }

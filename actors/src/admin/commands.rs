@@ -17,7 +17,8 @@ use crate::dispatcher::{DispatcherMsg, PipelineView};
 use crate::job::{now_ms, rfc3339_ms, JobStatus};
 use crate::metrics as m;
 use crate::protocol::{
-    error_line, limit_or, ok_line, parse_request, ApiError, Command, JobView, ListReq, SubmitReq, SubmitSpec,
+    error_line, limit_or, ok_line, parse_request, ApiError, Command, JobView, ListReq, SubmitReq,
+    SubmitSpec,
 };
 use crate::supervisor::SupervisorMsg;
 
@@ -42,21 +43,34 @@ pub async fn execute(line: &[u8], ctx: &AdminCtx, peer: SocketAddr) -> String {
             Ok(()) => run(cmd, ctx).await,
         },
     };
-    let label = if crate::protocol::COMMANDS.contains(&cmd_name.as_str()) { cmd_name } else { "-".into() };
+    let label = if crate::protocol::COMMANDS.contains(&cmd_name.as_str()) {
+        cmd_name
+    } else {
+        "-".into()
+    };
     match result {
         Ok(fields) => {
             metrics::counter!(m::ADMIN_REQUESTS, "cmd" => label, "outcome" => "ok").increment(1);
             ok_line(req.id, fields)
         }
         Err(e) => {
-            metrics::counter!(m::ADMIN_REQUESTS, "cmd" => label, "outcome" => e.code.as_str()).increment(1);
+            metrics::counter!(m::ADMIN_REQUESTS, "cmd" => label, "outcome" => e.code.as_str())
+                .increment(1);
             error_line(req.id, &e)
         }
     }
 }
 
-fn authorize(cmd: &Command, token: Option<&str>, ctx: &AdminCtx, peer: SocketAddr, name: &str) -> Result<(), ApiError> {
-    let Some(expected) = ctx.limits.token.as_deref() else { return Ok(()) };
+fn authorize(
+    cmd: &Command,
+    token: Option<&str>,
+    ctx: &AdminCtx,
+    peer: SocketAddr,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(expected) = ctx.limits.token.as_deref() else {
+        return Ok(());
+    };
     if matches!(cmd, Command::Ping) {
         return Ok(());
     }
@@ -64,7 +78,11 @@ fn authorize(cmd: &Command, token: Option<&str>, ctx: &AdminCtx, peer: SocketAdd
     if good {
         return Ok(());
     }
-    let what = if token.is_some() { "wrong token" } else { "missing token" };
+    let what = if token.is_some() {
+        "wrong token"
+    } else {
+        "missing token"
+    };
     warn!(%peer, cmd = %name, reason = what, "admin request rejected");
     Err(ApiError::new(
         crate::protocol::ErrorCode::Unauthorized,
@@ -72,16 +90,29 @@ fn authorize(cmd: &Command, token: Option<&str>, ctx: &AdminCtx, peer: SocketAdd
     ))
 }
 
-async fn call<T: Send + 'static>(ctx: &AdminCtx, build: impl FnOnce(RpcReplyPort<T>) -> DispatcherMsg) -> Result<T, ApiError> {
-    let d = ctx.dispatcher.get().ok_or_else(|| ApiError::internal("the dispatcher is restarting; retry in a moment"))?;
+async fn call<T: Send + 'static>(
+    ctx: &AdminCtx,
+    build: impl FnOnce(RpcReplyPort<T>) -> DispatcherMsg,
+) -> Result<T, ApiError> {
+    let d = ctx
+        .dispatcher
+        .get()
+        .ok_or_else(|| ApiError::internal("the dispatcher is restarting; retry in a moment"))?;
     settle(d.call(build, Some(CALL_TIMEOUT)).await, "dispatcher")
 }
 
-fn settle<T, M>(r: Result<CallResult<T>, ractor::MessagingErr<M>>, who: &str) -> Result<T, ApiError> {
+fn settle<T, M>(
+    r: Result<CallResult<T>, ractor::MessagingErr<M>>,
+    who: &str,
+) -> Result<T, ApiError> {
     match r {
         Ok(CallResult::Success(v)) => Ok(v),
-        Ok(CallResult::Timeout) => Err(ApiError::internal(format!("the {who} did not answer within {CALL_TIMEOUT:?}"))),
-        _ => Err(ApiError::internal(format!("the {who} stopped before answering; retry in a moment"))),
+        Ok(CallResult::Timeout) => Err(ApiError::internal(format!(
+            "the {who} did not answer within {CALL_TIMEOUT:?}"
+        ))),
+        _ => Err(ApiError::internal(format!(
+            "the {who} stopped before answering; retry in a moment"
+        ))),
     }
 }
 
@@ -89,25 +120,33 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-async fn submit(ctx: &AdminCtx, reqs: Vec<SubmitReq>, batch: bool) -> Result<Vec<crate::dispatcher::Accepted>, ApiError> {
+async fn submit(
+    ctx: &AdminCtx,
+    reqs: Vec<SubmitReq>,
+    batch: bool,
+) -> Result<Vec<crate::dispatcher::Accepted>, ApiError> {
     let now = now_ms();
     let specs = reqs
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            r.validate(now).map_err(|e| ApiError::bad_request(if batch { format!("jobs[{i}].{e}") } else { e }))
+            r.validate(now).map_err(|e| {
+                ApiError::bad_request(if batch { format!("jobs[{i}].{e}") } else { e })
+            })
         })
         .collect::<Result<Vec<SubmitSpec>, _>>()?;
     let accepted = call(ctx, |p| DispatcherMsg::Submit(specs, p)).await??;
-    ctx.journal
-        .durable()
-        .await
-        .map_err(|e| ApiError::internal(format!("the journal could not make the submit durable: {e}")))?;
+    ctx.journal.durable().await.map_err(|e| {
+        ApiError::internal(format!(
+            "the journal could not make the submit durable: {e}"
+        ))
+    })?;
     Ok(accepted)
 }
 
 async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
-    let journal_err = |e: crate::journal::JournalError| ApiError::internal(format!("journal read failed: {e}"));
+    let journal_err =
+        |e: crate::journal::JournalError| ApiError::internal(format!("journal read failed: {e}"));
     Ok(match cmd {
         Command::Ping => json!({
             "pong": true,
@@ -124,11 +163,18 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
             json!({ "job_ids": a.iter().map(|a| a.job_id).collect::<Vec<_>>() })
         }
         Command::Status(r) => {
-            let rec = ctx.journal.get(r.job_id).map_err(journal_err)?.ok_or_else(|| no_job(r.job_id))?;
+            let rec = ctx
+                .journal
+                .get(r.job_id)
+                .map_err(journal_err)?
+                .ok_or_else(|| no_job(r.job_id))?;
             json!({ "job": JobView::from(&rec) })
         }
         Command::History(r) => {
-            ctx.journal.get(r.job_id).map_err(journal_err)?.ok_or_else(|| no_job(r.job_id))?;
+            ctx.journal
+                .get(r.job_id)
+                .map_err(journal_err)?
+                .ok_or_else(|| no_job(r.job_id))?;
             let events: Vec<Value> = ctx
                 .journal
                 .events(r.job_id)
@@ -140,22 +186,42 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
         }
         Command::List(r) => json!({ "jobs": list(ctx, r)? }),
         Command::Dlq(r) => {
-            let req = ListReq { status: Some(JobStatus::Failed), limit: r.limit, ..Default::default() };
+            let req = ListReq {
+                status: Some(JobStatus::Failed),
+                limit: r.limit,
+                ..Default::default()
+            };
             json!({ "jobs": list(ctx, req)? })
         }
-        Command::Cancel(r) => json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Cancel(r.job_id, p)).await??) }),
-        Command::Retry(r) => json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Retry(r.job_id, p)).await??) }),
+        Command::Cancel(r) => {
+            json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Cancel(r.job_id, p)).await??) })
+        }
+        Command::Retry(r) => {
+            json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Retry(r.job_id, p)).await??) })
+        }
         Command::Tree => {
-            let root: ActorRef<SupervisorMsg> =
-                ctx.root.get().ok_or_else(|| ApiError::internal("the root supervisor is not running"))?;
+            let root: ActorRef<SupervisorMsg> = ctx
+                .root
+                .get()
+                .ok_or_else(|| ApiError::internal("the root supervisor is not running"))?;
             json!({ "tree": to_value(settle(root.call(SupervisorMsg::Tree, Some(CALL_TIMEOUT)).await, "root supervisor")?) })
         }
-        Command::Pipelines => json!({ "pipelines": to_value(call(ctx, DispatcherMsg::Pipelines).await?) }),
-        Command::Pause(r) => pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, true, p)).await??),
-        Command::Resume(r) => pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, false, p)).await??),
+        Command::Pipelines => {
+            json!({ "pipelines": to_value(call(ctx, DispatcherMsg::Pipelines).await?) })
+        }
+        Command::Pause(r) => {
+            pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, true, p)).await??)
+        }
+        Command::Resume(r) => {
+            pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, false, p)).await??)
+        }
         Command::Stats => {
             let s = call(ctx, DispatcherMsg::Stats).await?;
-            let queues: serde_json::Map<String, Value> = s.queues.iter().map(|(n, q)| (n.clone(), to_value(q))).collect();
+            let queues: serde_json::Map<String, Value> = s
+                .queues
+                .iter()
+                .map(|(n, q)| (n.clone(), to_value(q)))
+                .collect();
             json!({ "jobs": s.jobs, "totals": s.totals, "queues": queues, "uptime_s": ctx.started.elapsed().as_secs() })
         }
         Command::Records(r) => {
@@ -171,7 +237,9 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
         }
         Command::Schedules => json!({ "schedules": [] }),
         Command::Shutdown(r) => {
-            let _ = ctx.shutdown.send(Some(super::ShutdownRequest { drain: r.drain }));
+            let _ = ctx
+                .shutdown
+                .send(Some(super::ShutdownRequest { drain: r.drain }));
             json!({ "draining": true })
         }
     })
@@ -190,7 +258,11 @@ fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
     let matcher = match &r.name {
         Some(n) => Some(
             Glob::new(n)
-                .map_err(|e| ApiError::bad_request(format!("name: expected a job name or a glob like \"sec.*\", got {n:?} ({e})")))?
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "name: expected a job name or a glob like \"sec.*\", got {n:?} ({e})"
+                    ))
+                })?
                 .compile_matcher(),
         ),
         None => None,

@@ -29,12 +29,20 @@ enum Read {
 }
 
 /// Reads one line into `line`, never holding more than `max` bytes of it.
-async fn read_line(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line: &mut Vec<u8>, max: usize) -> std::io::Result<Read> {
+async fn read_line(
+    reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Read> {
     line.clear();
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(if line.is_empty() { Read::Eof } else { Read::Line });
+            return Ok(if line.is_empty() {
+                Read::Eof
+            } else {
+                Read::Line
+            });
         }
         let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
             Some(i) => (&buf[..i], i + 1),
@@ -54,7 +62,12 @@ async fn read_line(reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>, line:
 
 /// Serves one connection until the peer closes, it idles out, a line is too large, or the
 /// admin actor stops.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminCtx>, mut closed: watch::Receiver<bool>) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<AdminCtx>,
+    mut closed: watch::Receiver<bool>,
+) {
     let (rd, wr) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, rd);
     let mut writer = BufWriter::with_capacity(64 * 1024, wr);
@@ -74,7 +87,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminCtx>, mut 
             Ok(Ok(Read::TooLong)) => {
                 let err = ApiError::new(
                     ErrorCode::TooLarge,
-                    format!("request line longer than [admin] max_line_bytes = {} bytes; closing", ctx.limits.max_line_bytes),
+                    format!(
+                        "request line longer than [admin] max_line_bytes = {} bytes; closing",
+                        ctx.limits.max_line_bytes
+                    ),
                 );
                 let _ = timeout(idle, async {
                     writer.write_all(error_line(None, &err).as_bytes()).await?;

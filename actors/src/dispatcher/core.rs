@@ -10,11 +10,13 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::views::{Accepted, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView};
+use super::views::{
+    Accepted, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView,
+};
 use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
 use crate::backoff::{random_unit, retry_delay};
-use crate::job::{now_ms, EventKind, JobEvent, JobId, JobRecord, JobStatus, Priority};
+use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::journal::{Change, Journal};
 use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
@@ -81,7 +83,11 @@ impl DispatcherState {
                 paused: false,
             })
             .collect();
-        let lane_by_name = lanes.iter().enumerate().map(|(i, l)| (l.info.name.clone(), i)).collect();
+        let lane_by_name = lanes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.info.name.clone(), i))
+            .collect();
         Self {
             journal: args.journal,
             limits: args.jobs,
@@ -130,10 +136,25 @@ impl DispatcherState {
             if rec.status == JobStatus::Running {
                 rec.status = JobStatus::Pending;
                 self.totals.requeued += 1;
-                self.changes.push(change(&rec, EventKind::Requeued, Some("the node stopped while it ran".into())));
+                self.changes.extend(change(
+                    &mut rec,
+                    EventKind::Requeued,
+                    Some("the node stopped while it ran".into()),
+                ));
             }
-            let due = rec.next_attempt_at.filter(|t| *t > now_ms).map(|t| now + Duration::from_millis((t - now_ms) as u64));
-            self.live.insert(id, Live { rec, lane, due: None, queued_at: now });
+            let due = rec
+                .next_attempt_at
+                .filter(|t| *t > now_ms)
+                .map(|t| now + Duration::from_millis((t - now_ms) as u64));
+            self.live.insert(
+                id,
+                Live {
+                    rec,
+                    lane,
+                    due: None,
+                    queued_at: now,
+                },
+            );
             match due {
                 Some(due) => self.schedule(id, due),
                 None => self.enqueue(id, now, false),
@@ -146,15 +167,29 @@ impl DispatcherState {
     /// Validates, routes, dedups and journals a batch of submits; all or none.
     pub fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
         if self.draining {
-            return Err(ApiError::new(ErrorCode::ShuttingDown, "the node is draining and accepts no new work"));
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the node is draining and accepts no new work",
+            ));
         }
         let batch = specs.len() > 1;
         let mut routed = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let at = if batch { format!("jobs[{i}].job") } else { "job".to_string() };
+            let at = if batch {
+                format!("jobs[{i}].job")
+            } else {
+                "job".to_string()
+            };
             routed.push(self.route(&spec.name, &at)?);
         }
-        let fresh = specs.iter().filter(|s| s.unique_key.as_ref().is_none_or(|k| !self.unique.contains_key(k))).count();
+        let fresh = specs
+            .iter()
+            .filter(|s| {
+                s.unique_key
+                    .as_ref()
+                    .is_none_or(|k| !self.unique.contains_key(k))
+            })
+            .count();
         if self.live.len() + fresh > self.limits.max_queued {
             return Err(ApiError::new(
                 ErrorCode::Overloaded,
@@ -169,11 +204,15 @@ impl DispatcherState {
         let now_ms = now_ms();
         let mut accepted = Vec::with_capacity(specs.len());
         let mut changes = Vec::with_capacity(specs.len());
+        let mut recs = Vec::with_capacity(specs.len());
         let mut batch_keys: HashMap<String, JobId> = HashMap::new();
         for (spec, (lane, priority)) in specs.into_iter().zip(routed) {
             if let Some(k) = &spec.unique_key {
                 if let Some(&id) = self.unique.get(k).or_else(|| batch_keys.get(k)) {
-                    accepted.push(Accepted { job_id: id, deduplicated: true });
+                    accepted.push(Accepted {
+                        job_id: id,
+                        deduplicated: true,
+                    });
                     continue;
                 }
             }
@@ -181,14 +220,16 @@ impl DispatcherState {
             if let Some(k) = &spec.unique_key {
                 batch_keys.insert(k.clone(), id);
             }
-            let rec = JobRecord {
+            let mut rec = JobRecord {
                 id,
                 pipeline: self.lanes[lane].info.name.clone(),
                 params: spec.params.to_string(),
                 priority: spec.priority.unwrap_or(priority),
                 status: JobStatus::Pending,
                 attempts: 0,
-                max_retries: spec.max_retries.unwrap_or(self.lanes[lane].info.retry.max_retries),
+                max_retries: spec
+                    .max_retries
+                    .unwrap_or(self.lanes[lane].info.retry.max_retries),
                 unique_key: spec.unique_key,
                 created_at: now_ms,
                 started_at: None,
@@ -199,24 +240,45 @@ impl DispatcherState {
                 parent_id: None,
                 workflow_id: None,
                 name: spec.name,
+                history: Vec::new(),
             };
-            changes.push(change(&rec, EventKind::Submitted, None));
-            accepted.push(Accepted { job_id: id, deduplicated: false });
+            let Some(c) = change(&mut rec, EventKind::Submitted, None) else {
+                return Err(ApiError::internal(format!(
+                    "cannot encode job {id}; nothing was accepted"
+                )));
+            };
+            changes.push(c);
+            recs.push(rec);
+            accepted.push(Accepted {
+                job_id: id,
+                deduplicated: false,
+            });
         }
         // Earlier changes of this handler (none today) must precede the submit in the journal.
         self.flush_journal();
-        self.journal.write(&changes).map_err(|e| ApiError::internal(format!("journal write failed, nothing was accepted: {e}")))?;
+        self.journal.write(&changes).map_err(|e| {
+            ApiError::internal(format!("journal write failed, nothing was accepted: {e}"))
+        })?;
         let now = Instant::now();
-        for c in changes {
-            let rec = c.record;
+        for rec in recs {
             let (id, lane) = (rec.id, self.lane_by_name[&rec.pipeline]);
             metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
             self.totals.submitted += 1;
             if let Some(k) = &rec.unique_key {
                 self.unique.insert(k.clone(), id);
             }
-            let due = rec.next_attempt_at.map(|t| now + Duration::from_millis((t - now_ms).max(0) as u64));
-            self.live.insert(id, Live { rec, lane, due: None, queued_at: now });
+            let due = rec
+                .next_attempt_at
+                .map(|t| now + Duration::from_millis((t - now_ms).max(0) as u64));
+            self.live.insert(
+                id,
+                Live {
+                    rec,
+                    lane,
+                    due: None,
+                    queued_at: now,
+                },
+            );
             match due {
                 Some(due) => self.schedule(id, due),
                 None => self.enqueue(id, now, false),
@@ -243,14 +305,20 @@ impl DispatcherState {
         if !info.tasks.iter().any(|t| t == name) {
             return Err(ApiError::new(
                 ErrorCode::UnknownJob,
-                format!("{at}: {name:?} matches no task of pipeline {:?}; its tasks are {}", info.name, info.tasks.join(", ")),
+                format!(
+                    "{at}: {name:?} matches no task of pipeline {:?}; its tasks are {}",
+                    info.name,
+                    info.tasks.join(", ")
+                ),
             ));
         }
         Ok((lane, route.priority))
     }
 
     fn enqueue(&mut self, id: JobId, now: Instant, front: bool) {
-        let Some(live) = self.live.get_mut(&id) else { return };
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
         live.queued_at = now;
         live.due = None;
         let q = &mut self.lanes[live.lane].queue;
@@ -270,7 +338,9 @@ impl DispatcherState {
 
     /// A worker is idle: give it the next job, or keep it.
     pub fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
-        let Some(l) = self.lanes.get_mut(lane) else { return };
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return;
+        };
         let wid = worker.get_id();
         l.workers.insert(wid, worker.clone());
         if !l.idle.iter().any(|w| w.get_id() == wid) {
@@ -297,14 +367,23 @@ impl DispatcherState {
             if l.idle.is_empty() {
                 return;
             }
-            let Some((q, _)) = l.queue.pop(now) else { return };
-            let Some(live) = self.live.get_mut(&q.id) else { continue };
+            let Some((q, _)) = l.queue.pop(now) else {
+                return;
+            };
+            let Some(live) = self.live.get_mut(&q.id) else {
+                continue;
+            };
             if !matches!(live.rec.status, JobStatus::Pending | JobStatus::Retrying) {
                 continue;
             }
             let Some(worker) = l.idle.pop() else { return };
             let rec = &mut live.rec;
-            let ticket = Ticket { job_id: rec.id, name: rec.name.clone(), params: rec.params.clone(), attempt: rec.attempts + 1 };
+            let ticket = Ticket {
+                job_id: rec.id,
+                name: rec.name.clone(),
+                params: rec.params.clone(),
+                attempt: rec.attempts + 1,
+            };
             if worker.cast(WorkerMsg::Run(ticket)).is_err() {
                 // That worker is gone; its WorkerDown may still be on the way.
                 l.workers.remove(&worker.get_id());
@@ -318,12 +397,19 @@ impl DispatcherState {
             l.running.insert(worker.get_id(), q.id);
             metrics::histogram!(m::QUEUE_WAIT, "pipeline" => l.info.name.clone())
                 .record(now.saturating_duration_since(live.queued_at).as_secs_f64());
-            self.changes.push(change(rec, EventKind::Started, None));
+            self.changes.extend(change(rec, EventKind::Started, None));
         }
     }
 
     /// A job's attempt ended.
-    pub fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult, elapsed: Duration) {
+    pub fn job_done(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        id: JobId,
+        outcome: TaskResult,
+        elapsed: Duration,
+    ) {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.running.remove(&worker);
         }
@@ -336,7 +422,8 @@ impl DispatcherState {
             return;
         }
         let name = live.rec.name.clone();
-        metrics::histogram!(m::JOB_DURATION, "job_name" => name.clone()).record(elapsed.as_secs_f64());
+        metrics::histogram!(m::JOB_DURATION, "job_name" => name.clone())
+            .record(elapsed.as_secs_f64());
         match outcome {
             Ok(value) => {
                 let rec = &mut live.rec;
@@ -345,14 +432,18 @@ impl DispatcherState {
                 rec.error = None;
                 rec.result = Some(value.to_string());
                 debug!(job_id = %id, job_name = %name, attempt = rec.attempts, "succeeded");
-                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded").increment(1);
+                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded")
+                    .increment(1);
                 self.totals.succeeded += 1;
-                self.changes.push(change(rec, EventKind::Succeeded, None));
+                self.changes.extend(change(rec, EventKind::Succeeded, None));
                 self.finish(id);
             }
             Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
             Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
-            Err(TaskError::Throttled { message, retry_after }) => {
+            Err(TaskError::Throttled {
+                message,
+                retry_after,
+            }) => {
                 // A throttled attempt does not count: the upstream never did the work.
                 let rec = &mut live.rec;
                 rec.attempts = rec.attempts.saturating_sub(1);
@@ -360,8 +451,13 @@ impl DispatcherState {
                 let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
                 rec.next_attempt_at = Some(now_ms() + wait.as_millis() as i64);
                 rec.error = Some(message.clone());
-                metrics::counter!(m::JOB_RETRIES, "job_name" => name, "error_type" => "throttled").increment(1);
-                self.changes.push(change(rec, EventKind::Retrying, Some(format!("throttled: {message}"))));
+                metrics::counter!(m::JOB_RETRIES, "job_name" => name, "error_type" => "throttled")
+                    .increment(1);
+                self.changes.extend(change(
+                    rec,
+                    EventKind::Retrying,
+                    Some(format!("throttled: {message}")),
+                ));
                 self.schedule(id, Instant::now() + wait);
             }
         }
@@ -369,35 +465,47 @@ impl DispatcherState {
     }
 
     fn retry_or_dead_letter(&mut self, id: JobId, msg: String, error_type: &'static str) {
-        let Some(live) = self.live.get_mut(&id) else { return };
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
         let rec = &mut live.rec;
         if rec.attempts > rec.max_retries {
             let why = format!("{msg} (gave up after {} attempts)", rec.attempts);
             return self.dead_letter(id, why);
         }
-        let delay = retry_delay(&self.lanes[live.lane].info.retry, rec.attempts, random_unit());
+        let delay = retry_delay(
+            &self.lanes[live.lane].info.retry,
+            rec.attempts,
+            random_unit(),
+        );
         rec.status = JobStatus::Retrying;
         rec.next_attempt_at = Some(now_ms() + delay.as_millis() as i64);
         rec.error = Some(msg.clone());
         debug!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, delay_ms = delay.as_millis() as u64, "retry scheduled");
         metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => error_type).increment(1);
-        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried").increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried")
+            .increment(1);
         self.totals.retried += 1;
-        self.changes.push(change(rec, EventKind::Retrying, Some(msg)));
+        self.changes
+            .extend(change(rec, EventKind::Retrying, Some(msg)));
         self.schedule(id, Instant::now() + delay);
     }
 
     fn dead_letter(&mut self, id: JobId, msg: String) {
-        let Some(live) = self.live.get_mut(&id) else { return };
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
         let rec = &mut live.rec;
         rec.status = JobStatus::Failed;
         rec.completed_at = Some(now_ms());
         rec.error = Some(msg.clone());
         info!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, error = %msg, "dead-lettered");
-        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "failed").increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "failed")
+            .increment(1);
         metrics::counter!(m::DEAD_LETTER, "job_name" => rec.name.clone()).increment(1);
         self.totals.failed += 1;
-        self.changes.push(change(rec, EventKind::DeadLettered, Some(msg)));
+        self.changes
+            .extend(change(rec, EventKind::DeadLettered, Some(msg)));
         self.finish(id);
     }
 
@@ -417,7 +525,9 @@ impl DispatcherState {
     /// A worker incarnation is gone: the job it ran goes back to its queue at once (the attempt
     /// counts), or to the dead-letter queue when its retries are spent.
     pub fn worker_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
-        let Some(l) = self.lanes.get_mut(lane) else { return };
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return;
+        };
         l.workers.remove(&worker);
         l.idle.retain(|w| w.get_id() != worker);
         if let Some(id) = l.running.remove(&worker) {
@@ -433,7 +543,8 @@ impl DispatcherState {
                         rec.status = JobStatus::Pending;
                         rec.error = Some(why.clone());
                         self.totals.requeued += 1;
-                        self.changes.push(change(rec, EventKind::Requeued, Some(why)));
+                        self.changes
+                            .extend(change(rec, EventKind::Requeued, Some(why)));
                         self.enqueue(id, Instant::now(), true);
                     }
                 }
@@ -464,7 +575,9 @@ impl DispatcherState {
         if let Some(&(due, _)) = self.timers.first() {
             if self.armed.is_none_or(|a| due < a) {
                 self.armed = Some(due);
-                me.send_after(due.saturating_duration_since(Instant::now()), || DispatcherMsg::Tick);
+                me.send_after(due.saturating_duration_since(Instant::now()), || {
+                    DispatcherMsg::Tick
+                });
             }
         }
         self.publish_gauges();
@@ -476,8 +589,10 @@ impl DispatcherState {
                 metrics::gauge!(m::QUEUE_DEPTH, "pipeline" => l.info.name.clone(), "priority" => p.as_str())
                     .set(l.queue.depth(p) as f64);
             }
-            metrics::gauge!(m::ACTIVE_WORKERS, "pipeline" => l.info.name.clone()).set(l.running.len() as f64);
-            metrics::gauge!(m::WORKERS, "pipeline" => l.info.name.clone()).set(l.workers.len() as f64);
+            metrics::gauge!(m::ACTIVE_WORKERS, "pipeline" => l.info.name.clone())
+                .set(l.running.len() as f64);
+            metrics::gauge!(m::WORKERS, "pipeline" => l.info.name.clone())
+                .set(l.workers.len() as f64);
         }
     }
 
@@ -519,7 +634,11 @@ impl DispatcherState {
         Stats {
             jobs,
             totals: self.totals,
-            queues: self.lanes.iter().map(|l| (l.info.name.clone(), depths(&l.queue))).collect(),
+            queues: self
+                .lanes
+                .iter()
+                .map(|l| (l.info.name.clone(), depths(&l.queue)))
+                .collect(),
             uptime_s: self.started.elapsed().as_secs(),
         }
     }
@@ -534,9 +653,16 @@ impl DispatcherState {
         PipelineView {
             name: l.info.name.clone(),
             paused: l.paused,
-            workers: WorkersView { total: l.workers.len(), busy: l.running.len() },
+            workers: WorkersView {
+                total: l.workers.len(),
+                busy: l.running.len(),
+            },
             queue: depths(&l.queue),
-            scheduled: self.live.values().filter(|j| j.lane == lane && j.due.is_some()).count(),
+            scheduled: self
+                .live
+                .values()
+                .filter(|j| j.lane == lane && j.due.is_some())
+                .count(),
             rate_limit: None,
             breaker: None,
         }
@@ -545,7 +671,10 @@ impl DispatcherState {
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
         self.lane_by_name.get(name).copied().ok_or_else(|| {
             let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
-            ApiError::not_found(format!("pipeline: no pipeline named {name:?}; configured: {}", known.join(", ")))
+            ApiError::not_found(format!(
+                "pipeline: no pipeline named {name:?}; configured: {}",
+                known.join(", ")
+            ))
         })
     }
 
@@ -568,8 +697,16 @@ impl DispatcherState {
         let detail = match rec.status {
             JobStatus::Running => {
                 let l = &self.lanes[lane];
-                if let Some(w) = l.running.iter().find(|(_, j)| **j == id).and_then(|(w, _)| l.workers.get(w)) {
-                    let _ = w.cast(WorkerMsg::Cancel { job_id: id, grace: self.limits.cancel_grace });
+                if let Some(w) = l
+                    .running
+                    .iter()
+                    .find(|(_, j)| **j == id)
+                    .and_then(|(w, _)| l.workers.get(w))
+                {
+                    let _ = w.cast(WorkerMsg::Cancel {
+                        job_id: id,
+                        grace: self.limits.cancel_grace,
+                    });
                 }
                 "cancelled while running: asked to stop, aborted after [jobs] cancel_grace"
             }
@@ -582,8 +719,9 @@ impl DispatcherState {
         rec.completed_at = Some(now_ms());
         metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "cancelled").increment(1);
         self.totals.cancelled += 1;
+        self.changes
+            .extend(change(rec, EventKind::Cancelled, Some(detail.into())));
         let out = rec.clone();
-        self.changes.push(change(rec, EventKind::Cancelled, Some(detail.into())));
         self.finish(id);
         Ok(out)
     }
@@ -593,14 +731,20 @@ impl DispatcherState {
         if let Some(live) = self.live.get(&id) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("job {id} is {}; only failed or cancelled jobs can be retried", live.rec.status.as_str()),
+                format!(
+                    "job {id} is {}; only failed or cancelled jobs can be retried",
+                    live.rec.status.as_str()
+                ),
             ));
         }
         let mut rec = self.load(id)?;
         if !matches!(rec.status, JobStatus::Failed | JobStatus::Cancelled) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
-                format!("job {id} is {}; only failed or cancelled jobs can be retried", rec.status.as_str()),
+                format!(
+                    "job {id} is {}; only failed or cancelled jobs can be retried",
+                    rec.status.as_str()
+                ),
             ));
         }
         let lane = self.lane_named(&rec.pipeline)?;
@@ -619,9 +763,21 @@ impl DispatcherState {
         rec.result = None;
         rec.completed_at = None;
         rec.next_attempt_at = None;
-        self.changes.push(change(&rec, EventKind::Retried, Some("sent back by an operator".into())));
+        self.changes.extend(change(
+            &mut rec,
+            EventKind::Retried,
+            Some("sent back by an operator".into()),
+        ));
         let out = rec.clone();
-        self.live.insert(id, Live { rec, lane, due: None, queued_at: Instant::now() });
+        self.live.insert(
+            id,
+            Live {
+                rec,
+                lane,
+                due: None,
+                queued_at: Instant::now(),
+            },
+        );
         self.enqueue(id, Instant::now(), false);
         self.pump(lane);
         Ok(out)
@@ -638,7 +794,10 @@ impl DispatcherState {
         match self.load(id) {
             Ok(rec) => ApiError::new(
                 ErrorCode::Conflict,
-                format!("job {id} is already {}; it cannot be {verb}: {rule}", rec.status.as_str()),
+                format!(
+                    "job {id} is already {}; it cannot be {verb}: {rule}",
+                    rec.status.as_str()
+                ),
             ),
             Err(e) => e,
         }
@@ -671,9 +830,17 @@ impl DispatcherState {
 }
 
 fn depths(q: &RunQueue) -> QueueDepths {
-    QueueDepths { high: q.depth(Priority::High), normal: q.depth(Priority::Normal), low: q.depth(Priority::Low) }
+    QueueDepths {
+        high: q.depth(Priority::High),
+        normal: q.depth(Priority::Normal),
+        low: q.depth(Priority::Low),
+    }
 }
 
-fn change(rec: &JobRecord, kind: EventKind, detail: Option<String>) -> Change {
-    Change { record: rec.clone(), event: JobEvent { at: now_ms(), kind, attempt: rec.attempts, detail } }
+/// Records the event in the job's history and encodes the record for the journal.
+fn change(rec: &mut JobRecord, kind: EventKind, detail: Option<String>) -> Option<Change> {
+    rec.push_event(kind, detail);
+    Change::new(rec)
+        .inspect_err(|e| error!(job_id = %rec.id, error = %e, "cannot encode a job record"))
+        .ok()
 }
