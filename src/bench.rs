@@ -248,7 +248,7 @@ async fn wait_succeeded(c: &mut Client, n: u64) -> Result<(), String> {
         if Instant::now() > deadline {
             return Err(format!("only {ok} of {n} jobs succeeded within 10 minutes"));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

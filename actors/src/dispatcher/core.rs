@@ -580,10 +580,10 @@ impl DispatcherState {
                 });
             }
         }
-        self.publish_gauges();
     }
 
-    fn publish_gauges(&self) {
+    /// Sets the queue depth and worker gauges.
+    pub fn publish_gauges(&self) {
         for l in &self.lanes {
             for p in Priority::ALL {
                 metrics::gauge!(m::QUEUE_DEPTH, "pipeline" => l.info.name.clone(), "priority" => p.as_str())
