@@ -1277,7 +1277,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let mut rec = record(JobStatus::Succeeded);
-        rec.result = Some("x".repeat(512 * 1024));
+        // over a quarter of a segment, sled's blob threshold
+        rec.result = Some("x".repeat(SEGMENT_SIZE / 4 + 1024));
         journal
             .write(&[change(&mut rec, EventKind::Succeeded)])
             .unwrap();
