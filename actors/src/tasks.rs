@@ -15,6 +15,32 @@ use serde_json::{json, Value};
 
 use crate::job::JobId;
 
+/// Tells a running task that it should stop: cancellation is cooperative first (the task may
+/// clean up and return), and the worker aborts the task after `[jobs] cancel_grace`.
+#[derive(Debug, Clone)]
+pub struct CancelSignal(tokio::sync::watch::Receiver<bool>);
+
+impl CancelSignal {
+    /// A signal and the sender that raises it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, CancelSignal) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, CancelSignal(rx))
+    }
+
+    /// True once the job was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when the job is asked to stop (never, if it is not).
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// What a task gets to run.
 #[derive(Debug, Clone)]
 pub struct TaskCtx {
@@ -26,6 +52,8 @@ pub struct TaskCtx {
     pub params: Value,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// Raised when an operator cancels the job.
+    pub cancel: CancelSignal,
 }
 
 /// Why an attempt failed, classified where it happened.
@@ -125,8 +153,10 @@ pub fn builtin() -> TaskSet {
                         "builtin.sleep: params.ms: expected at most {MAX_SLEEP_MS} (a day), got {ms}"
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Ok(json!({ "slept_ms": ms }))
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
+                    _ = ctx.cancel.cancelled() => Err(TaskError::Permanent("builtin.sleep: cancelled while sleeping".into())),
+                }
             }),
         )
         .with(
@@ -169,6 +199,7 @@ mod tests {
             name: name.into(),
             params,
             attempt,
+            cancel: CancelSignal::new().1,
         }
     }
 
@@ -185,6 +216,19 @@ mod tests {
             f(ctx("builtin.fail", json!({"times": 2}), 3)).await,
             Ok(json!({"attempts": 3}))
         );
+    }
+
+    /// Ensures that a cancelled `builtin.sleep` ends early with a permanent error.
+    #[tokio::test(start_paused = true)]
+    async fn sleep_stops_when_cancelled() {
+        let (tx, cancel) = CancelSignal::new();
+        let mut c = ctx("builtin.sleep", json!({"ms": 3_600_000}), 1);
+        c.cancel = cancel;
+        let run = tokio::spawn(builtin().get("builtin.sleep").unwrap()(c));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(true).unwrap();
+        let r = run.await.unwrap();
+        assert!(matches!(r, Err(TaskError::Permanent(ref m)) if m.contains("cancelled")), "{r:?}");
     }
 
     /// Ensures that a mistyped param is a permanent error naming the param.

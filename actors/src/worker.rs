@@ -20,7 +20,7 @@ use tracing::{debug, Instrument};
 use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::supervisor::ChildSpec;
-use crate::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
+use crate::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -76,6 +76,8 @@ pub struct Worker;
 pub struct WorkerState {
     args: WorkerArgs,
     current: Option<(JobId, AbortOnDrop)>,
+    /// Raises the running job's cancel signal.
+    cancel: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Aborts the job's task when dropped, so a killed worker never leaves its job running.
@@ -100,6 +102,7 @@ impl Actor for Worker {
         Ok(WorkerState {
             args,
             current: None,
+            cancel: None,
         })
     }
 
@@ -148,8 +151,12 @@ impl Actor for Worker {
             }
             WorkerMsg::Cancel { job_id, grace } => {
                 if st.current.as_ref().map(|(id, _)| *id) == Some(job_id) {
-                    // The job gets `grace` to end on its own; then this synthetic result frees the
-                    // worker, and dropping the task's guard aborts it.
+                    // Cooperative first: the job sees its cancel signal and may end on its own
+                    // within `grace`; then this synthetic result frees the worker, and dropping
+                    // the task's guard aborts whatever is left of it.
+                    if let Some(c) = &st.cancel {
+                        let _ = c.send(true);
+                    }
                     me.send_after(grace, move || WorkerMsg::Finished {
                         job_id,
                         outcome: Ok(Err(TaskError::Permanent("cancelled".into()))),
@@ -165,17 +172,21 @@ impl Actor for Worker {
 impl WorkerState {
     fn run(&mut self, me: ActorRef<WorkerMsg>, t: Ticket) {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
+        let (cancel_tx, cancel) = CancelSignal::new();
+        self.cancel = Some(cancel_tx);
         let ctx = TaskCtx {
             job_id: t.job_id,
             name: t.name.clone(),
             params,
             attempt: t.attempt,
+            cancel,
         };
         let body = self.args.tasks.get(&t.name).cloned();
         let span =
             tracing::info_span!("job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
+        let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
         let task = tokio::spawn(
             async move {
                 let started = Instant::now();
@@ -189,11 +200,27 @@ impl WorkerState {
                         t.name
                     )))),
                 };
-                let _ = me.cast(WorkerMsg::Finished {
-                    job_id,
-                    outcome,
-                    elapsed: started.elapsed(),
-                });
+                let elapsed = started.elapsed();
+                match outcome {
+                    // The common case skips a hop through the worker's mailbox: the dispatcher
+                    // sends this worker its next job only after this report, and the worker
+                    // learns it is free from that `Run`.
+                    Ok(outcome) => dispatcher.cast(DispatcherMsg::JobDone {
+                        pipeline,
+                        worker: me,
+                        job_id,
+                        outcome,
+                        elapsed,
+                    }),
+                    // A panic must fail the worker actor itself, so it goes through its mailbox.
+                    Err(panic) => {
+                        let _ = me.cast(WorkerMsg::Finished {
+                            job_id,
+                            outcome: Err(panic),
+                            elapsed,
+                        });
+                    }
+                }
             }
             .instrument(span),
         );
