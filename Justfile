@@ -1,0 +1,29 @@
+# Convenience recipes (`cargo install just`); each is one cargo command. README's commands and
+# .ci/run never need just.
+
+default:
+    @just --list
+
+# Run a node on the embedded default config.
+run:
+    cargo run --release -- node
+
+# Run a node on a config file.
+run-config config="config/default.toml":
+    cargo run --release -- node --config {{config}}
+
+# The whole test suite (what CI runs).
+test:
+    cargo test
+
+# Format check and clippy with warnings as errors.
+lint:
+    cargo clippy --all-targets -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Throughput, latency and memory against the raw storage ceiling.
+bench:
+    cargo run --release -- bench
