@@ -428,3 +428,126 @@ impl ChildSpec for SupervisorSpec {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A child that fails when it gets `true`.
+    struct Flaky;
+
+    impl Actor for Flaky {
+        type Msg = bool;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<bool>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<bool>,
+            fail: bool,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            if fail {
+                return Err("asked to fail".into());
+            }
+            Ok(())
+        }
+    }
+
+    /// Spawns `Flaky` and remembers the current incarnation.
+    struct FlakySpec {
+        current: Mutex<Option<ActorRef<bool>>>,
+        downs: AtomicUsize,
+    }
+
+    impl ChildSpec for FlakySpec {
+        fn name(&self) -> String {
+            "flaky".into()
+        }
+        fn kind(&self) -> &'static str {
+            "worker"
+        }
+        fn spawn(
+            &self,
+            sup: ActorCell,
+            _path: String,
+        ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+            Box::pin(async move {
+                Ok(Actor::spawn_linked(None, Flaky, (), sup)
+                    .await?
+                    .0
+                    .get_cell())
+            })
+        }
+        fn on_up(&self, cell: &ActorCell) {
+            *self.current.lock().unwrap() = Some(cell.clone().into());
+        }
+        fn on_down(&self, _reason: &str) {
+            self.downs.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    const POLICY: RestartPolicy = RestartPolicy {
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(10),
+        jitter: 0.0,
+        max_restarts: 2,
+        within: Duration::from_secs(60),
+    };
+
+    async fn status_of(sup: &ActorRef<SupervisorMsg>) -> TreeNode {
+        sup.call(SupervisorMsg::Tree, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .children
+            .remove(0)
+    }
+
+    /// Ensures that a failed child waits out its backoff (100 ms, then 200 ms), is restarted, and
+    /// that the third failure within the window spends the budget and fails the supervisor.
+    #[tokio::test(start_paused = true)]
+    async fn restarts_with_backoff_then_escalates() {
+        let spec = Arc::new(FlakySpec {
+            current: Mutex::new(None),
+            downs: AtomicUsize::new(0),
+        });
+        let escalated = Arc::new(Mutex::new(None));
+        let seen = escalated.clone();
+        let args = SupervisorArgs {
+            path: "root".into(),
+            pipeline: "-".into(),
+            policy: POLICY,
+            children: vec![spec.clone()],
+            on_escalate: Some(Box::new(move |why| *seen.lock().unwrap() = Some(why))),
+        };
+        let (sup, done) = Actor::spawn(None, Supervisor, args).await.unwrap();
+        for (round, backoff_ms) in [(1u64, 100u64), (2, 200)] {
+            let child = spec.current.lock().unwrap().clone().unwrap();
+            child.cast(true).unwrap();
+            tokio::time::sleep(Duration::from_millis(backoff_ms - 10)).await;
+            let t = status_of(&sup).await;
+            assert_eq!((t.status.as_str(), t.restarts), ("restarting", round));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let t = status_of(&sup).await;
+            assert_eq!(t.status, "running", "restarted after {backoff_ms} ms");
+            assert_eq!(t.last_failure.as_deref(), Some("asked to fail"));
+        }
+        spec.current
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .cast(true)
+            .unwrap();
+        done.await.unwrap();
+        let why = escalated.lock().unwrap().clone().unwrap();
+        assert!(why.contains("root/flaky: restart budget spent"), "{why}");
+        assert_eq!(spec.downs.load(Ordering::SeqCst), 3);
+    }
+}

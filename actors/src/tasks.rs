@@ -228,7 +228,10 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tx.send(true).unwrap();
         let r = run.await.unwrap();
-        assert!(matches!(r, Err(TaskError::Permanent(ref m)) if m.contains("cancelled")), "{r:?}");
+        assert!(
+            matches!(r, Err(TaskError::Permanent(ref m)) if m.contains("cancelled")),
+            "{r:?}"
+        );
     }
 
     /// Ensures that a mistyped param is a permanent error naming the param.

@@ -354,3 +354,28 @@ async fn unknown_job_is_refused() {
     let b = req(&mut c, json!({"cmd": "submit", "job": "builtin.nothing"})).await;
     assert_eq!(code(&b), "unknown_job");
 }
+
+/// Ensures that a restart budget spent at every level climbs to the root, and that the node then
+/// stops with an error naming the reason, as a spent root budget must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_budgets_escalate_to_the_root() {
+    let node = TestNode::start_with(|a| {
+        a.pipelines[0].workers = 1;
+        a.pipelines[0].restart.max_restarts = 1;
+        a.restart.max_restarts = 1;
+    })
+    .await;
+    let mut c = node.client().await;
+    // Every attempt panics; each crash spends a restart until the budgets run out.
+    let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.panic", "params": {"times": 100}, "max_retries": 100})).await;
+    assert_eq!(a["ok"], true, "{a}");
+    let err = node
+        .ended(WAIT)
+        .await
+        .expect_err("the node must stop with an error")
+        .to_string();
+    assert!(
+        err.contains("root supervisor escalated") && err.contains("restart budget spent"),
+        "{err}"
+    );
+}
