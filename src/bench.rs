@@ -83,6 +83,7 @@ fn node_args(dir: &std::path::Path, workers: usize) -> NodeArgs {
             workers,
             retry: RetryPolicy::DEFAULT,
             restart: RestartPolicy::DEFAULT,
+            upstream: None,
         }],
         routes: vec![],
     }

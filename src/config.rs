@@ -360,6 +360,7 @@ impl Config {
                     workers: p.workers,
                     retry: p.retry.into(),
                     restart: p.restart.into(),
+                    upstream: None,
                 })
                 .collect(),
             routes: self

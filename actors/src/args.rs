@@ -93,6 +93,49 @@ pub struct PipelineArgs {
     pub retry: RetryPolicy,
     /// How the pipeline supervisor restarts its workers.
     pub restart: RestartPolicy,
+    /// The upstream API, for pipelines that have one (all but `builtin`).
+    pub upstream: Option<UpstreamArgs>,
+}
+
+/// How a pipeline reaches its upstream API (UPSTREAMS.md, "Pipeline config keys").
+#[derive(Debug, Clone)]
+pub struct UpstreamArgs {
+    /// The API's base URL (a fake on loopback in tests).
+    pub base_url: String,
+    /// SEC only: the ticker → CIK map's URL.
+    pub tickers_url: Option<String>,
+    /// Sent as `User-Agent` on every request (SEC requires a declared one).
+    pub user_agent: Option<String>,
+    /// Alpha Vantage only: the API key, read from the variable named by `api_key_env`.
+    pub api_key: Option<String>,
+    /// Every window the upstream allows, all enforced at once (`"5/m, 25/d"`).
+    pub rate_limit: Vec<RateWindow>,
+    /// A request that takes longer fails as transient.
+    pub request_timeout: Duration,
+    /// The circuit breaker.
+    pub breaker: BreakerArgs,
+    /// How long the whole source pauses after a throttle signal that named no time.
+    pub throttle_cooldown: Duration,
+}
+
+/// At most `limit` requests in any sliding window of length `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// The window's length.
+    pub per: Duration,
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerArgs {
+    /// Consecutive transient failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe is let through.
+    pub open_for: Duration,
+    /// Cap on `open_for`, which doubles after each failed probe.
+    pub max_open_for: Duration,
 }
 
 /// Routes job names matching `pattern` (a glob such as `sec.*`) to a pipeline and priority.

@@ -17,4 +17,5 @@ pub mod queue;
 pub mod routing;
 pub mod supervisor;
 pub mod tasks;
+pub mod upstream;
 pub mod worker;
