@@ -30,7 +30,7 @@ pub struct ClientOpts {
         long,
         global = true,
         env = "WARDEN_ADDR",
-        default_value = "127.0.0.1:7070"
+        default_value_t = default_addr()
     )]
     pub addr: String,
     /// The admin token, when the node requires one.
@@ -44,6 +44,14 @@ pub struct ClientOpts {
     /// Print the raw response lines.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// The embedded default config's admin address: what `warden node` listens on without --config.
+fn default_addr() -> String {
+    crate::config::Config::embedded_default()
+        .admin
+        .listen
+        .to_string()
 }
 
 /// The client subcommands, one per protocol command (plus `export`).
