@@ -27,6 +27,11 @@ use warden_actors::args::{
 };
 use warden_actors::job::Priority;
 
+mod upstream;
+
+pub use self::upstream::BreakerSection;
+use self::upstream::UpstreamKeys;
+
 /// The default config, every key with its default value; used when `--config` isn't given.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -39,9 +44,9 @@ pub const TOKEN_ENV: &str = "WARDEN_ADMIN_TOKEN";
 /// The pipeline every node runs, configured or not.
 pub const BUILTIN_PIPELINE: &str = "builtin";
 
-/// Pipelines this build can run. `sec`, `yahoo` and `alphavantage` arrive with the upstream
-/// pipelines (UPSTREAMS.md); until then a section for them is an error, not silently ignored.
-pub const KNOWN_PIPELINES: &[&str] = &[BUILTIN_PIPELINE];
+/// Pipelines this build can run: the built-in one and the three upstream sources of
+/// UPSTREAMS.md. Any other name is an error, not silently ignored.
+pub const KNOWN_PIPELINES: &[&str] = &[BUILTIN_PIPELINE, "sec", "yahoo", "alphavantage"];
 
 /// Upper bound on `workers`: more than this is a typo, not a plan.
 const MAX_WORKERS: usize = 1024;
@@ -212,6 +217,39 @@ pub struct PipelineSection {
     pub retry: RetrySection,
     /// How the pipeline supervisor restarts its workers; default [`RestartPolicy::DEFAULT`].
     pub restart: RestartSection,
+    /// The upstream API's base URL; default the real host (UPSTREAMS.md). Not for `builtin`.
+    pub base_url: Option<String>,
+    /// `sec` only: the ticker → CIK map's URL.
+    pub tickers_url: Option<String>,
+    /// Sent as `User-Agent`; required for `sec`.
+    pub user_agent: Option<String>,
+    /// Windows such as `"10/s"` or `"5/m, 25/d"`; default the source's published limits.
+    pub rate_limit: Option<String>,
+    /// Requests taking longer fail as transient; default 30 s.
+    #[serde(deserialize_with = "opt_duration")]
+    pub request_timeout: Option<Duration>,
+    /// The circuit breaker.
+    pub breaker: Option<BreakerSection>,
+    /// `alphavantage` only: the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// How long the source pauses after a throttle signal that names no time.
+    #[serde(deserialize_with = "opt_duration")]
+    pub throttle_cooldown: Option<Duration>,
+}
+
+impl PipelineSection {
+    fn upstream_keys(&self) -> UpstreamKeys<'_> {
+        UpstreamKeys {
+            base_url: self.base_url.as_deref(),
+            tickers_url: self.tickers_url.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            rate_limit: self.rate_limit.as_deref(),
+            request_timeout: self.request_timeout,
+            breaker: self.breaker,
+            api_key_env: self.api_key_env.as_deref(),
+            throttle_cooldown: self.throttle_cooldown,
+        }
+    }
 }
 
 /// One `[[routes]]` entry.
@@ -327,14 +365,43 @@ impl Config {
             .unwrap_or_else(|err| panic!("the embedded default config is broken: {err}"))
     }
 
-    /// The actors' arguments, everything filled in. `token_env` is the value of [`TOKEN_ENV`]
-    /// (the caller reads the environment, so tests don't touch it); when set and non-empty it
-    /// replaces `admin.token`. `metrics` and `log` are not part of [`NodeArgs`]: `main.rs` reads
-    /// them before calling this.
-    pub fn into_args(mut self, token_env: Option<String>) -> NodeArgs {
+    /// The actors' arguments, everything filled in. `env` reads an environment variable (the
+    /// caller passes `std::env::var`, tests pass a map): [`TOKEN_ENV`], when set and non-empty,
+    /// replaces `admin.token`, and each Alpha Vantage pipeline reads its key from its
+    /// `api_key_env`. `metrics` and `log` are not part of [`NodeArgs`]: `main.rs` reads them
+    /// before calling this.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `origin` and the key when an environment variable a
+    /// pipeline needs is not set.
+    pub fn into_args(
+        mut self,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<NodeArgs, ConfigError> {
         ensure_builtin(&mut self.pipelines);
-        let token = token_env.filter(|t| !t.is_empty()).or(self.admin.token);
-        NodeArgs {
+        let token = env(TOKEN_ENV)
+            .filter(|t| !t.is_empty())
+            .or(self.admin.token);
+        let mut pipelines = Vec::with_capacity(self.pipelines.len());
+        for (name, p) in self.pipelines {
+            let key = format!("pipelines.{name}");
+            let upstream = upstream::resolve(&name, &p.upstream_keys(), &key, env).map_err(
+                |Problem { key, message }| ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    key,
+                    message,
+                },
+            )?;
+            pipelines.push(PipelineArgs {
+                name,
+                workers: p.workers,
+                retry: p.retry.into(),
+                restart: p.restart.into(),
+                upstream,
+            });
+        }
+        Ok(NodeArgs {
             name: self.node.name,
             data_dir: self.node.data_dir,
             shutdown_timeout: self.node.shutdown_timeout,
@@ -352,17 +419,7 @@ impl Config {
                 cancel_grace: self.jobs.cancel_grace,
             },
             restart: self.supervisor.restart.into(),
-            pipelines: self
-                .pipelines
-                .into_iter()
-                .map(|(name, p)| PipelineArgs {
-                    name,
-                    workers: p.workers,
-                    retry: p.retry.into(),
-                    restart: p.restart.into(),
-                    upstream: None,
-                })
-                .collect(),
+            pipelines,
             routes: self
                 .routes
                 .into_iter()
@@ -372,7 +429,7 @@ impl Config {
                     priority: r.priority,
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Checks the rules the schema can't express; the first broken one is reported.
@@ -428,6 +485,11 @@ impl Config {
                 ));
             }
             pipeline.validate(&format!("pipelines.{name}"))?;
+            upstream::validate(
+                name,
+                &pipeline.upstream_keys(),
+                &format!("pipelines.{name}"),
+            )?;
         }
 
         for (i, route) in self.routes.iter().enumerate() {
@@ -620,6 +682,14 @@ impl Default for PipelineSection {
             workers: 4,
             retry: RetrySection::default(),
             restart: RestartSection::default(),
+            base_url: None,
+            tickers_url: None,
+            user_agent: None,
+            rate_limit: None,
+            request_timeout: None,
+            breaker: None,
+            api_key_env: None,
+            throttle_cooldown: None,
         }
     }
 }
@@ -727,6 +797,11 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     deserializer.deserialize_str(HumanDuration)
 }
 
+/// [`duration`] for optional keys (a missing key is `None` through the struct's default).
+fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
 /// Deserializes an `ip:port` address, saying what was expected (names are not resolved).
 fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -803,7 +878,7 @@ mod tests {
     /// Ensures that the minimal config works and starts `builtin` with what it says.
     #[test]
     fn minimal_config_starts_builtin() {
-        let args = parse(MINIMAL).unwrap().into_args(None);
+        let args = parse(MINIMAL).unwrap().into_args("t", &|_| None).unwrap();
         assert_eq!(args.data_dir, PathBuf::from("/some/dir"));
         assert_eq!(args.name, "warden");
         assert_eq!(args.admin.listen, "127.0.0.1:7070".parse().unwrap());
@@ -825,7 +900,10 @@ mod tests {
     /// Ensures that a config without `[pipelines.builtin]` still starts `builtin`, with defaults.
     #[test]
     fn builtin_is_always_started() {
-        let args = parse("[node]\nname = \"n1\"\n").unwrap().into_args(None);
+        let args = parse("[node]\nname = \"n1\"\n")
+            .unwrap()
+            .into_args("t", &|_| None)
+            .unwrap();
         assert_eq!(args.pipelines.len(), 1);
         let builtin = &args.pipelines[0];
         assert_eq!(builtin.name, "builtin");
@@ -895,7 +973,7 @@ mod tests {
     fn routes_reach_the_args() {
         let text = "[[routes]]\nmatch = \"builtin.report.*\"\npipeline = \"builtin\"\n\
                     priority = \"low\"\n\n[[routes]]\nmatch = \"*\"\n";
-        let args = parse(text).unwrap().into_args(None);
+        let args = parse(text).unwrap().into_args("t", &|_| None).unwrap();
         assert_eq!(args.routes.len(), 2);
         assert_eq!(args.routes[0].pattern, "builtin.report.*");
         assert_eq!(args.routes[0].pipeline.as_deref(), Some("builtin"));
@@ -1014,10 +1092,75 @@ mod tests {
     /// Ensures that an unknown pipeline name fails, naming it and listing the known ones.
     #[test]
     fn unknown_pipeline_is_named() {
-        let err = parse_err("[pipelines.sec]\nworkers = 2\n");
+        let err = parse_err("[pipelines.edgar]\nworkers = 2\n");
         assert_eq!(
             err,
-            "config/test.toml: pipelines.sec: unknown pipeline, expected one of builtin, got \"sec\""
+            "config/test.toml: pipelines.edgar: unknown pipeline, expected one of builtin, sec, \
+             yahoo, alphavantage, got \"edgar\""
+        );
+    }
+
+    /// Ensures that a sec pipeline without a User-Agent is refused, saying why.
+    #[test]
+    fn sec_needs_a_user_agent() {
+        let err = parse_err("[pipelines.sec]\nworkers = 2\n");
+        assert!(
+            err.starts_with("config/test.toml: pipelines.sec.user_agent: SEC rejects requests"),
+            "{err}"
+        );
+    }
+
+    /// Ensures that upstream keys get the source's defaults and a bad rate limit is named.
+    #[test]
+    fn upstream_defaults_and_rate_limit() {
+        let text =
+            "[pipelines.sec]\nuser_agent = \"Ex a@b.c\"\n[pipelines.yahoo]\nrate_limit = \"1/s\"\n";
+        let args = parse(text).unwrap().into_args("t", &|_| None).unwrap();
+        let sec = args
+            .pipelines
+            .iter()
+            .find(|p| p.name == "sec")
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap();
+        assert_eq!(sec.base_url, "https://data.sec.gov");
+        assert_eq!(sec.rate_limit.len(), 1);
+        assert_eq!(sec.rate_limit[0].limit, 10);
+        let err = parse_err("[pipelines.yahoo]\nrate_limit = \"ten\"\n");
+        assert!(err.contains("pipelines.yahoo.rate_limit:"), "{err}");
+        let err = parse_err("[pipelines.builtin]\nbase_url = \"http://x\"\n");
+        assert!(
+            err.contains("pipelines.builtin.base_url: the builtin pipeline has no upstream"),
+            "{err}"
+        );
+    }
+
+    /// Ensures that an Alpha Vantage pipeline without its key variable is a startup error naming
+    /// the variable, and that the key is read from it otherwise.
+    #[test]
+    fn alphavantage_key_from_env() {
+        let config = parse("[pipelines.alphavantage]\napi_key_env = \"AV_KEY\"\n").unwrap();
+        let err = config
+            .clone()
+            .into_args("t", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pipelines.alphavantage.api_key_env") && err.contains("AV_KEY"),
+            "{err}"
+        );
+        let args = config
+            .into_args("t", &|v| (v == "AV_KEY").then(|| "k3y".to_owned()))
+            .unwrap();
+        let av = args
+            .pipelines
+            .iter()
+            .find(|p| p.name == "alphavantage")
+            .unwrap();
+        assert_eq!(
+            av.upstream.as_ref().unwrap().api_key.as_deref(),
+            Some("k3y")
         );
     }
 
@@ -1055,13 +1198,22 @@ mod tests {
     #[test]
     fn token_env_overrides() {
         let config = parse("[admin]\ntoken = \"from-file\"\n").unwrap();
-        let args = config.clone().into_args(Some("from-env".to_owned()));
+        let args = config
+            .clone()
+            .into_args("t", &|_| Some("from-env".to_owned()))
+            .unwrap();
         assert_eq!(args.admin.token.as_deref(), Some("from-env"));
-        let args = config.clone().into_args(Some(String::new()));
+        let args = config
+            .clone()
+            .into_args("t", &|_| Some(String::new()))
+            .unwrap();
         assert_eq!(args.admin.token.as_deref(), Some("from-file"));
-        let args = config.into_args(None);
+        let args = config.into_args("t", &|_| None).unwrap();
         assert_eq!(args.admin.token.as_deref(), Some("from-file"));
-        let args = parse("").unwrap().into_args(Some("only-env".to_owned()));
+        let args = parse("")
+            .unwrap()
+            .into_args("t", &|_| Some("only-env".to_owned()))
+            .unwrap();
         assert_eq!(args.admin.token.as_deref(), Some("only-env"));
     }
 }

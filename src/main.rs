@@ -79,7 +79,18 @@ async fn run_node(config: Option<PathBuf>) -> ExitCode {
         eprintln!("warden: {e}");
         return ExitCode::from(2);
     }
-    let args = cfg.into_args(std::env::var("WARDEN_ADMIN_TOKEN").ok());
+    let origin = config
+        .as_ref()
+        .map_or(warden::config::DEFAULT_ORIGIN.to_string(), |p| {
+            p.display().to_string()
+        });
+    let args = match cfg.into_args(&origin, &|var| std::env::var(var).ok()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let node = match Node::start(args).await {
         Ok(n) => n,
         Err(e) => {

@@ -13,6 +13,7 @@
 mod core;
 mod views;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -37,8 +38,11 @@ const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 /// Where workers and the admin actor find the current dispatcher.
 pub type DispatcherLink = crate::link::Link<DispatcherMsg>;
 
+/// Reads the last known state of a limiter or breaker, for `pipelines`.
+pub type StateView = Arc<dyn Fn() -> Option<serde_json::Value> + Send + Sync>;
+
 /// One pipeline as the dispatcher sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PipelineInfo {
     /// Its name.
     pub name: String,
@@ -46,6 +50,10 @@ pub struct PipelineInfo {
     pub retry: RetryPolicy,
     /// The job names it serves.
     pub tasks: Vec<String>,
+    /// Its rate limiter's state, for pipelines with an upstream.
+    pub limiter_view: Option<StateView>,
+    /// Its circuit breaker's state, for pipelines with an upstream.
+    pub breaker_view: Option<StateView>,
 }
 
 /// What the dispatcher starts with.
@@ -118,6 +126,9 @@ pub enum DispatcherMsg {
     Retry(JobId, RpcReplyPort<Result<JobRecord, ApiError>>),
     /// Stop taking work; answer once no job runs.
     Drain(RpcReplyPort<()>),
+    /// A pipeline's circuit breaker opened (true) or let traffic through again (false): while
+    /// it is open the pipeline's workers get no jobs.
+    BreakerOpen(usize, bool),
 }
 
 /// The dispatcher actor.
@@ -186,13 +197,20 @@ impl Actor for Dispatcher {
             DispatcherMsg::SetPaused(name, paused, reply) => {
                 let _ = reply.send(st.set_paused(&name, paused));
             }
+            // Answers that change a job are sent after the journal write, so that a `status`
+            // pipelined right behind them (read from the journal) sees the change.
             DispatcherMsg::Cancel(id, reply) => {
-                let _ = reply.send(st.cancel(id));
+                let r = st.cancel(id);
+                st.flush_journal();
+                let _ = reply.send(r);
             }
             DispatcherMsg::Retry(id, reply) => {
-                let _ = reply.send(st.retry(id));
+                let r = st.retry(id);
+                st.flush_journal();
+                let _ = reply.send(r);
             }
             DispatcherMsg::Drain(reply) => st.drain(reply),
+            DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
         }
         st.flush_journal();
         st.arm_timer(&me);

@@ -25,6 +25,18 @@ pub const WORKERS: &str = "warden_workers";
 pub const ACTOR_RESTARTS: &str = "warden_actor_restarts_total";
 /// Supervisors that spent their restart budget, by `pipeline`.
 pub const SUPERVISOR_ESCALATIONS: &str = "warden_supervisor_escalations_total";
+/// Circuit breaker state, by `pipeline`: 0 closed, 1 half-open, 2 open.
+pub const CIRCUIT_BREAKER_STATE: &str = "warden_circuit_breaker_state";
+/// Breaker transitions, by `pipeline` and `to`.
+pub const CIRCUIT_BREAKER_TRANSITIONS: &str = "warden_circuit_breaker_transitions_total";
+/// Time from asking the rate limiter for a permit to getting it, by `pipeline`.
+pub const RATE_LIMITER_WAIT: &str = "warden_rate_limiter_wait_seconds";
+/// 1 while the source is paused after a throttle signal, by `pipeline`.
+pub const RATE_LIMITER_PAUSED: &str = "warden_rate_limiter_paused";
+/// Upstream requests, by `pipeline` and `outcome` (ok, transient, throttled, permanent).
+pub const UPSTREAM_REQUESTS: &str = "warden_upstream_requests_total";
+/// Upstream request durations, by `pipeline`.
+pub const UPSTREAM_DURATION: &str = "warden_upstream_request_duration_seconds";
 /// Journal entries written.
 pub const JOURNAL_ENTRIES: &str = "warden_journal_entries_total";
 /// Duration of one group commit (flush + fsync).
@@ -71,6 +83,29 @@ pub fn describe_all() {
     describe_counter!(
         SUPERVISOR_ESCALATIONS,
         "Supervisors that spent their restart budget."
+    );
+    describe_gauge!(
+        CIRCUIT_BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        CIRCUIT_BREAKER_TRANSITIONS,
+        "Circuit breaker transitions, by target state."
+    );
+    describe_histogram!(
+        RATE_LIMITER_WAIT,
+        Unit::Seconds,
+        "Time waited for a rate-limit permit."
+    );
+    describe_gauge!(
+        RATE_LIMITER_PAUSED,
+        "1 while the source is paused after a throttle signal."
+    );
+    describe_counter!(UPSTREAM_REQUESTS, "Upstream requests, by outcome.");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Upstream request durations."
     );
     describe_counter!(JOURNAL_ENTRIES, "Journal entries written.");
     describe_histogram!(

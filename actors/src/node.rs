@@ -20,14 +20,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
-use crate::args::{NodeArgs, PipelineArgs};
-use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
+use crate::args::NodeArgs;
+use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
 use crate::journal::{Journal, JournalError};
 use crate::link::Link;
 use crate::routing::Router;
-use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg, SupervisorSpec};
-use crate::tasks::{self, TaskSet};
-use crate::worker::WorkerSpec;
+use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// Extra time the root gets to stop its children after the drain.
 const STOP_SLACK: Duration = Duration::from_secs(30);
@@ -79,14 +77,6 @@ pub struct Node {
     shutdown_timeout: Duration,
 }
 
-/// The tasks of a pipeline by name; `None` for a pipeline this build does not have.
-fn tasks_of(pipeline: &str) -> Option<TaskSet> {
-    match pipeline {
-        "builtin" => Some(tasks::builtin()),
-        _ => None,
-    }
-}
-
 impl Node {
     /// Opens the journal, binds the admin port, spawns the tree and replays the journal.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
@@ -114,18 +104,10 @@ impl Node {
         let mut infos = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         for (i, p) in args.pipelines.iter().enumerate() {
-            let tasks = tasks_of(&p.name).ok_or_else(|| {
-                NodeError::Invalid(format!(
-                    "pipelines.{}: no such pipeline in this build",
-                    p.name
-                ))
-            })?;
-            infos.push(PipelineInfo {
-                name: p.name.clone(),
-                retry: p.retry,
-                tasks: tasks.names().map(String::from).collect(),
-            });
-            pipeline_specs.push(pipeline_spec(i, p, tasks, dispatcher.clone()));
+            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher)
+                .map_err(NodeError::Invalid)?;
+            infos.push(a.info);
+            pipeline_specs.push(a.spec);
         }
 
         let admin = Arc::new(AdminSpec {
@@ -244,39 +226,6 @@ impl Node {
         info!("node stopped");
         Ok(())
     }
-}
-
-fn pipeline_spec(
-    index: usize,
-    p: &PipelineArgs,
-    tasks: TaskSet,
-    dispatcher: DispatcherLink,
-) -> Arc<dyn ChildSpec> {
-    let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
-        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone()))
-        .collect();
-    let down = workers.clone();
-    let (name, policy) = (p.name.clone(), p.restart);
-    Arc::new(SupervisorSpec {
-        name: format!("pipeline:{}", p.name),
-        build: Box::new(move |path| SupervisorArgs {
-            path,
-            pipeline: name.clone(),
-            policy,
-            children: workers
-                .iter()
-                .map(|w| w.clone() as Arc<dyn ChildSpec>)
-                .collect(),
-            on_escalate: None,
-        }),
-        // A pipeline supervisor that fails takes its workers with it without telling them
-        // apart: tell the dispatcher for each, so their jobs go back to the queue.
-        on_down: Some(Box::new(move |reason| {
-            for w in &down {
-                w.on_down(&format!("pipeline supervisor down: {reason}"));
-            }
-        })),
-    })
 }
 
 /// The dispatcher's recipe under the root.

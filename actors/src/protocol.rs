@@ -183,8 +183,15 @@ impl SubmitReq {
         }
         let run_at = match (self.delay, self.run_at) {
             (Some(_), Some(_)) => return Err("delay, run_at: give one of them, not both".into()),
-            (Some(d), None) => Some(now_ms + parse_duration("delay", &d)?.as_millis() as i64),
-            (None, Some(t)) => Some(parse_time("run_at", &t)?),
+            (Some(d), None) => Some(delay_until(now_ms, &d)?),
+            (None, Some(t)) => match parse_time("run_at", &t)? {
+                ms if ms > MAX_TIME_MS => {
+                    return Err(format!(
+                        "run_at: expected a time before the year 10000 (UTC), got {t:?}"
+                    ))
+                }
+                ms => Some(ms),
+            },
             (None, None) => None,
         };
         Ok(SubmitSpec {
@@ -202,6 +209,22 @@ impl SubmitReq {
 pub fn parse_duration(field: &str, s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|_| format!("{field}: expected a duration like \"30s\" or \"5m\", got {s:?}"))
+}
+
+/// The latest time a job can be due: the end of the year 9999, the last one RFC 3339 can write.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Parses `delay` and adds it to `now_ms`. A delay that would end past [`MAX_TIME_MS`] is an
+/// error: converted blindly it would wrap around (running the job at once) or overflow.
+fn delay_until(now_ms: i64, s: &str) -> Result<i64, String> {
+    let d = parse_duration("delay", s)?;
+    i64::try_from(d.as_millis())
+        .ok()
+        .and_then(|ms| now_ms.checked_add(ms))
+        .filter(|t| *t <= MAX_TIME_MS)
+        .ok_or_else(|| {
+            format!("delay: expected a duration that ends before the year 10000, got {s:?}")
+        })
 }
 
 /// Parses an RFC 3339 time into Unix ms, naming the field on error.
@@ -666,6 +689,28 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    /// Ensures that a delay past the year 9999 is refused instead of wrapping around or
+    /// overflowing, and that a long but representable one is kept.
+    #[test]
+    fn huge_delay_is_refused() {
+        let now = 1_800_000_000_000;
+        for d in ["18446744073709551615s", "9223371036854775s", "100000y"] {
+            let e = delay_until(now, d).unwrap_err();
+            assert!(e.starts_with("delay: expected a duration that ends before the year 10000"));
+        }
+        assert_eq!(delay_until(now, "1s"), Ok(now + 1000));
+        assert!(delay_until(now, "1000y").is_ok_and(|t| t < MAX_TIME_MS));
+        let late = SubmitReq {
+            job: "builtin.noop".into(),
+            run_at: Some("9999-12-31T23:59:59-01:00".into()),
+            ..Default::default()
+        };
+        assert!(late
+            .validate(now)
+            .unwrap_err()
+            .starts_with("run_at: expected a time before"));
     }
 
     /// Ensures that the id is echoed even when the command is bad, and durations are checked.

@@ -188,7 +188,19 @@ fn restarted_workers(tree: &Value) -> Vec<Value> {
 async fn tree_shows_the_supervision_tree() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let t = req(&mut c, json!({"cmd": "tree"})).await;
+    // Actors report `running` once their post_start has run, a moment after the node is up.
+    let t = poll(
+        &mut c,
+        "every actor to run",
+        WAIT,
+        json!({"cmd": "tree"}),
+        |t| {
+            t["tree"]["children"][2]["children"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|w| w["status"] == "running"))
+        },
+    )
+    .await;
     let root = &t["tree"];
     assert_eq!(root["name"], "root");
     let names: Vec<&str> = root["children"]

@@ -9,3 +9,13 @@ mod jobs;
 mod durability;
 // the `warden` CLI binary against a live node: output and exit codes
 mod cli;
+// the admin protocol over TCP: one test per command and per error code, framing and limits
+mod protocol;
+// fuzz-style: thousands of random and mutated lines; the node answers or closes, never hangs
+mod fuzz;
+// fake SEC, Yahoo and Alpha Vantage servers on loopback (test support, also used by the demo)
+mod fakes;
+// the upstream tasks run directly against the fakes: records, classification, redaction
+mod sources;
+// the upstream pipelines inside a real node: rate limit, throttling, breaker, restarts
+mod pipelines;

@@ -54,6 +54,7 @@ pub fn test_args(dir: &Path) -> NodeArgs {
                 max_delay: Duration::from_millis(100),
             },
             restart,
+            upstream: None,
         }],
         routes: vec![],
     }

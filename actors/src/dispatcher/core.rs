@@ -37,6 +37,8 @@ struct Lane {
     /// Worker → the job it runs.
     running: HashMap<ActorId, JobId>,
     paused: bool,
+    /// Its circuit breaker is open: no jobs go to its workers.
+    breaker_open: bool,
 }
 
 /// An unfinished job in memory.
@@ -81,6 +83,7 @@ impl DispatcherState {
                 workers: HashMap::new(),
                 running: HashMap::new(),
                 paused: false,
+                breaker_open: false,
             })
             .collect();
         let lane_by_name = lanes
@@ -357,7 +360,8 @@ impl DispatcherState {
 
     /// Starts jobs on idle workers while both exist.
     fn pump(&mut self, lane: usize) {
-        if self.draining || self.lanes[lane].paused {
+        let l = &self.lanes[lane];
+        if self.draining || l.paused || l.breaker_open {
             return;
         }
         let now = Instant::now();
@@ -663,8 +667,8 @@ impl DispatcherState {
                 .values()
                 .filter(|j| j.lane == lane && j.due.is_some())
                 .count(),
-            rate_limit: None,
-            breaker: None,
+            rate_limit: l.info.limiter_view.as_ref().and_then(|v| v()),
+            breaker: l.info.breaker_view.as_ref().and_then(|v| v()),
         }
     }
 
@@ -676,6 +680,17 @@ impl DispatcherState {
                 known.join(", ")
             ))
         })
+    }
+
+    /// Records a breaker transition; jobs flow again once it is no longer open.
+    pub fn set_breaker_open(&mut self, lane: usize, open: bool) {
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        l.breaker_open = open;
+        if !open {
+            self.pump(lane);
+        }
     }
 
     /// Pauses or resumes a pipeline: paused, its workers take no new jobs.

@@ -1,0 +1,123 @@
+//! Assembling one pipeline: its tasks, and the recipe of its supervisor's subtree. A pipeline
+//! with an upstream gets, before its workers, a rate-limiter and a circuit-breaker actor, and one
+//! [`PipelineGate`] over both that every upstream request of its workers goes through:
+//!
+//! ```text
+//! pipeline:<name> (Supervisor)
+//! ├── limiter      (upstream pipelines only)
+//! ├── breaker      (upstream pipelines only; while open, the dispatcher gives the workers no jobs)
+//! └── worker-1..N
+//! ```
+
+use std::sync::Arc;
+
+use crate::args::PipelineArgs;
+use crate::breaker::{BreakerSpec, BreakerStateChange, CircuitState};
+use crate::dispatcher::{DispatcherLink, DispatcherMsg, PipelineInfo, StateView};
+use crate::gate::PipelineGate;
+use crate::journal::Journal;
+use crate::limiter::LimiterSpec;
+use crate::sources::{self, Source};
+use crate::supervisor::{ChildSpec, SupervisorArgs, SupervisorSpec};
+use crate::tasks::{self, TaskSet};
+use crate::worker::WorkerSpec;
+
+/// What the node needs of one pipeline: how the dispatcher sees it and its supervisor's recipe.
+pub struct Assembled {
+    /// The dispatcher's view.
+    pub info: PipelineInfo,
+    /// The pipeline supervisor's recipe, for the root.
+    pub spec: Arc<dyn ChildSpec>,
+}
+
+/// Builds pipeline number `index` (its place in the dispatcher). Errors name the pipeline and
+/// what is missing (a pipeline this build does not have, a source that cannot be configured).
+pub fn assemble(
+    index: usize,
+    p: &PipelineArgs,
+    journal: &Journal,
+    dispatcher: &DispatcherLink,
+) -> Result<Assembled, String> {
+    let mut front: Vec<Arc<dyn ChildSpec>> = Vec::new();
+    let (mut limiter_view, mut breaker_view): (Option<StateView>, Option<StateView>) = (None, None);
+    let tasks: TaskSet = match &p.upstream {
+        None if p.name == "builtin" => tasks::builtin(),
+        None => {
+            return Err(format!(
+                "pipelines.{}: no upstream configured for it",
+                p.name
+            ))
+        }
+        Some(up) => {
+            let limiter = LimiterSpec::new(
+                p.name.clone(),
+                up.rate_limit.clone(),
+                up.throttle_cooldown,
+                journal.clone(),
+            );
+            let link = dispatcher.clone();
+            let on_change = Arc::new(move |c: BreakerStateChange| {
+                link.cast(DispatcherMsg::BreakerOpen(
+                    index,
+                    c.to == CircuitState::Open,
+                ));
+            });
+            let breaker = BreakerSpec::new(p.name.clone(), up.breaker, Some(on_change));
+            let gate = Arc::new(PipelineGate::new(limiter.link(), breaker.link()));
+            let source = Source::new(&p.name, up.clone(), gate, journal.clone())
+                .map_err(|e| e.to_string())?;
+            let tasks = sources::task_set(&p.name, Arc::new(source))
+                .ok_or_else(|| format!("pipelines.{}: no such pipeline in this build", p.name))?;
+            let (l, b) = (limiter.clone(), breaker.clone());
+            limiter_view = Some(Arc::new(move || l.detail()));
+            breaker_view = Some(Arc::new(move || b.detail()));
+            front.push(limiter);
+            front.push(breaker);
+            tasks
+        }
+    };
+    let info = PipelineInfo {
+        name: p.name.clone(),
+        retry: p.retry,
+        tasks: tasks.names().map(String::from).collect(),
+        limiter_view,
+        breaker_view,
+    };
+    Ok(Assembled {
+        info,
+        spec: supervisor_spec(index, p, tasks, front, dispatcher.clone()),
+    })
+}
+
+fn supervisor_spec(
+    index: usize,
+    p: &PipelineArgs,
+    tasks: TaskSet,
+    front: Vec<Arc<dyn ChildSpec>>,
+    dispatcher: DispatcherLink,
+) -> Arc<dyn ChildSpec> {
+    let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
+        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone()))
+        .collect();
+    let down = workers.clone();
+    let mut children = front;
+    children.extend(workers.iter().map(|w| w.clone() as Arc<dyn ChildSpec>));
+    let (name, policy) = (p.name.clone(), p.restart);
+    Arc::new(SupervisorSpec {
+        name: format!("pipeline:{}", p.name),
+        build: Box::new(move |path| SupervisorArgs {
+            path,
+            pipeline: name.clone(),
+            policy,
+            children: children.clone(),
+            on_escalate: None,
+        }),
+        // A pipeline supervisor that fails takes its workers with it without telling them
+        // apart: tell the dispatcher for each, so their jobs go back to the queue.
+        on_down: Some(Box::new(move |reason| {
+            for w in &down {
+                w.on_down(&format!("pipeline supervisor down: {reason}"));
+            }
+        })),
+    })
+}
