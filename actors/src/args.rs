@@ -97,8 +97,9 @@ pub struct PipelineArgs {
     pub upstream: Option<UpstreamArgs>,
 }
 
-/// How a pipeline reaches its upstream API (UPSTREAMS.md, "Pipeline config keys").
-#[derive(Debug, Clone)]
+/// How a pipeline reaches its upstream API (UPSTREAMS.md, "Pipeline config keys"). Its `Debug`
+/// hides the API key, so logging the arguments never leaks it.
+#[derive(Clone)]
 pub struct UpstreamArgs {
     /// The API's base URL (a fake on loopback in tests).
     pub base_url: String,
@@ -116,6 +117,21 @@ pub struct UpstreamArgs {
     pub breaker: BreakerArgs,
     /// How long the whole source pauses after a throttle signal that named no time.
     pub throttle_cooldown: Duration,
+}
+
+impl std::fmt::Debug for UpstreamArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamArgs")
+            .field("base_url", &self.base_url)
+            .field("tickers_url", &self.tickers_url)
+            .field("user_agent", &self.user_agent)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("rate_limit", &self.rate_limit)
+            .field("request_timeout", &self.request_timeout)
+            .field("breaker", &self.breaker)
+            .field("throttle_cooldown", &self.throttle_cooldown)
+            .finish()
+    }
 }
 
 /// At most `limit` requests in any sliding window of length `per`.

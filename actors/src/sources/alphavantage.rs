@@ -85,6 +85,11 @@ fn read_answer(body: Value, symbol: &str) -> Judgement<Map<String, Value>> {
     }
     if let Some(note) = body.get("Note").or_else(|| body.get("Information")) {
         let note = text(note);
+        // `Information` also carries refusals that waiting never clears (a premium-only
+        // endpoint); throttling those would keep the job waiting forever.
+        if note.to_lowercase().contains("premium") {
+            return Judgement::Permanent(format!("Alpha Vantage refused the call: {note}"));
+        }
         let daily = is_daily_quota(&note);
         return Judgement::Throttled {
             problem: format!(

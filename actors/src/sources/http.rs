@@ -320,7 +320,10 @@ impl Source {
         }
         let started = Instant::now();
         let result = self.exchange(url).await;
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        metrics::histogram!(crate::metrics::UPSTREAM_DURATION, "pipeline" => self.name.clone())
+            .record(elapsed.as_secs_f64());
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match result {
             Ok((status, headers, body)) => {
                 tracing::debug!(
@@ -341,11 +344,24 @@ impl Source {
             }
             Err(failure) => {
                 let (verdict, error) = self.failed_exchange(task, &request, failure);
-                self.gate.report(verdict);
+                self.report(verdict);
                 tracing::debug!(source = %self.name, task, %error, elapsed_ms, "upstream request failed");
                 Err(error)
             }
         }
+    }
+
+    /// Tells the gate how a request ended, and counts it by outcome.
+    fn report(&self, verdict: Verdict) {
+        let outcome = match verdict {
+            Verdict::Ok => "ok",
+            Verdict::Transient => "transient",
+            Verdict::Throttled { .. } => "throttled",
+            Verdict::Permanent => "permanent",
+        };
+        metrics::counter!(crate::metrics::UPSTREAM_REQUESTS, "pipeline" => self.name.clone(), "outcome" => outcome)
+            .increment(1);
+        self.gate.report(verdict);
     }
 
     /// Reports `judgement`'s verdict to the gate and turns it into the task's answer or error,
@@ -356,7 +372,7 @@ impl Source {
         fetched: &Fetched,
         judgement: Judgement<T>,
     ) -> Result<T, TaskError> {
-        self.gate.report(judgement.verdict());
+        self.report(judgement.verdict());
         let message = |problem: &str| {
             self.scrub(&format!(
                 "{task}: {problem}: {} {}",
