@@ -27,3 +27,7 @@ fmt:
 # Throughput, latency and memory against the raw storage ceiling.
 bench:
     cargo run --release -- bench
+
+# The offline demo: fake upstreams, a node on config/demo.toml, a batch of jobs, the results.
+demo:
+    cargo run --example demo
