@@ -86,6 +86,8 @@ fn node_args(dir: &std::path::Path, workers: usize) -> NodeArgs {
             upstream: None,
         }],
         routes: vec![],
+        schedules: vec![],
+        alerts: None,
     }
 }
 

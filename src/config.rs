@@ -27,8 +27,10 @@ use warden_actors::args::{
 };
 use warden_actors::job::Priority;
 
+mod extras;
 mod upstream;
 
+pub use self::extras::{AlertsSection, ScheduleSection, UniverseSection};
 pub use self::upstream::BreakerSection;
 use self::upstream::UpstreamKeys;
 
@@ -76,6 +78,15 @@ pub struct Config {
     /// `[supervisor]`: the root supervisor's restart policy.
     #[serde(default)]
     pub supervisor: SupervisorSection,
+    /// `[universe]`: the tickers schedules may reference as `"@universe"`.
+    #[serde(default)]
+    pub universe: UniverseSection,
+    /// `[[schedules]]`: cron schedules.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSection>,
+    /// `[alerts]`: the alert webhook, when set.
+    #[serde(default)]
+    pub alerts: Option<AlertsSection>,
     /// `[pipelines.<name>]`: the pipelines to start; always holds `builtin` after parsing.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineSection>,
@@ -429,6 +440,8 @@ impl Config {
                     priority: r.priority,
                 })
                 .collect(),
+            schedules: extras::resolve_schedules(self.schedules, &self.universe),
+            alerts: self.alerts.map(extras::resolve_alerts),
         })
     }
 
@@ -490,6 +503,11 @@ impl Config {
                 &pipeline.upstream_keys(),
                 &format!("pipelines.{name}"),
             )?;
+        }
+
+        extras::validate_schedules(&self.schedules, &self.universe)?;
+        if let Some(alerts) = &self.alerts {
+            extras::validate_alerts(alerts)?;
         }
 
         for (i, route) in self.routes.iter().enumerate() {

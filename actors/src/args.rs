@@ -26,6 +26,64 @@ pub struct NodeArgs {
     pub pipelines: Vec<PipelineArgs>,
     /// Routing rules, first match wins.
     pub routes: Vec<RouteArgs>,
+    /// Cron schedules that submit jobs.
+    pub schedules: Vec<ScheduleArgs>,
+    /// Where alerts go, when configured.
+    pub alerts: Option<AlertsArgs>,
+}
+
+/// What a schedule does about ticks missed while the node was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    /// Skip them.
+    None,
+    /// Fire once for the latest missed tick.
+    #[default]
+    Latest,
+    /// Fire once for every missed tick.
+    All,
+}
+
+/// What a schedule does when its previous run is still unfinished at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlap {
+    /// Skip the tick.
+    #[default]
+    Skip,
+    /// Submit anyway.
+    Allow,
+}
+
+/// One cron schedule (`[[schedules]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleArgs {
+    /// Its name, unique.
+    pub name: String,
+    /// The cron expression, UTC; the seconds field is optional (`"0 0 2 * * *"`, `"*/5 * * * *"`).
+    pub cron: String,
+    /// The job to submit at each tick.
+    pub job: String,
+    /// The job's params (`"@universe"` already replaced by the universe's tickers).
+    pub params: serde_json::Value,
+    /// The job's priority; default from routing.
+    pub priority: Option<Priority>,
+    /// Ticks missed while the node was down.
+    pub catch_up: CatchUp,
+    /// A tick while the previous run is unfinished.
+    pub overlap: Overlap,
+}
+
+/// The alert webhook (`[alerts]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsArgs {
+    /// Receives a JSON POST per alert.
+    pub webhook_url: String,
+    /// Alerts waiting to be sent at most; beyond it the oldest are dropped (and counted).
+    pub queue: usize,
+    /// Tries per alert before it is dropped (and counted).
+    pub max_attempts: u32,
+    /// Timeout of one POST.
+    pub timeout: Duration,
 }
 
 /// The admin actor's listener and limits (PROTOCOL.md, "Framing").

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod queue;
 pub mod routing;
+pub mod scheduler;
 pub mod sources;
 pub mod supervisor;
 pub mod tasks;

@@ -57,6 +57,8 @@ pub fn test_args(dir: &Path) -> NodeArgs {
             upstream: None,
         }],
         routes: vec![],
+        schedules: vec![],
+        alerts: None,
     }
 }
 
