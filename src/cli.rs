@@ -83,6 +83,12 @@ pub enum ClientCommand {
         /// The job's id.
         id: String,
     },
+    /// What a job waits for now: its queue position, a rate limit, an open breaker, a paused
+    /// pipeline, a retry backoff, or its run_at; with an ETA when one is known.
+    Why {
+        /// The job's id.
+        id: String,
+    },
     /// The dead-letter queue: failed jobs, newest first.
     Dlq {
         /// At most this many (node default 100, at most 1000).

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use warden_actors::args::{
-    AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy, RouteArgs,
+    AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy, RouteArgs, TimeLimits,
 };
 use warden_actors::job::Priority;
 
@@ -246,6 +246,37 @@ pub struct PipelineSection {
     /// How long the source pauses after a throttle signal that names no time.
     #[serde(deserialize_with = "opt_duration")]
     pub throttle_cooldown: Option<Duration>,
+    /// Hard time limit of every job: aborted, counted as a transient `timeout`, worker replaced.
+    #[serde(deserialize_with = "opt_duration")]
+    pub time_limit: Option<Duration>,
+    /// Soft time limit of every job: the job is told and may clean up and finish.
+    #[serde(deserialize_with = "opt_duration")]
+    pub soft_time_limit: Option<Duration>,
+    /// A worker is replaced after this many jobs, between jobs.
+    pub max_jobs_per_worker: Option<u64>,
+    /// Per-task time limits: `tasks = { "builtin.sleep" = { time_limit = "2s" } }`.
+    pub tasks: BTreeMap<String, TaskLimitsSection>,
+}
+
+/// One task's time limits, overriding the pipeline's key by key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskLimitsSection {
+    /// Hard limit.
+    #[serde(deserialize_with = "opt_duration")]
+    pub time_limit: Option<Duration>,
+    /// Soft limit.
+    #[serde(deserialize_with = "opt_duration")]
+    pub soft_time_limit: Option<Duration>,
+}
+
+impl From<TaskLimitsSection> for TimeLimits {
+    fn from(t: TaskLimitsSection) -> Self {
+        TimeLimits {
+            soft: t.soft_time_limit,
+            hard: t.time_limit,
+        }
+    }
 }
 
 impl PipelineSection {
@@ -410,6 +441,16 @@ impl Config {
                 retry: p.retry.into(),
                 restart: p.restart.into(),
                 upstream,
+                limits: TimeLimits {
+                    soft: p.soft_time_limit,
+                    hard: p.time_limit,
+                },
+                task_limits: p
+                    .tasks
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (*v).into()))
+                    .collect(),
+                max_jobs_per_worker: p.max_jobs_per_worker,
             });
         }
         Ok(NodeArgs {
@@ -546,6 +587,34 @@ impl PipelineSection {
             ));
         }
         self.retry.validate(&format!("{key}.retry"))?;
+        if self.max_jobs_per_worker == Some(0) {
+            return Err(Problem::new(
+                format!("{key}.max_jobs_per_worker"),
+                "expected at least 1, got 0",
+            ));
+        }
+        let limits = std::iter::once((key.to_string(), self.soft_time_limit, self.time_limit))
+            .chain(self.tasks.iter().map(|(t, l)| {
+                (
+                    format!("{key}.tasks.{t:?}"),
+                    l.soft_time_limit,
+                    l.time_limit,
+                )
+            }));
+        for (at, soft, hard) in limits {
+            if let (Some(soft), Some(hard)) = (soft, hard) {
+                if soft >= hard {
+                    return Err(Problem::new(
+                        format!("{at}.soft_time_limit"),
+                        format!(
+                            "expected less than time_limit ({}), got {}",
+                            humantime::format_duration(hard),
+                            humantime::format_duration(soft)
+                        ),
+                    ));
+                }
+            }
+        }
         self.restart.validate(&format!("{key}.restart"))
     }
 }
@@ -708,6 +777,10 @@ impl Default for PipelineSection {
             breaker: None,
             api_key_env: None,
             throttle_cooldown: None,
+            time_limit: None,
+            soft_time_limit: None,
+            max_jobs_per_worker: None,
+            tasks: BTreeMap::new(),
         }
     }
 }

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(config: Option<PathBuf>) -> ExitCode {
+    let started = std::time::Instant::now();
     let cfg = match &config {
         Some(path) => Config::from_file(path),
         None => Ok(Config::embedded_default()),
@@ -99,7 +100,11 @@ async fn run_node(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match node.run(shutdown_signal()).await {
+    let gauges = telemetry::spawn_node_gauges(started, node.journal().clone());
+    let ended = node.run(shutdown_signal()).await;
+    gauges.abort();
+    let _ = gauges.await;
+    match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warden: {e}");

@@ -1,11 +1,16 @@
 //! The process-global installs, called only from `main.rs`: the tracing subscriber (pretty or
-//! JSON, level from the config unless `RUST_LOG` is set) and the Prometheus recorder with its
-//! HTTP listener.
+//! JSON, level from the config unless `RUST_LOG` is set), the Prometheus recorder with its
+//! HTTP listener and its histogram buckets, and the node-wide gauges (`warden_uptime_seconds`,
+//! `warden_journal_bytes`) refreshed every second.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
+use warden_actors::journal::Journal;
+use warden_actors::metrics as m;
 
 use crate::config::LogFormat;
 
@@ -16,30 +21,110 @@ pub fn init_tracing(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => {
+            // The default hook would print plain text lines amid the JSON ones.
+            std::panic::set_hook(Box::new(log_panic));
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .try_init()
+        }
         LogFormat::Pretty => builder.try_init(),
     };
 }
 
+/// A panic hook that reports the panic as one `error` event (message, location, thread, and a
+/// backtrace when `RUST_BACKTRACE` asks for one), so JSON logs stay one object per line.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into());
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let thread = thread.name().unwrap_or("unnamed");
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        tracing::error!(panic = %message, %location, thread, %backtrace, "panicked");
+    } else {
+        tracing::error!(panic = %message, %location, thread, "panicked");
+    }
+}
+
 /// Job durations run from a millisecond to an hour: the seed's 1 … 3600 s plus sub-second ones.
+/// Also the default for any histogram without buckets of its own.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 
+/// Rate-limit permit waits: none at all up to the limiter's 30 s cap (`MAX_PERMIT_WAIT`).
+const LIMITER_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// Upstream requests: a fast API answer to the 30 s default `request_timeout` and beyond.
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// One group commit (flush + fsync): tenths of a millisecond on NVMe to a second on a sick disk.
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Waiters answered by one group commit: one submit at a time to a 10,000-job batch.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
 /// Installs the Prometheus recorder serving `/metrics` on `listen`, and describes every metric.
 pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new()
         .with_http_listener(listen)
         .set_buckets(DURATION_BUCKETS)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    for (name, buckets) in [
+        (m::JOB_DURATION, DURATION_BUCKETS),
+        // Queue waits span the same range: an idle pipeline's instant start to hours of backlog.
+        (m::QUEUE_WAIT, DURATION_BUCKETS),
+        (m::RATE_LIMITER_WAIT, LIMITER_WAIT_BUCKETS),
+        (m::UPSTREAM_DURATION, UPSTREAM_BUCKETS),
+        (m::JOURNAL_FSYNC, FSYNC_BUCKETS),
+        (m::JOURNAL_BATCH, BATCH_BUCKETS),
+    ] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    builder
         .install()
         .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
-    warden_actors::metrics::describe_all();
-    metrics::gauge!(warden_actors::metrics::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
-        .set(1.0);
+    m::describe_all();
+    metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(m::UPTIME).set(0.0);
     Ok(())
+}
+
+/// Refreshes `warden_uptime_seconds` (since `started`) and `warden_journal_bytes` every second
+/// until the returned task is aborted. Sizing the journal reads the file system, so it runs on
+/// the blocking pool.
+pub fn spawn_node_gauges(started: Instant, journal: Journal) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            metrics::gauge!(m::UPTIME).set(started.elapsed().as_secs_f64());
+            let j = journal.clone();
+            if let Ok(bytes) = tokio::task::spawn_blocking(move || j.size_on_disk()).await {
+                metrics::gauge!(m::JOURNAL_BYTES).set(bytes as f64);
+            }
+        }
+    })
 }

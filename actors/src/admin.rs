@@ -40,6 +40,8 @@ pub struct AdminCtx {
     pub dispatcher: DispatcherLink,
     /// The root supervisor, for `tree`.
     pub root: Link<SupervisorMsg>,
+    /// The scheduler, for `schedules`; `None` when no schedule is configured.
+    pub scheduler: Option<crate::scheduler::SchedulerLink>,
     /// The node's name for `ping`.
     pub node_name: String,
     /// When the node started.

@@ -153,6 +153,39 @@ pub struct PipelineArgs {
     pub restart: RestartPolicy,
     /// The upstream API, for pipelines that have one (all but `builtin`).
     pub upstream: Option<UpstreamArgs>,
+    /// Time limits of every job of the pipeline.
+    pub limits: TimeLimits,
+    /// Time limits of particular tasks, overriding `limits` key by key.
+    pub task_limits: std::collections::BTreeMap<String, TimeLimits>,
+    /// A worker is replaced after this many jobs (between jobs), when set.
+    pub max_jobs_per_worker: Option<u64>,
+}
+
+/// How long a job may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeLimits {
+    /// At this point the job is told (it may clean up and finish).
+    pub soft: Option<Duration>,
+    /// At this point the job is aborted (a transient `timeout` failure) and its worker replaced.
+    pub hard: Option<Duration>,
+}
+
+impl TimeLimits {
+    /// `self`, with the keys `over` sets replacing its own.
+    pub fn overridden_by(self, over: Option<&TimeLimits>) -> TimeLimits {
+        match over {
+            None => self,
+            Some(o) => TimeLimits {
+                soft: o.soft.or(self.soft),
+                hard: o.hard.or(self.hard),
+            },
+        }
+    }
+
+    /// True when neither limit is set.
+    pub fn is_none(&self) -> bool {
+        self.soft.is_none() && self.hard.is_none()
+    }
 }
 
 /// How a pipeline reaches its upstream API (UPSTREAMS.md, "Pipeline config keys"). Its `Debug`

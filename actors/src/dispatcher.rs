@@ -11,6 +11,7 @@
 //! pending, retrying and running jobs go back to their queues.
 
 mod core;
+mod fanout;
 mod views;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::tasks::TaskResult;
 use crate::worker::WorkerMsg;
 
 pub use self::core::DispatcherState;
-pub use self::views::{Accepted, PipelineView, QueueDepths, Stats, WorkersView};
+pub use self::views::{Accepted, Blocker, PipelineView, QueueDepths, Stats, WorkersView};
 
 /// How often the queue and worker gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_millis(250);
@@ -69,6 +70,8 @@ pub struct DispatcherArgs {
     pub router: Router,
     /// Set to this incarnation in `pre_start`.
     pub link: DispatcherLink,
+    /// Told of every dead-lettered job.
+    pub alerter: crate::alerts::Alerter,
 }
 
 /// Messages the dispatcher accepts.
@@ -98,6 +101,20 @@ pub enum DispatcherMsg {
         outcome: TaskResult,
         /// How long the attempt took.
         elapsed: Duration,
+        /// False when the worker is about to be replaced (recycling, a hard time limit): it
+        /// gets no next job, its replacement announces itself.
+        ready: bool,
+    },
+    /// A batch job split itself into these children; the worker is free again.
+    FanOut {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+        /// The parent job.
+        job_id: JobId,
+        /// The child jobs to create.
+        children: Vec<SubmitSpec>,
     },
     /// A worker is gone (crashed, stopped, or its pipeline went down).
     WorkerDown {
@@ -126,6 +143,8 @@ pub enum DispatcherMsg {
     Retry(JobId, RpcReplyPort<Result<JobRecord, ApiError>>),
     /// Stop taking work; answer once no job runs.
     Drain(RpcReplyPort<()>),
+    /// What a job waits for now.
+    Why(JobId, RpcReplyPort<Result<Blocker, ApiError>>),
     /// A pipeline's circuit breaker opened (true) or let traffic through again (false): while
     /// it is open the pipeline's workers get no jobs.
     BreakerOpen(usize, bool),
@@ -170,15 +189,27 @@ impl Actor for Dispatcher {
                 let _ = reply.send(st.submit(specs));
             }
             DispatcherMsg::WorkerReady { pipeline, worker } => st.worker_ready(pipeline, worker),
+            DispatcherMsg::FanOut {
+                pipeline,
+                worker,
+                job_id,
+                children,
+            } => {
+                st.fan_out(pipeline, worker.get_id(), job_id, children);
+                st.worker_ready(pipeline, worker);
+            }
             DispatcherMsg::JobDone {
                 pipeline,
                 worker,
                 job_id,
                 outcome,
                 elapsed,
+                ready,
             } => {
                 st.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
-                st.worker_ready(pipeline, worker);
+                if ready {
+                    st.worker_ready(pipeline, worker);
+                }
             }
             DispatcherMsg::WorkerDown {
                 pipeline,
@@ -210,6 +241,9 @@ impl Actor for Dispatcher {
                 let _ = reply.send(r);
             }
             DispatcherMsg::Drain(reply) => st.drain(reply),
+            DispatcherMsg::Why(id, reply) => {
+                let _ = reply.send(st.why(id));
+            }
             DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
         }
         st.flush_journal();

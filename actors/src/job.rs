@@ -200,6 +200,8 @@ pub struct JobRecord {
     pub parent_id: Option<JobId>,
     /// The workflow this job belongs to.
     pub workflow_id: Option<Uuid>,
+    /// Jobs it fanned out to (a batch job); it finishes when they all have.
+    pub children: Vec<JobId>,
     /// What happened to it, oldest first (the `history` command). Kept inside the record so a
     /// transition is one journal write; capped at [`MAX_HISTORY`] entries.
     pub history: Vec<JobEvent>,
@@ -243,6 +245,8 @@ pub enum EventKind {
     Requeued,
     /// An operator sent a failed or cancelled job back to its queue.
     Retried,
+    /// A batch job split into child jobs and waits for them.
+    FannedOut,
 }
 
 impl EventKind {
@@ -257,6 +261,7 @@ impl EventKind {
             EventKind::Cancelled => "cancelled",
             EventKind::Requeued => "requeued",
             EventKind::Retried => "retried",
+            EventKind::FannedOut => "fanned_out",
         }
     }
 }

@@ -915,6 +915,7 @@ mod tests {
             result: None,
             parent_id: None,
             workflow_id: None,
+            children: Vec::new(),
             history: Vec::new(),
         }
     }

@@ -20,11 +20,13 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
+use crate::alerts::{Alerter, AlertsSpec};
 use crate::args::NodeArgs;
 use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
 use crate::journal::{Journal, JournalError};
 use crate::link::Link;
 use crate::routing::Router;
+use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// Extra time the root gets to stop its children after the drain.
@@ -97,6 +99,14 @@ impl Node {
         })?;
 
         let dispatcher = DispatcherLink::default();
+        // The webhook, when configured; everyone else holds a cheap handle that casts to it.
+        let alerts = args
+            .alerts
+            .clone()
+            .map(|a| AlertsSpec::new(a, args.name.clone()));
+        let alerter = alerts.as_ref().map_or_else(Alerter::none, |s| s.alerter());
+        let alerts_spec = alerts.map(|s| s as Arc<dyn ChildSpec>);
+        let scheduler = SchedulerLink::default();
         let root_link: Link<SupervisorMsg> = Link::default();
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let fatal = Arc::new(Mutex::new(None));
@@ -104,7 +114,7 @@ impl Node {
         let mut infos = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         for (i, p) in args.pipelines.iter().enumerate() {
-            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher)
+            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher, &alerter)
                 .map_err(NodeError::Invalid)?;
             infos.push(a.info);
             pipeline_specs.push(a.spec);
@@ -117,6 +127,7 @@ impl Node {
                 journal: journal.clone(),
                 dispatcher: dispatcher.clone(),
                 root: root_link.clone(),
+                scheduler: (!args.schedules.is_empty()).then(|| scheduler.clone()),
                 node_name: args.name.clone(),
                 started: std::time::Instant::now(),
                 shutdown: shutdown_tx.clone(),
@@ -128,11 +139,26 @@ impl Node {
             pipelines: infos,
             router,
             link: dispatcher.clone(),
+            alerter: alerter.clone(),
         }));
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
         // no worker keeps waiting on a dead dispatcher.
-        let mut children: Vec<Arc<dyn ChildSpec>> = vec![admin, dispatcher_spec];
+        let mut children: Vec<Arc<dyn ChildSpec>> = vec![admin];
+        if let Some(spec) = alerts_spec {
+            children.push(spec);
+        }
+        children.push(dispatcher_spec);
         children.extend(pipeline_specs);
+        // Last: it submits through the dispatcher, and a node without schedules runs none.
+        if !args.schedules.is_empty() {
+            let spec = SchedulerSpec::new(
+                &args.schedules,
+                journal.clone(),
+                dispatcher.clone(),
+                scheduler,
+            );
+            children.push(Arc::new(spec.map_err(NodeError::Invalid)?));
+        }
         let fatal_w = fatal.clone();
         let root_args = SupervisorArgs {
             path: "root".into(),

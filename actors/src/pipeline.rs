@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::alerts::Alerter;
 use crate::args::PipelineArgs;
 use crate::breaker::{BreakerSpec, BreakerStateChange, CircuitState};
 use crate::dispatcher::{DispatcherLink, DispatcherMsg, PipelineInfo, StateView};
@@ -20,7 +21,7 @@ use crate::limiter::LimiterSpec;
 use crate::sources::{self, Source};
 use crate::supervisor::{ChildSpec, SupervisorArgs, SupervisorSpec};
 use crate::tasks::{self, TaskSet};
-use crate::worker::WorkerSpec;
+use crate::worker::{WorkerLimits, WorkerSpec};
 
 /// What the node needs of one pipeline: how the dispatcher sees it and its supervisor's recipe.
 pub struct Assembled {
@@ -37,6 +38,7 @@ pub fn assemble(
     p: &PipelineArgs,
     journal: &Journal,
     dispatcher: &DispatcherLink,
+    alerter: &Alerter,
 ) -> Result<Assembled, String> {
     let mut front: Vec<Arc<dyn ChildSpec>> = Vec::new();
     let (mut limiter_view, mut breaker_view): (Option<StateView>, Option<StateView>) = (None, None);
@@ -55,12 +57,13 @@ pub fn assemble(
                 up.throttle_cooldown,
                 journal.clone(),
             );
-            let link = dispatcher.clone();
+            let (link, alerter) = (dispatcher.clone(), alerter.clone());
             let on_change = Arc::new(move |c: BreakerStateChange| {
-                link.cast(DispatcherMsg::BreakerOpen(
-                    index,
-                    c.to == CircuitState::Open,
-                ));
+                let open = c.to == CircuitState::Open;
+                link.cast(DispatcherMsg::BreakerOpen(index, open));
+                if open {
+                    alerter.breaker_opened(&c.pipeline, &c.reason, c.retry_after);
+                }
             });
             let breaker = BreakerSpec::new(p.name.clone(), up.breaker, Some(on_change));
             let gate = Arc::new(PipelineGate::new(limiter.link(), breaker.link()));
@@ -96,8 +99,13 @@ fn supervisor_spec(
     front: Vec<Arc<dyn ChildSpec>>,
     dispatcher: DispatcherLink,
 ) -> Arc<dyn ChildSpec> {
+    let limits = Arc::new(WorkerLimits {
+        limits: p.limits,
+        task_limits: p.task_limits.clone(),
+        max_jobs: p.max_jobs_per_worker,
+    });
     let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
-        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone()))
+        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone(), limits.clone()))
         .collect();
     let down = workers.clone();
     let mut children = front;

@@ -116,6 +116,7 @@ pub const COMMANDS: &[&str] = &[
     "records",
     "schedules",
     "shutdown",
+    "why",
 ];
 
 /// One job to submit, as it comes on the wire.
@@ -405,6 +406,8 @@ pub enum Command {
     Schedules,
     /// `shutdown`.
     Shutdown(ShutdownReq),
+    /// `why`.
+    Why(JobIdReq),
 }
 
 /// A request line after parsing: the echoed id, the token and the command (or why not).
@@ -527,6 +530,7 @@ fn parse_command(cmd: &str, rest: Map<String, Value>) -> Result<Command, ApiErro
         "records" => Command::Records(fields(rest)?),
         "schedules" => fields::<NoFields>(rest).map(|_| Command::Schedules)?,
         "shutdown" => Command::Shutdown(fields(rest)?),
+        "why" => Command::Why(fields(rest)?),
         other => {
             return Err(ApiError::new(
                 ErrorCode::UnknownCommand,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::tasks::{TaskCtx, TaskError, TaskFn, TaskResult, TaskSet};
+use crate::tasks::{fan_out, TaskCtx, TaskError, TaskFn, TaskResult, TaskSet};
 
 pub mod alphavantage;
 pub mod http;
@@ -40,20 +40,30 @@ pub mod yahoo;
 pub use http::{Fetched, Judgement, Source, SourceError};
 
 /// The `sec` pipeline's tasks: `sec.filings {ticker, forms?, since?}` and
-/// `sec.company_facts {ticker, concepts?}`.
+/// `sec.company_facts {ticker, concepts?}`, and the batch `sec.batch_filings {tickers, forms?, since?}`.
 pub fn sec(src: Arc<Source>) -> TaskSet {
-    sec::tasks(src)
+    sec::tasks(src).with_split(
+        "sec.batch_filings",
+        fan_out(sec::FILINGS, "tickers", "ticker", &["forms", "since"]),
+    )
 }
 
-/// The `yahoo` pipeline's task: `yahoo.chart {ticker, range?, interval?}`.
+/// The `yahoo` pipeline's tasks: `yahoo.chart {ticker, range?, interval?}` and the batch
+/// `yahoo.batch_chart {tickers, range?, interval?}`.
 pub fn yahoo(src: Arc<Source>) -> TaskSet {
-    yahoo::tasks(src)
+    yahoo::tasks(src).with_split(
+        "yahoo.batch_chart",
+        fan_out(yahoo::CHART, "tickers", "ticker", &["range", "interval"]),
+    )
 }
 
-/// The `alphavantage` pipeline's tasks: `alphavantage.overview {symbol}` and
-/// `alphavantage.income_statement {symbol}`.
+/// The `alphavantage` pipeline's tasks: `alphavantage.overview {symbol}`,
+/// `alphavantage.income_statement {symbol}` and the batch `alphavantage.batch_overview {symbols}`.
 pub fn alphavantage(src: Arc<Source>) -> TaskSet {
-    alphavantage::tasks(src)
+    alphavantage::tasks(src).with_split(
+        "alphavantage.batch_overview",
+        fan_out(alphavantage::OVERVIEW, "symbols", "symbol", &[]),
+    )
 }
 
 /// The tasks of the upstream pipeline called `pipeline`, or `None` when no source has that name.

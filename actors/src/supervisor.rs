@@ -26,6 +26,12 @@ use crate::args::RestartPolicy;
 use crate::backoff::{random_unit, RestartBudget, RestartDecision};
 use crate::metrics as m;
 
+/// A child that stops with a reason starting with this asks to be replaced at once: recycling
+/// after `max_jobs_per_worker`, or a worker whose job hit its hard time limit. It is started
+/// again without backoff and without spending the restart budget (it did not fail), and the
+/// replacement is counted in the tree's `restarts`.
+pub const REPLACE: &str = "replace:";
+
 /// How long a supervisor waits for a child supervisor's subtree when drawing the tree.
 const TREE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a stopping supervisor waits for its children.
@@ -124,6 +130,8 @@ struct Child {
     expected_exit: Option<ActorId>,
     /// Waits for this earlier sibling's restart before it starts again.
     waiting_on: Option<usize>,
+    /// Incarnations replaced on their own request (see [`REPLACE`]).
+    replaced: u64,
     timer: Option<JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>>,
 }
 
@@ -202,6 +210,23 @@ impl SupervisorState {
         }
     }
 
+    /// Starts child `i` again at once: it stopped asking to be replaced (see [`REPLACE`]).
+    async fn replace(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        i: usize,
+        why: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        let path = self.child_path(i);
+        let child = &mut self.children[i];
+        child.cell = None;
+        child.replaced += 1;
+        child.spec.on_down(why);
+        info!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total() + child.replaced, backoff_ms = 0u64, reason = %why, "replaced");
+        metrics::counter!(m::ACTOR_RESTARTS, "actor_kind" => child.spec.kind(), "pipeline" => self.pipeline.clone()).increment(1);
+        self.start(me, i).await
+    }
+
     /// Rest-for-one: stop every running child after `i`; they start again with it.
     fn stop_later_children(&mut self, i: usize) {
         for later in (i + 1..self.children.len()).rev() {
@@ -237,7 +262,7 @@ impl SupervisorState {
                 path: self.child_path(i),
                 kind: c.spec.kind().to_string(),
                 status: status.to_string(),
-                restarts: c.budget.total(),
+                restarts: c.budget.total() + c.replaced,
                 last_failure: c.last_failure.clone(),
                 detail: c.spec.detail(),
                 children: vec![],
@@ -293,6 +318,7 @@ impl Actor for Supervisor {
                     last_failure: None,
                     expected_exit: None,
                     waiting_on: None,
+                    replaced: 0,
                     timer: None,
                 })
                 .collect(),
@@ -343,6 +369,12 @@ impl Actor for Supervisor {
                 if let Some(c) = st.children.iter_mut().find(|c| c.expected_exit == Some(id)) {
                     c.expected_exit = None;
                     return Ok(());
+                }
+                if let (Some(why), Some(i)) = (
+                    reason.as_deref().filter(|r| r.starts_with(REPLACE)),
+                    st.index_of(id),
+                ) {
+                    return st.replace(&me, i, why).await;
                 }
                 (
                     id,

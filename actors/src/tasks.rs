@@ -54,6 +54,8 @@ pub struct TaskCtx {
     pub attempt: u32,
     /// Raised when an operator cancels the job.
     pub cancel: CancelSignal,
+    /// Raised at the job's soft time limit: it may clean up and finish.
+    pub soft_limit: CancelSignal,
 }
 
 /// Why an attempt failed, classified where it happened.
@@ -65,6 +67,9 @@ pub enum TaskError {
     /// Will never work (bad params, unknown ticker, 4xx): dead-letter at once.
     #[error("{0}")]
     Permanent(String),
+    /// The job passed its hard time limit and was aborted: retried like a transient error.
+    #[error("{0}")]
+    Timeout(String),
     /// The upstream asked us to slow down: wait, and do not count the attempt.
     #[error("{message}")]
     Throttled {
@@ -81,10 +86,17 @@ pub type TaskResult = Result<Value, TaskError>;
 /// A task's body.
 pub type TaskFn = Arc<dyn Fn(TaskCtx) -> BoxFuture<'static, TaskResult> + Send + Sync>;
 
+/// A batch task's body: splits the job into child jobs (one per ticker). The parent then waits
+/// for them without holding a worker and finishes with their summary `{total, succeeded,
+/// failed, stored}` (see the dispatcher).
+pub type SplitFn =
+    Arc<dyn Fn(&TaskCtx) -> Result<Vec<crate::protocol::SubmitSpec>, TaskError> + Send + Sync>;
+
 /// The tasks of one pipeline, by full job name.
 #[derive(Clone, Default)]
 pub struct TaskSet {
     tasks: BTreeMap<String, TaskFn>,
+    splits: BTreeMap<String, SplitFn>,
 }
 
 impl TaskSet {
@@ -94,20 +106,34 @@ impl TaskSet {
         self
     }
 
+    /// Adds a batch task under `name`.
+    pub fn with_split(mut self, name: &str, f: SplitFn) -> Self {
+        self.splits.insert(name.to_string(), f);
+        self
+    }
+
     /// The task for a job name.
     pub fn get(&self, name: &str) -> Option<&TaskFn> {
         self.tasks.get(name)
     }
 
+    /// The batch task for a job name.
+    pub fn split(&self, name: &str) -> Option<&SplitFn> {
+        self.splits.get(name)
+    }
+
     /// Every job name this set serves.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tasks.keys().map(String::as_str)
+        self.tasks
+            .keys()
+            .chain(self.splits.keys())
+            .map(String::as_str)
     }
 }
 
 impl std::fmt::Debug for TaskSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.tasks.keys()).finish()
+        f.debug_list().entries(self.names()).finish()
     }
 }
 
@@ -137,6 +163,60 @@ where
     Arc::new(move |ctx| Box::pin(f(ctx)))
 }
 
+/// Reads a required non-empty list of strings param (`tickers`, `symbols`), naming it.
+pub fn param_strings(ctx: &TaskCtx, key: &str) -> Result<Vec<String>, TaskError> {
+    let bad = |got: String| {
+        TaskError::Permanent(format!(
+            "{}: params.{key}: expected a non-empty list of strings like [\"CHGG\", \"IBM\"], got {got}",
+            ctx.name
+        ))
+    };
+    let Some(v) = ctx.params.get(key).filter(|v| !v.is_null()) else {
+        return Err(bad("nothing".into()));
+    };
+    let list: Option<Vec<String>> = v
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or(None);
+    match list {
+        Some(l) if !l.is_empty() && l.iter().all(|t| !t.trim().is_empty()) => Ok(l),
+        _ => Err(bad(v.to_string())),
+    }
+}
+
+/// A batch task that fans `list_key` (e.g. `tickers`) out to one `child` job per item, with the
+/// item under `item_key` and the params named in `passed` copied from the parent.
+pub fn fan_out(
+    child: &'static str,
+    list_key: &'static str,
+    item_key: &'static str,
+    passed: &'static [&'static str],
+) -> SplitFn {
+    Arc::new(move |ctx: &TaskCtx| {
+        let items = param_strings(ctx, list_key)?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                let mut params = serde_json::Map::new();
+                params.insert(item_key.to_string(), Value::String(item.clone()));
+                for k in passed {
+                    if let Some(v) = ctx.params.get(*k).filter(|v| !v.is_null()) {
+                        params.insert((*k).to_string(), v.clone());
+                    }
+                }
+                crate::protocol::SubmitSpec {
+                    name: child.to_string(),
+                    params: Value::Object(params),
+                    priority: None,
+                    unique_key: None,
+                    max_retries: None,
+                    run_at: None,
+                }
+            })
+            .collect())
+    })
+}
+
 /// The longest `builtin.sleep` accepted: a day.
 const MAX_SLEEP_MS: u64 = 86_400_000;
 
@@ -153,8 +233,15 @@ pub fn builtin() -> TaskSet {
                         "builtin.sleep: params.ms: expected at most {MAX_SLEEP_MS} (a day), got {ms}"
                     )));
                 }
+                let started = tokio::time::Instant::now();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(json!({ "slept_ms": ms })),
+                    // Told at its soft limit, it stops early and says so: the clean-up a real
+                    // task would do there.
+                    _ = ctx.soft_limit.cancelled() => Ok(json!({
+                        "slept_ms": started.elapsed().as_millis() as u64,
+                        "stopped_at_soft_limit": true,
+                    })),
                     _ = ctx.cancel.cancelled() => Err(TaskError::Permanent("builtin.sleep: cancelled while sleeping".into())),
                 }
             }),
@@ -200,6 +287,7 @@ mod tests {
             params,
             attempt,
             cancel: CancelSignal::new().1,
+            soft_limit: CancelSignal::new().1,
         }
     }
 

@@ -1,11 +1,21 @@
 //! An ingestion worker. Supervised by its pipeline supervisor; pulls work by telling the
 //! dispatcher it is ready (at start, and with every finished job), runs one job at a time in a
-//! task of its own so that it stays responsive to `Cancel`, and reports the classified outcome.
+//! task of its own so that it stays responsive to `Cancel` and to its time limits, and reports
+//! the classified outcome.
 //!
-//! A panic in a job is caught in that task and turned into a failure of the worker actor
-//! itself, so the supervisor sees a real crash and restarts the worker with backoff, and the
-//! dispatcher (told by the supervisor through [`WorkerSpec::on_down`]) puts the job back.
+//! - A panic in a job is caught in that task and turned into a failure of the worker actor
+//!   itself, so the supervisor sees a real crash and restarts the worker with backoff, and the
+//!   dispatcher (told through [`WorkerSpec::on_down`]) puts the job back.
+//! - At a job's soft time limit the task's `soft_limit` signal is raised; at its hard limit the
+//!   task is aborted, the job fails with a transient `timeout`, and the worker is replaced.
+//! - With `max_jobs_per_worker`, the worker stops after that many jobs, between jobs, and is
+//!   replaced at once (recycling), so no job waits longer than the respawn.
+//!
+//! Without limits or recycling a finished job is reported straight from its task to the
+//! dispatcher, skipping a hop through this actor's mailbox (measured: the hot path of no-op
+//! jobs); with them, the report goes through the worker, which must see the end of every job.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +23,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tracing::{debug, Instrument};
+use tracing::{debug, info, Instrument};
 
+use crate::args::TimeLimits;
 use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
-use crate::supervisor::ChildSpec;
+use crate::supervisor::{ChildSpec, REPLACE};
 use crate::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
@@ -55,6 +67,34 @@ pub enum WorkerMsg {
         /// Time left to the job before it is aborted.
         grace: Duration,
     },
+    /// The job's soft time limit is reached: tell it.
+    SoftLimit(JobId),
+    /// The job's hard time limit is reached: abort it and have this worker replaced.
+    HardLimit(JobId, Duration),
+}
+
+/// How a pipeline's workers bound their jobs.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerLimits {
+    /// Limits of every job.
+    pub limits: TimeLimits,
+    /// Per-task overrides.
+    pub task_limits: BTreeMap<String, TimeLimits>,
+    /// Replace the worker after this many jobs.
+    pub max_jobs: Option<u64>,
+}
+
+impl WorkerLimits {
+    /// Whether the worker must see the end of every job itself.
+    fn watched(&self) -> bool {
+        self.max_jobs.is_some()
+            || !self.limits.is_none()
+            || self.task_limits.values().any(|l| !l.is_none())
+    }
+
+    fn of(&self, task: &str) -> TimeLimits {
+        self.limits.overridden_by(self.task_limits.get(task))
+    }
 }
 
 /// What a worker starts with.
@@ -67,17 +107,26 @@ pub struct WorkerArgs {
     pub dispatcher: DispatcherLink,
     /// The tasks it can run.
     pub tasks: TaskSet,
+    /// Time limits and recycling.
+    pub limits: Arc<WorkerLimits>,
 }
 
 /// The worker actor.
 pub struct Worker;
 
-/// A worker's state: the job it runs now, if any.
+/// The job a worker runs now.
+struct Current {
+    job_id: JobId,
+    _task: AbortOnDrop,
+    cancel: watch::Sender<bool>,
+    soft: watch::Sender<bool>,
+}
+
+/// A worker's state.
 pub struct WorkerState {
     args: WorkerArgs,
-    current: Option<(JobId, AbortOnDrop)>,
-    /// Raises the running job's cancel signal.
-    cancel: Option<tokio::sync::watch::Sender<bool>>,
+    current: Option<Current>,
+    jobs_done: u64,
 }
 
 /// Aborts the job's task when dropped, so a killed worker never leaves its job running.
@@ -102,7 +151,7 @@ impl Actor for Worker {
         Ok(WorkerState {
             args,
             current: None,
-            cancel: None,
+            jobs_done: 0,
         })
     }
 
@@ -131,37 +180,43 @@ impl Actor for Worker {
                 outcome,
                 elapsed,
             } => {
-                if st.current.as_ref().map(|(id, _)| *id) != Some(job_id) {
-                    return Ok(()); // a cancelled job's late result
+                if !st.is_running(job_id) {
+                    return Ok(()); // a late result of a job already reported (cancelled, timed out)
                 }
-                st.current = None;
                 match outcome {
-                    Ok(outcome) => {
-                        let done = DispatcherMsg::JobDone {
-                            pipeline: st.args.pipeline,
-                            worker: me,
-                            job_id,
-                            outcome,
-                            elapsed,
-                        };
-                        st.args.dispatcher.cast(done);
-                    }
+                    Ok(outcome) => st.report(&me, job_id, outcome, elapsed),
                     Err(panic) => return Err(format!("job {job_id} panicked: {panic}").into()),
                 }
             }
             WorkerMsg::Cancel { job_id, grace } => {
-                if st.current.as_ref().map(|(id, _)| *id) == Some(job_id) {
+                if let Some(c) = st.current.as_ref().filter(|c| c.job_id == job_id) {
                     // Cooperative first: the job sees its cancel signal and may end on its own
                     // within `grace`; then this synthetic result frees the worker, and dropping
                     // the task's guard aborts whatever is left of it.
-                    if let Some(c) = &st.cancel {
-                        let _ = c.send(true);
-                    }
+                    let _ = c.cancel.send(true);
                     me.send_after(grace, move || WorkerMsg::Finished {
                         job_id,
                         outcome: Ok(Err(TaskError::Permanent("cancelled".into()))),
                         elapsed: grace,
                     });
+                }
+            }
+            WorkerMsg::SoftLimit(job_id) => {
+                if let Some(c) = st.current.as_ref().filter(|c| c.job_id == job_id) {
+                    debug!(worker = %st.args.path, job_id = %job_id, "soft time limit reached");
+                    let _ = c.soft.send(true);
+                }
+            }
+            WorkerMsg::HardLimit(job_id, limit) => {
+                if st.is_running(job_id) {
+                    let why = format!(
+                        "timeout: the job exceeded its time limit of {}",
+                        humantime::format_duration(limit)
+                    );
+                    info!(worker = %st.args.path, job_id = %job_id, reason = %why, "job aborted at its hard time limit; replacing the worker");
+                    st.current = None; // aborts the task
+                    st.send_done(&me, job_id, Err(TaskError::Timeout(why)), limit, false);
+                    me.stop(Some(format!("{REPLACE} a job hit its hard time limit")));
                 }
             }
         }
@@ -170,23 +225,97 @@ impl Actor for Worker {
 }
 
 impl WorkerState {
+    fn is_running(&self, job_id: JobId) -> bool {
+        self.current.as_ref().is_some_and(|c| c.job_id == job_id)
+    }
+
+    /// Reports a job's end; recycles the worker when it has done its share.
+    fn report(
+        &mut self,
+        me: &ActorRef<WorkerMsg>,
+        job_id: JobId,
+        outcome: TaskResult,
+        elapsed: Duration,
+    ) {
+        self.current = None;
+        self.jobs_done += 1;
+        let recycle = self
+            .args
+            .limits
+            .max_jobs
+            .is_some_and(|m| self.jobs_done >= m);
+        self.send_done(me, job_id, outcome, elapsed, !recycle);
+        if recycle {
+            info!(worker = %self.args.path, jobs = self.jobs_done, "recycling after max_jobs_per_worker");
+            me.stop(Some(format!(
+                "{REPLACE} recycled after {} jobs",
+                self.jobs_done
+            )));
+        }
+    }
+
+    fn send_done(
+        &self,
+        me: &ActorRef<WorkerMsg>,
+        job_id: JobId,
+        outcome: TaskResult,
+        elapsed: Duration,
+        ready: bool,
+    ) {
+        self.args.dispatcher.cast(DispatcherMsg::JobDone {
+            pipeline: self.args.pipeline,
+            worker: me.clone(),
+            job_id,
+            outcome,
+            elapsed,
+            ready,
+        });
+    }
+
     fn run(&mut self, me: ActorRef<WorkerMsg>, t: Ticket) {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
         let (cancel_tx, cancel) = CancelSignal::new();
-        self.cancel = Some(cancel_tx);
+        let (soft_tx, soft_limit) = CancelSignal::new();
         let ctx = TaskCtx {
             job_id: t.job_id,
             name: t.name.clone(),
             params,
             attempt: t.attempt,
             cancel,
+            soft_limit,
         };
+        if let Some(split) = self.args.tasks.split(&t.name) {
+            // A batch job only names its children: that takes no I/O, so it runs right here
+            // and the worker is free again at once.
+            let started = Instant::now();
+            let msg = match split(&ctx) {
+                Ok(children) => DispatcherMsg::FanOut {
+                    pipeline: self.args.pipeline,
+                    worker: me,
+                    job_id: t.job_id,
+                    children,
+                },
+                Err(e) => DispatcherMsg::JobDone {
+                    pipeline: self.args.pipeline,
+                    worker: me,
+                    job_id: t.job_id,
+                    outcome: Err(e),
+                    elapsed: started.elapsed(),
+                    ready: true,
+                },
+            };
+            self.args.dispatcher.cast(msg);
+            return;
+        }
         let body = self.args.tasks.get(&t.name).cloned();
         let span =
             tracing::info_span!("job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
+        let watched = self.args.limits.watched();
+        let limits = self.args.limits.of(&t.name);
         let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
+        let task_me = me.clone();
         let task = tokio::spawn(
             async move {
                 let started = Instant::now();
@@ -202,21 +331,20 @@ impl WorkerState {
                 };
                 let elapsed = started.elapsed();
                 match outcome {
-                    // The common case skips a hop through the worker's mailbox: the dispatcher
-                    // sends this worker its next job only after this report, and the worker
-                    // learns it is free from that `Run`.
-                    Ok(outcome) => dispatcher.cast(DispatcherMsg::JobDone {
+                    // The hot path skips a hop through the worker's mailbox (see the module doc).
+                    Ok(outcome) if !watched => dispatcher.cast(DispatcherMsg::JobDone {
                         pipeline,
-                        worker: me,
+                        worker: task_me,
                         job_id,
                         outcome,
                         elapsed,
+                        ready: true,
                     }),
                     // A panic must fail the worker actor itself, so it goes through its mailbox.
-                    Err(panic) => {
-                        let _ = me.cast(WorkerMsg::Finished {
+                    outcome => {
+                        let _ = task_me.cast(WorkerMsg::Finished {
                             job_id,
-                            outcome: Err(panic),
+                            outcome,
                             elapsed,
                         });
                     }
@@ -224,7 +352,18 @@ impl WorkerState {
             }
             .instrument(span),
         );
-        self.current = Some((job_id, AbortOnDrop(task.abort_handle())));
+        if let Some(soft) = limits.soft {
+            me.send_after(soft, move || WorkerMsg::SoftLimit(job_id));
+        }
+        if let Some(hard) = limits.hard {
+            me.send_after(hard, move || WorkerMsg::HardLimit(job_id, hard));
+        }
+        self.current = Some(Current {
+            job_id,
+            _task: AbortOnDrop(task.abort_handle()),
+            cancel: cancel_tx,
+            soft: soft_tx,
+        });
     }
 }
 
@@ -238,25 +377,29 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 /// The recipe for `worker-N` of a pipeline. Tells the dispatcher when an incarnation is gone so
 /// that the job it was running goes back to its queue at once.
 pub struct WorkerSpec {
-    /// `worker-N`.
-    pub name: String,
-    /// Index of the pipeline in the dispatcher.
-    pub pipeline: usize,
-    /// Where workers report.
-    pub dispatcher: DispatcherLink,
-    /// The pipeline's tasks.
-    pub tasks: TaskSet,
+    name: String,
+    pipeline: usize,
+    dispatcher: DispatcherLink,
+    tasks: TaskSet,
+    limits: Arc<WorkerLimits>,
     current: Mutex<Option<ActorId>>,
 }
 
 impl WorkerSpec {
     /// A recipe for worker `n` (1-based) of pipeline `pipeline`.
-    pub fn new(n: usize, pipeline: usize, dispatcher: DispatcherLink, tasks: TaskSet) -> Arc<Self> {
+    pub fn new(
+        n: usize,
+        pipeline: usize,
+        dispatcher: DispatcherLink,
+        tasks: TaskSet,
+        limits: Arc<WorkerLimits>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name: format!("worker-{n}"),
             pipeline,
             dispatcher,
             tasks,
+            limits,
             current: Mutex::new(None),
         })
     }
@@ -279,6 +422,7 @@ impl ChildSpec for WorkerSpec {
             path,
             dispatcher: self.dispatcher.clone(),
             tasks: self.tasks.clone(),
+            limits: self.limits.clone(),
         };
         Box::pin(async move {
             let (r, _) = Actor::spawn_linked(None, Worker, args, supervisor).await?;

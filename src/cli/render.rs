@@ -29,6 +29,16 @@ pub(super) fn for_command(cmd: &ClientCommand) -> Render {
         C::Records(_) | C::Export { .. } => records,
         C::Schedules => schedules,
         C::Shutdown { .. } => shutdown,
+        C::Why { .. } => why,
+    }
+}
+
+/// `why`: the blocker's kind and detail, and its ETA when known.
+pub(super) fn why(a: &Value) -> String {
+    let b = &a["blocker"];
+    match b["eta"].as_str() {
+        Some(eta) => format!("{}: {} (until {eta})", text(&b["kind"]), text(&b["detail"])),
+        None => format!("{}: {}", text(&b["kind"]), text(&b["detail"])),
     }
 }
 

@@ -19,6 +19,7 @@ pub(super) fn build(cmd: &ClientCommand) -> Result<Value, Failure> {
         C::List(args) => list(args),
         C::Cancel { id } => json!({"cmd": "cancel", "job_id": id}),
         C::Retry { id } => json!({"cmd": "retry", "job_id": id}),
+        C::Why { id } => json!({"cmd": "why", "job_id": id}),
         C::Dlq { limit } => with("dlq", [("limit", limit.map(Value::from))]),
         C::Tree => bare("tree"),
         C::Pipelines => bare("pipelines"),

@@ -19,3 +19,15 @@ mod fakes;
 mod sources;
 // the upstream pipelines inside a real node: rate limit, throttling, breaker, restarts
 mod pipelines;
+// observability: promtool on a live scrape, a real Prometheus, the Grafana dashboard, JSON logs
+mod observability;
+// time limits (soft, hard) and worker recycling
+mod limits;
+// `why`: what a job waits for
+mod why;
+// cron schedules on a real node: once per tick, catch-up across a restart, overlap, `schedules`
+mod schedules;
+// batch jobs fanning out one child per ticker: summary, cancel cascade, restart
+mod batches;
+// the alert webhook against an axum receiver on loopback: one POST per alert, retries, a dead webhook
+mod alerts;

@@ -46,6 +46,9 @@ fn add(a: &mut NodeArgs, name: &str, workers: usize, max_retries: u32, up: Upstr
         },
         restart: RestartPolicy::DEFAULT,
         upstream: Some(up),
+        limits: Default::default(),
+        task_limits: Default::default(),
+        max_jobs_per_worker: None,
     });
 }
 

@@ -124,6 +124,7 @@ fn ctx(name: &str, params: Value) -> TaskCtx {
         params,
         attempt: 1,
         cancel: CancelSignal::new().1,
+        soft_limit: CancelSignal::new().1,
     }
 }
 

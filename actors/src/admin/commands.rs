@@ -235,7 +235,14 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
                 .collect();
             json!({ "records": records })
         }
-        Command::Schedules => json!({ "schedules": [] }),
+        Command::Why(r) => {
+            let b = call(ctx, |p| DispatcherMsg::Why(r.job_id, p)).await??;
+            json!({ "blocker": to_value(b) })
+        }
+        Command::Schedules => match &ctx.scheduler {
+            Some(link) => json!({ "schedules": to_value(crate::scheduler::list(link).await?) }),
+            None => json!({ "schedules": [] }),
+        },
         Command::Shutdown(r) => {
             let _ = ctx
                 .shutdown

@@ -11,12 +11,12 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::views::{
-    Accepted, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView,
+    Accepted, Blocker, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView,
 };
 use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
 use crate::backoff::{random_unit, retry_delay};
-use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
+use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::journal::{Change, Journal};
 use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
@@ -29,45 +29,49 @@ use crate::worker::{Ticket, WorkerMsg};
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// One pipeline's run state.
-struct Lane {
-    info: PipelineInfo,
-    queue: RunQueue,
-    idle: Vec<ActorRef<WorkerMsg>>,
-    workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+pub(super) struct Lane {
+    pub(super) info: PipelineInfo,
+    pub(super) queue: RunQueue,
+    pub(super) idle: Vec<ActorRef<WorkerMsg>>,
+    pub(super) workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
     /// Worker → the job it runs.
-    running: HashMap<ActorId, JobId>,
-    paused: bool,
+    pub(super) running: HashMap<ActorId, JobId>,
+    pub(super) paused: bool,
     /// Its circuit breaker is open: no jobs go to its workers.
-    breaker_open: bool,
+    pub(super) breaker_open: bool,
 }
 
 /// An unfinished job in memory.
-struct Live {
-    rec: JobRecord,
-    lane: usize,
+pub(super) struct Live {
+    pub(super) rec: JobRecord,
+    pub(super) lane: usize,
     /// When it is due, while it waits on the timer.
-    due: Option<Instant>,
+    pub(super) due: Option<Instant>,
     /// When it entered its queue.
-    queued_at: Instant,
+    pub(super) queued_at: Instant,
 }
 
 /// Everything the dispatcher knows.
 pub struct DispatcherState {
-    journal: Journal,
-    limits: JobsArgs,
-    router: Router,
-    link: DispatcherLink,
-    lanes: Vec<Lane>,
-    lane_by_name: HashMap<String, usize>,
-    live: HashMap<JobId, Live>,
-    unique: HashMap<String, JobId>,
-    timers: BTreeSet<(Instant, JobId)>,
-    armed: Option<Instant>,
-    changes: Vec<Change>,
-    draining: bool,
-    drain_waiters: Vec<RpcReplyPort<()>>,
-    totals: Totals,
-    started: Instant,
+    pub(super) journal: Journal,
+    pub(super) limits: JobsArgs,
+    pub(super) router: Router,
+    pub(super) link: DispatcherLink,
+    pub(super) lanes: Vec<Lane>,
+    pub(super) lane_by_name: HashMap<String, usize>,
+    pub(super) live: HashMap<JobId, Live>,
+    pub(super) unique: HashMap<String, JobId>,
+    pub(super) timers: BTreeSet<(Instant, JobId)>,
+    pub(super) armed: Option<Instant>,
+    pub(super) changes: Vec<Change>,
+    pub(super) draining: bool,
+    pub(super) drain_waiters: Vec<RpcReplyPort<()>>,
+    pub(super) totals: Totals,
+    pub(super) started: Instant,
+    /// Told of every dead-lettered job.
+    pub(super) alerter: crate::alerts::Alerter,
+    /// Waiting batch parents and the count of their children.
+    pub(super) tallies: HashMap<JobId, super::fanout::Tally>,
 }
 
 impl DispatcherState {
@@ -107,6 +111,8 @@ impl DispatcherState {
             drain_waiters: Vec::new(),
             totals: Totals::default(),
             started: Instant::now(),
+            tallies: HashMap::new(),
+            alerter: args.alerter,
         }
     }
 
@@ -136,7 +142,9 @@ impl DispatcherState {
             if let Some(k) = &rec.unique_key {
                 self.unique.insert(k.clone(), id);
             }
-            if rec.status == JobStatus::Running {
+            // A batch parent waiting for its children stays waiting (its count is rebuilt below).
+            let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
+            if rec.status == JobStatus::Running && !waiting_parent {
                 rec.status = JobStatus::Pending;
                 self.totals.requeued += 1;
                 self.changes.extend(change(
@@ -159,10 +167,12 @@ impl DispatcherState {
                 },
             );
             match due {
+                _ if waiting_parent => {}
                 Some(due) => self.schedule(id, due),
                 None => self.enqueue(id, now, false),
             }
         }
+        self.rebuild_tallies();
         self.flush_journal();
         Ok(count)
     }
@@ -242,6 +252,7 @@ impl DispatcherState {
                 result: None,
                 parent_id: None,
                 workflow_id: None,
+                children: Vec::new(),
                 name: spec.name,
                 history: Vec::new(),
             };
@@ -291,7 +302,7 @@ impl DispatcherState {
         Ok(accepted)
     }
 
-    fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
+    pub(super) fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
         let route = self.router.route(name);
         let Some(&lane) = self.lane_by_name.get(&route.pipeline) else {
             let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
@@ -318,7 +329,7 @@ impl DispatcherState {
         Ok((lane, route.priority))
     }
 
-    fn enqueue(&mut self, id: JobId, now: Instant, front: bool) {
+    pub(super) fn enqueue(&mut self, id: JobId, now: Instant, front: bool) {
         let Some(live) = self.live.get_mut(&id) else {
             return;
         };
@@ -359,7 +370,7 @@ impl DispatcherState {
     }
 
     /// Starts jobs on idle workers while both exist.
-    fn pump(&mut self, lane: usize) {
+    pub(super) fn pump(&mut self, lane: usize) {
         let l = &self.lanes[lane];
         if self.draining || l.paused || l.breaker_open {
             return;
@@ -443,6 +454,7 @@ impl DispatcherState {
                 self.finish(id);
             }
             Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
+            Err(TaskError::Timeout(msg)) => self.retry_or_dead_letter(id, msg, "timeout"),
             Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
             Err(TaskError::Throttled {
                 message,
@@ -495,7 +507,7 @@ impl DispatcherState {
         self.schedule(id, Instant::now() + delay);
     }
 
-    fn dead_letter(&mut self, id: JobId, msg: String) {
+    pub(super) fn dead_letter(&mut self, id: JobId, msg: String) {
         let Some(live) = self.live.get_mut(&id) else {
             return;
         };
@@ -510,10 +522,11 @@ impl DispatcherState {
         self.totals.failed += 1;
         self.changes
             .extend(change(rec, EventKind::DeadLettered, Some(msg)));
+        self.alerter.dead_lettered(rec);
         self.finish(id);
     }
 
-    fn finish(&mut self, id: JobId) {
+    pub(super) fn finish(&mut self, id: JobId) {
         if let Some(live) = self.live.remove(&id) {
             if let Some(k) = &live.rec.unique_key {
                 if self.unique.get(k) == Some(&id) {
@@ -522,6 +535,9 @@ impl DispatcherState {
             }
             if let Some(due) = live.due {
                 self.timers.remove(&(due, id));
+            }
+            if let Some(parent) = live.rec.parent_id {
+                self.child_finished(parent, &live.rec);
             }
         }
     }
@@ -704,6 +720,7 @@ impl DispatcherState {
 
     /// Cancels an unfinished job; a running one is asked to stop and aborted after the grace.
     pub fn cancel(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        self.cancel_children(id);
         let Some(live) = self.live.get_mut(&id) else {
             return Err(self.not_live(id, "cancelled", "only unfinished jobs can be cancelled"));
         };
@@ -773,6 +790,7 @@ impl DispatcherState {
             self.unique.insert(k.clone(), id);
         }
         rec.status = JobStatus::Pending;
+        rec.children.clear();
         rec.attempts = 0;
         rec.error = None;
         rec.result = None;
@@ -818,6 +836,98 @@ impl DispatcherState {
         }
     }
 
+    /// What a job waits for now (the `why` command): the one blocker, with an ETA when known.
+    pub fn why(&self, id: JobId) -> Result<Blocker, ApiError> {
+        let Some(live) = self.live.get(&id) else {
+            let rec = self.load(id)?;
+            return Ok(Blocker::new(
+                "none",
+                format!("the job is {}", rec.status.as_str()),
+                None,
+            ));
+        };
+        let l = &self.lanes[live.lane];
+        let rec = &live.rec;
+        let eta = rec.next_attempt_at.map(rfc3339_ms);
+        if let Some((waiting, total)) = self.children_waiting(id) {
+            let detail = format!("{waiting} of its {total} child jobs are unfinished");
+            return Ok(Blocker::new("children", detail, None));
+        }
+        if rec.status == JobStatus::Running {
+            return Ok(Blocker::new(
+                "none",
+                "the job is running on a worker".to_string(),
+                None,
+            ));
+        }
+        if live.due.is_some() {
+            let error = rec.error.as_deref().unwrap_or("");
+            return Ok(match rec.status {
+                JobStatus::Retrying if error.contains("circuit breaker") => Blocker::new(
+                    "breaker_open",
+                    format!(
+                        "pipeline {}'s circuit breaker is open: {error}",
+                        l.info.name
+                    ),
+                    eta,
+                ),
+                JobStatus::Retrying
+                    if rec
+                        .history
+                        .last()
+                        .and_then(|e| e.detail.as_deref())
+                        .is_some_and(|d| d.starts_with("throttled")) =>
+                {
+                    Blocker::new(
+                        "rate_limit",
+                        format!(
+                            "waiting for a rate-limit permit of pipeline {}: {error}",
+                            l.info.name
+                        ),
+                        eta,
+                    )
+                }
+                JobStatus::Retrying => Blocker::new(
+                    "retry_backoff",
+                    format!("retry {} after: {error}", rec.attempts + 1),
+                    eta,
+                ),
+                _ => Blocker::new("scheduled", "delayed until its run_at".to_string(), eta),
+            });
+        }
+        if l.paused {
+            return Ok(Blocker::new(
+                "paused",
+                format!("pipeline {} is paused; `resume` it", l.info.name),
+                None,
+            ));
+        }
+        if l.breaker_open {
+            let until = l
+                .info
+                .breaker_view
+                .as_ref()
+                .and_then(|v| v())
+                .and_then(|v| v["open_until"].as_str().map(String::from));
+            return Ok(Blocker::new(
+                "breaker_open",
+                format!("pipeline {}'s circuit breaker is open", l.info.name),
+                until,
+            ));
+        }
+        let position = l.queue.position(id, Instant::now()).unwrap_or(0);
+        Ok(Blocker::new(
+            "queued",
+            format!(
+                "position {position} in pipeline {}'s queue ({} waiting, {} workers busy)",
+                l.info.name,
+                l.queue.len(),
+                l.running.len()
+            ),
+            None,
+        ))
+    }
+
     /// Stops taking work; `reply` is answered once no job runs.
     pub fn drain(&mut self, reply: RpcReplyPort<()>) {
         self.draining = true;
@@ -853,7 +963,11 @@ fn depths(q: &RunQueue) -> QueueDepths {
 }
 
 /// Records the event in the job's history and encodes the record for the journal.
-fn change(rec: &mut JobRecord, kind: EventKind, detail: Option<String>) -> Option<Change> {
+pub(super) fn change(
+    rec: &mut JobRecord,
+    kind: EventKind,
+    detail: Option<String>,
+) -> Option<Change> {
     rec.push_event(kind, detail);
     Change::new(rec)
         .inspect_err(|e| error!(job_id = %rec.id, error = %e, "cannot encode a job record"))

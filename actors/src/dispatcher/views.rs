@@ -93,3 +93,26 @@ pub struct Totals {
     /// Jobs put back after a worker crash or a node restart.
     pub requeued: u64,
 }
+
+/// What a job waits for now (`why`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blocker {
+    /// `queued`, `rate_limit`, `breaker_open`, `paused`, `retry_backoff`, `children`,
+    /// `scheduled`, or `none` for a running or finished job.
+    pub kind: String,
+    /// For a person: the position, the pipeline, the error waited out.
+    pub detail: String,
+    /// When it is expected to end (RFC 3339), when known.
+    pub eta: Option<String>,
+}
+
+impl Blocker {
+    /// A blocker of this kind.
+    pub fn new(kind: &str, detail: String, eta: Option<String>) -> Self {
+        Self {
+            kind: kind.to_string(),
+            detail,
+            eta,
+        }
+    }
+}

@@ -85,9 +85,10 @@ fn read_answer(body: Value, symbol: &str) -> Judgement<Map<String, Value>> {
     }
     if let Some(note) = body.get("Note").or_else(|| body.get("Information")) {
         let note = text(note);
-        // `Information` also carries refusals that waiting never clears (a premium-only
-        // endpoint); throttling those would keep the job waiting forever.
-        if note.to_lowercase().contains("premium") {
+        // `Information` also carries refusals that waiting never clears ("This is a premium
+        // endpoint"); throttling those would keep the job waiting forever. (Quota notes link to
+        // the premium plans too, so only that phrase counts.)
+        if note.to_lowercase().contains("premium endpoint") {
             return Judgement::Permanent(format!("Alpha Vantage refused the call: {note}"));
         }
         let daily = is_daily_quota(&note);

@@ -1,0 +1,96 @@
+//! `why`: for a job that is not running, the one thing it waits for now.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use warden_actors::args::RetryPolicy;
+
+use crate::support::{finished, poll, req, submit, TestNode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn why(c: &mut warden::client::Client, id: &str) -> Value {
+    let a = req(c, json!({"cmd": "why", "job_id": id})).await;
+    assert_eq!(a["ok"], true, "{a}");
+    a["blocker"].clone()
+}
+
+/// Ensures that `why` names the queue position, a paused pipeline, a delay, a retry backoff,
+/// and `none` for running and finished jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_names_each_blocker() {
+    let node = TestNode::start_with(|a| {
+        a.pipelines[0].workers = 1;
+        a.pipelines[0].retry = RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
+        };
+    })
+    .await;
+    let mut c = node.client().await;
+    let busy = submit(&mut c, "builtin.sleep", json!({"ms": 3000})).await;
+    poll(
+        &mut c,
+        "the sleeper to run",
+        WAIT,
+        json!({"cmd": "status", "job_id": busy}),
+        |a| a["job"]["status"] == "running",
+    )
+    .await;
+    assert_eq!(why(&mut c, &busy).await["kind"], "none");
+    let first = submit(&mut c, "builtin.noop", json!({})).await;
+    let second = submit(&mut c, "builtin.noop", json!({})).await;
+    let b = why(&mut c, &second).await;
+    assert_eq!(b["kind"], "queued", "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().starts_with("position 1 "),
+        "{b}"
+    );
+    assert!(why(&mut c, &first).await["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("position 0 "));
+
+    req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
+    assert_eq!(why(&mut c, &first).await["kind"], "paused");
+    req(&mut c, json!({"cmd": "resume", "pipeline": "builtin"})).await;
+
+    let later = req(
+        &mut c,
+        json!({"cmd": "submit", "job": "builtin.noop", "delay": "1h"}),
+    )
+    .await;
+    let b = why(&mut c, later["job_id"].as_str().unwrap()).await;
+    assert_eq!(b["kind"], "scheduled", "{b}");
+    assert!(b["eta"].is_string(), "{b}");
+
+    let flaky = submit(&mut c, "builtin.fail", json!({"times": 1})).await;
+    let b = poll(
+        &mut c,
+        "the retry backoff",
+        WAIT,
+        json!({"cmd": "why", "job_id": flaky}),
+        |a| a["blocker"]["kind"] == "retry_backoff",
+    )
+    .await;
+    assert!(b["blocker"]["eta"].is_string(), "{b}");
+    assert!(
+        b["blocker"]["detail"].as_str().unwrap().contains("fail"),
+        "{b}"
+    );
+
+    let done = finished(&mut c, &first, WAIT).await;
+    assert_eq!(done["status"], "succeeded");
+    let b = why(&mut c, &first).await;
+    assert_eq!(
+        (b["kind"].as_str(), b["detail"].as_str()),
+        (Some("none"), Some("the job is succeeded"))
+    );
+    let unknown = req(
+        &mut c,
+        json!({"cmd": "why", "job_id": "0193b7f0-3c55-7d2e-9a51-2b0c8f1e6a10"}),
+    )
+    .await;
+    assert_eq!(unknown["error"]["code"], "not_found");
+}
