@@ -50,7 +50,7 @@ mod tests;
 
 /// Counter: alerts by `kind` (`dead_letter`, `breaker_open`) and `outcome` (`sent`,
 /// `dropped_queue_full`, `dropped_failed`, `dropped_down`).
-pub const ALERTS_TOTAL: &str = "warden_alerts_total";
+pub const ALERTS_TOTAL: &str = crate::metrics::ALERTS;
 
 // ===== Delivery over HTTP =====
 

@@ -266,7 +266,7 @@ impl Committer {
     fn timed_commit(&self) -> Result<(), JournalError> {
         let started = Instant::now();
         let result = self.commit();
-        metrics::histogram!("warden_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::JOURNAL_FSYNC).record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -378,7 +378,7 @@ impl Journal {
                 what: format!("applying a batch of {} job changes", changes.len()),
                 source,
             })?;
-        metrics::counter!("warden_journal_entries_total").increment(changes.len() as u64);
+        metrics::counter!(crate::metrics::JOURNAL_ENTRIES).increment(changes.len() as u64);
         Ok(())
     }
 
@@ -708,7 +708,7 @@ fn commit_loop(committer: &Committer, waiters: &mpsc::Receiver<Waiter>) {
             tracing::error!(error = %e, "journal commit failed");
             e.to_string()
         });
-        metrics::histogram!("warden_journal_batch_size").record(round.len() as f64);
+        metrics::histogram!(crate::metrics::JOURNAL_BATCH).record(round.len() as f64);
         for waiter in round {
             // A waiter whose caller gave up (dropped future) is simply skipped.
             let _ = waiter.send(result.clone());

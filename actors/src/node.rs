@@ -142,14 +142,16 @@ impl Node {
             alerter: alerter.clone(),
         }));
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
-        // no worker keeps waiting on a dead dispatcher.
-        let mut children: Vec<Arc<dyn ChildSpec>> = vec![admin];
+        // no worker keeps waiting on a dead dispatcher; the admin actor starts last, so a command
+        // never finds the dispatcher missing (the port is bound already: early clients wait in
+        // the listen backlog).
+        let mut children: Vec<Arc<dyn ChildSpec>> = Vec::new();
         if let Some(spec) = alerts_spec {
             children.push(spec);
         }
         children.push(dispatcher_spec);
         children.extend(pipeline_specs);
-        // Last: it submits through the dispatcher, and a node without schedules runs none.
+        // After the pipelines: it submits through the dispatcher; a node without schedules runs none.
         if !args.schedules.is_empty() {
             let spec = SchedulerSpec::new(
                 &args.schedules,
@@ -159,6 +161,7 @@ impl Node {
             );
             children.push(Arc::new(spec.map_err(NodeError::Invalid)?));
         }
+        children.push(admin);
         let fatal_w = fatal.clone();
         let root_args = SupervisorArgs {
             path: "root".into(),

@@ -61,7 +61,7 @@ pub use self::record::ScheduleRecord;
 /// Schedule ticks, by `schedule` and `outcome`: `fired`, `skipped_overlap` (the previous run was
 /// unfinished), `missed` (let go by the catch-up policy), `failed` (refused for good). Not yet in
 /// the [`crate::metrics`] catalogue.
-pub const SCHEDULE_FIRES: &str = "warden_schedule_fires_total";
+pub const SCHEDULE_FIRES: &str = crate::metrics::SCHEDULE_FIRES;
 
 /// How long a submit waits for the dispatcher.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);

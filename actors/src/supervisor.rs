@@ -158,7 +158,13 @@ impl SupervisorState {
         let spec = self.children[i].spec.clone();
         match spec.spawn(me.get_cell(), path.clone()).await {
             Ok(cell) => {
-                info!(actor = %path, pipeline = %self.pipeline, restarts = self.children[i].budget.total(), "started");
+                let restarts = self.children[i].budget.total() + self.children[i].replaced;
+                let reason = if restarts == 0 {
+                    "first start"
+                } else {
+                    "restarted"
+                };
+                info!(actor = %path, pipeline = %self.pipeline, restarts, backoff_ms = 0u64, reason, "started");
                 spec.on_up(&cell);
                 self.children[i].cell = Some(cell);
                 Ok(())
@@ -179,7 +185,7 @@ impl SupervisorState {
         child.cell = None;
         child.spec.on_down(&reason);
         child.last_failure = Some(reason.clone());
-        warn!(actor = %path, pipeline = %self.pipeline, reason = %reason, "failed");
+        warn!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total(), backoff_ms = 0u64, reason = %reason, "failed");
         match child.budget.on_failure(Instant::now(), random_unit()) {
             RestartDecision::Restart {
                 backoff,
@@ -199,7 +205,7 @@ impl SupervisorState {
             }
             RestartDecision::Escalate { restarts_in_window } => {
                 let why = format!("{path}: restart budget spent ({restarts_in_window} restarts within the window), last failure: {reason}");
-                error!(actor = %self.path, pipeline = %self.pipeline, restarts = child.budget.total(), reason = %why, "budget spent, escalating");
+                error!(actor = %path, supervisor = %self.path, pipeline = %self.pipeline, restarts = child.budget.total(), backoff_ms = 0u64, reason = %why, "budget spent, escalating");
                 metrics::counter!(m::SUPERVISOR_ESCALATIONS, "pipeline" => self.pipeline.clone())
                     .increment(1);
                 if let Some(tell) = &self.on_escalate {
@@ -233,7 +239,7 @@ impl SupervisorState {
             let path = self.child_path(later);
             let child = &mut self.children[later];
             if let Some(cell) = child.cell.take() {
-                info!(actor = %path, pipeline = %self.pipeline, reason = "an earlier sibling failed", "stopping for restart");
+                info!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total(), backoff_ms = 0u64, reason = "an earlier sibling failed", "stopping for restart");
                 child.expected_exit = Some(cell.get_id());
                 child.waiting_on = Some(i);
                 child.spec.on_down("stopped: an earlier sibling failed");
@@ -414,7 +420,7 @@ impl Actor for Supervisor {
                 st.children[i].spec.on_down("shutdown");
             }
         }
-        info!(actor = %st.path, pipeline = %st.pipeline, "stopped");
+        info!(actor = %st.path, pipeline = %st.pipeline, restarts = 0u64, backoff_ms = 0u64, reason = "shutdown", "stopped");
         let _ = me;
         Ok(())
     }

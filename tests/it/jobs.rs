@@ -195,7 +195,7 @@ async fn tree_shows_the_supervision_tree() {
         WAIT,
         json!({"cmd": "tree"}),
         |t| {
-            t["tree"]["children"][2]["children"]
+            t["tree"]["children"][1]["children"]
                 .as_array()
                 .is_some_and(|w| w.iter().all(|w| w["status"] == "running"))
         },
@@ -209,8 +209,8 @@ async fn tree_shows_the_supervision_tree() {
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["admin", "dispatcher", "pipeline:builtin"]);
-    let workers = root["children"][2]["children"].as_array().unwrap();
+    assert_eq!(names, ["dispatcher", "pipeline:builtin", "admin"]);
+    let workers = root["children"][1]["children"].as_array().unwrap();
     assert_eq!(workers.len(), 4);
     assert_eq!(workers[2]["path"], "root/pipeline:builtin/worker-3");
     assert!(workers

@@ -555,13 +555,20 @@ impl DispatcherState {
                 if live.rec.status == JobStatus::Running {
                     let rec = &mut live.rec;
                     let why = format!("worker crashed: {reason}");
-                    metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => "panic").increment(1);
                     if rec.attempts > rec.max_retries {
                         let why = format!("{why} (gave up after {} attempts)", rec.attempts);
                         self.dead_letter(id, why);
                     } else {
                         rec.status = JobStatus::Pending;
                         rec.error = Some(why.clone());
+                        // A panic of the job itself, or its worker taken down with its pipeline.
+                        let error_type = if reason.contains("panicked") {
+                            "panic"
+                        } else {
+                            "transient"
+                        };
+                        metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => error_type).increment(1);
+                        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried").increment(1);
                         self.totals.requeued += 1;
                         self.changes
                             .extend(change(rec, EventKind::Requeued, Some(why)));
