@@ -13,6 +13,7 @@
 mod core;
 mod fanout;
 mod views;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::worker::WorkerMsg;
 
 pub use self::core::DispatcherState;
 pub use self::views::{Accepted, Blocker, PipelineView, QueueDepths, Stats, WorkersView};
+pub use self::workflow::WorkflowSpec;
 
 /// How often the queue and worker gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_millis(250);
@@ -145,6 +147,11 @@ pub enum DispatcherMsg {
     Drain(RpcReplyPort<()>),
     /// What a job waits for now.
     Why(JobId, RpcReplyPort<Result<Blocker, ApiError>>),
+    /// Accept a workflow: its id and its jobs' ids (the `then` job last).
+    SubmitWorkflow(
+        WorkflowSpec,
+        RpcReplyPort<Result<(uuid::Uuid, Vec<JobId>), ApiError>>,
+    ),
     /// A pipeline's circuit breaker opened (true) or let traffic through again (false): while
     /// it is open the pipeline's workers get no jobs.
     BreakerOpen(usize, bool),
@@ -243,6 +250,9 @@ impl Actor for Dispatcher {
             DispatcherMsg::Drain(reply) => st.drain(reply),
             DispatcherMsg::Why(id, reply) => {
                 let _ = reply.send(st.why(id));
+            }
+            DispatcherMsg::SubmitWorkflow(spec, reply) => {
+                let _ = reply.send(st.submit_workflow(spec));
             }
             DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
         }

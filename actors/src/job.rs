@@ -247,6 +247,8 @@ pub enum EventKind {
     Retried,
     /// A batch job split into child jobs and waits for them.
     FannedOut,
+    /// Its turn came in a workflow (its predecessors ended).
+    Released,
 }
 
 impl EventKind {
@@ -262,6 +264,7 @@ impl EventKind {
             EventKind::Requeued => "requeued",
             EventKind::Retried => "retried",
             EventKind::FannedOut => "fanned_out",
+            EventKind::Released => "released",
         }
     }
 }
@@ -319,4 +322,41 @@ mod tests {
         let b = JobId::new();
         assert!(a < b);
     }
+}
+
+/// How a workflow's jobs follow each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkflowKind {
+    /// Each step starts when the one before succeeds, with its result as `params.input`.
+    Chain,
+    /// All at once; the optional `then` job starts when they are done, with `params.results`.
+    Group,
+}
+
+impl WorkflowKind {
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowKind::Chain => "chain",
+            WorkflowKind::Group => "group",
+        }
+    }
+}
+
+/// A workflow's structure, journaled with its jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    /// Its id (UUID v7).
+    pub id: Uuid,
+    /// Chain or group.
+    pub kind: WorkflowKind,
+    /// The steps (chain) or members (group), in order.
+    pub jobs: Vec<JobId>,
+    /// A group's final job.
+    pub then: Option<JobId>,
+    /// A group's `then` starts even when members failed.
+    pub allow_failures: bool,
+    /// When it was accepted (Unix ms).
+    pub created_at: i64,
 }

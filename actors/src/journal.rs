@@ -60,13 +60,15 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus};
+use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus, WorkflowRecord};
 
 /// The first byte of every stored value; bump it when an encoding changes.
 const FORMAT_VERSION: u8 = 1;
 
 /// Prefix of job record keys in the `jobs` tree.
 const RECORD_PREFIX: u8 = b'j';
+/// Prefix of workflow keys in the `jobs` tree.
+const WORKFLOW_PREFIX: u8 = b'w';
 
 /// The lock file that marks a data dir as in use by a live node.
 const LOCK_FILE: &str = "warden.lock";
@@ -136,7 +138,7 @@ pub enum JournalError {
 /// that describes it), encoded at once so that the caller keeps its record without cloning it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
-    id: JobId,
+    key: Vec<u8>,
     bytes: Vec<u8>,
 }
 
@@ -144,8 +146,24 @@ impl Change {
     /// Encodes `record` as it is now.
     pub fn new(record: &JobRecord) -> Result<Change, JournalError> {
         Ok(Change {
-            id: record.id,
+            key: record_key(record.id).to_vec(),
             bytes: encode_record(record)?,
+        })
+    }
+
+    /// Encodes a workflow's structure, to be written in the same batch as its jobs.
+    pub fn workflow(w: &WorkflowRecord) -> Result<Change, JournalError> {
+        let mut bytes = vec![FORMAT_VERSION];
+        let body = bincode::serde::encode_to_vec(w, bincode::config::standard()).map_err(|e| {
+            JournalError::Encode {
+                what: format!("workflow {}", w.id),
+                detail: e.to_string(),
+            }
+        })?;
+        bytes.extend_from_slice(&body);
+        Ok(Change {
+            key: workflow_key(w.id),
+            bytes,
         })
     }
 }
@@ -369,7 +387,7 @@ impl Journal {
         }
         let mut batch = sled::Batch::default();
         for change in changes {
-            batch.insert(record_key(change.id).to_vec(), change.bytes.as_slice());
+            batch.insert(change.key.as_slice(), change.bytes.as_slice());
         }
         self.inner
             .jobs
@@ -415,6 +433,22 @@ impl Journal {
                 source,
             })?;
         value.map(|v| decode_record(&key, &v)).transpose()
+    }
+
+    /// The structure of workflow `id`, if the journal has it.
+    pub fn get_workflow(&self, id: uuid::Uuid) -> Result<Option<WorkflowRecord>, JournalError> {
+        let key = workflow_key(id);
+        let value = self
+            .inner
+            .jobs
+            .get(&key)
+            .map_err(|source| JournalError::Sled {
+                what: format!("reading workflow {id}"),
+                source,
+            })?;
+        value
+            .map(|v| strip_version(&key, &v).and_then(|body| decode_bincode(&key, body)))
+            .transpose()
     }
 
     /// The history of job `id`, oldest first.
@@ -776,6 +810,14 @@ fn sled_config(dir: &Path) -> sled::Config {
 const SEGMENT_SIZE: usize = 4 << 20;
 /// sled page cache bound (see [`sled_config`]).
 const CACHE_BYTES: u64 = 256 << 20;
+
+/// Workflows live in the `jobs` tree too (so a workflow and its jobs are one atomic batch),
+/// under their own prefix, outside the range that job scans walk.
+fn workflow_key(id: uuid::Uuid) -> Vec<u8> {
+    let mut key = vec![WORKFLOW_PREFIX];
+    key.extend_from_slice(id.as_bytes());
+    key
+}
 
 fn record_key(id: JobId) -> [u8; 17] {
     let mut key = [0u8; 17];

@@ -117,6 +117,8 @@ pub const COMMANDS: &[&str] = &[
     "schedules",
     "shutdown",
     "why",
+    "submit_workflow",
+    "workflow",
 ];
 
 /// One job to submit, as it comes on the wire.
@@ -290,6 +292,45 @@ fn de_job_id<'de, D: Deserializer<'de>>(d: D) -> Result<JobId, D::Error> {
     }
 }
 
+/// `submit_workflow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitWorkflowReq {
+    /// `chain` or `group`.
+    pub kind: String,
+    /// The steps or members, in order.
+    pub jobs: Vec<SubmitReq>,
+    /// A group's final job.
+    #[serde(default)]
+    pub then: Option<SubmitReq>,
+    /// A group's `then` starts even when members failed.
+    #[serde(default)]
+    pub allow_failures: bool,
+}
+
+/// `workflow`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowIdReq {
+    /// The workflow.
+    #[serde(deserialize_with = "de_uuid")]
+    pub workflow_id: uuid::Uuid,
+}
+
+fn de_uuid<'de, D: Deserializer<'de>>(d: D) -> Result<uuid::Uuid, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => uuid::Uuid::parse_str(&s).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected a UUID like 0193b7f0-3c55-7d2e-9a51-2b0c8f1e6a10, got {s:?}"
+            ))
+        }),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a UUID string, got {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
 /// `list`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -408,6 +449,10 @@ pub enum Command {
     Shutdown(ShutdownReq),
     /// `why`.
     Why(JobIdReq),
+    /// `submit_workflow`.
+    SubmitWorkflow(SubmitWorkflowReq),
+    /// `workflow`.
+    Workflow(WorkflowIdReq),
 }
 
 /// A request line after parsing: the echoed id, the token and the command (or why not).
@@ -531,6 +576,17 @@ fn parse_command(cmd: &str, rest: Map<String, Value>) -> Result<Command, ApiErro
         "schedules" => fields::<NoFields>(rest).map(|_| Command::Schedules)?,
         "shutdown" => Command::Shutdown(fields(rest)?),
         "why" => Command::Why(fields(rest)?),
+        "submit_workflow" => {
+            let w: SubmitWorkflowReq = fields(rest)?;
+            if w.jobs.is_empty() || w.jobs.len() > MAX_BATCH {
+                return Err(ApiError::bad_request(format!(
+                    "jobs: expected 1 to {MAX_BATCH} jobs, got {}",
+                    w.jobs.len()
+                )));
+            }
+            Command::SubmitWorkflow(w)
+        }
+        "workflow" => Command::Workflow(fields(rest)?),
         other => {
             return Err(ApiError::new(
                 ErrorCode::UnknownCommand,

@@ -31,3 +31,5 @@ mod schedules;
 mod batches;
 // the alert webhook against an axum receiver on loopback: one POST per alert, retries, a dead webhook
 mod alerts;
+// workflows: chains and groups with `then`, durable across a restart
+mod workflows;

@@ -235,6 +235,37 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
                 .collect();
             json!({ "records": records })
         }
+        Command::SubmitWorkflow(w) => {
+            let spec = workflow_spec(w)?;
+            let (id, ids) = call(ctx, |p| DispatcherMsg::SubmitWorkflow(spec, p)).await??;
+            ctx.journal.durable().await.map_err(|e| {
+                ApiError::internal(format!(
+                    "the journal could not make the workflow durable: {e}"
+                ))
+            })?;
+            json!({ "workflow_id": id, "job_ids": ids })
+        }
+        Command::Workflow(r) => {
+            let wf = ctx
+                .journal
+                .get_workflow(r.workflow_id)
+                .map_err(journal_err)?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "workflow_id: no workflow with id {}",
+                        r.workflow_id
+                    ))
+                })?;
+            let mut jobs = Vec::new();
+            for id in wf.jobs.iter().chain(wf.then.iter()) {
+                if let Some(rec) = ctx.journal.get(*id).map_err(journal_err)? {
+                    jobs.push(rec);
+                }
+            }
+            let status = workflow_status(&jobs);
+            let views: Vec<JobView> = jobs.iter().map(JobView::from).collect();
+            json!({ "workflow": { "workflow_id": wf.id, "kind": wf.kind.as_str(), "status": status, "jobs": views } })
+        }
         Command::Why(r) => {
             let b = call(ctx, |p| DispatcherMsg::Why(r.job_id, p)).await??;
             json!({ "blocker": to_value(b) })
@@ -250,6 +281,64 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
             json!({ "draining": true })
         }
     })
+}
+
+/// Validates a `submit_workflow` request into the dispatcher's spec, naming the field at fault.
+fn workflow_spec(
+    w: crate::protocol::SubmitWorkflowReq,
+) -> Result<crate::dispatcher::WorkflowSpec, ApiError> {
+    use crate::job::WorkflowKind;
+    let kind = match w.kind.as_str() {
+        "chain" => WorkflowKind::Chain,
+        "group" => WorkflowKind::Group,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "kind: expected one of chain, group, got {other:?}"
+            )))
+        }
+    };
+    if kind == WorkflowKind::Chain && (w.then.is_some() || w.allow_failures) {
+        return Err(ApiError::bad_request(
+            "then, allow_failures: only a group takes them; a chain passes each result on",
+        ));
+    }
+    let now = now_ms();
+    let jobs = w
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.validate(now)
+                .map_err(|e| ApiError::bad_request(format!("jobs[{i}].{e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let then = w
+        .then
+        .map(|r| {
+            r.validate(now)
+                .map_err(|e| ApiError::bad_request(format!("then.{e}")))
+        })
+        .transpose()?;
+    Ok(crate::dispatcher::WorkflowSpec {
+        kind,
+        jobs,
+        then,
+        allow_failures: w.allow_failures,
+    })
+}
+
+/// A workflow's status from its jobs: running while any is unfinished, then succeeded when all
+/// did, failed when any failed, else cancelled.
+fn workflow_status(jobs: &[crate::job::JobRecord]) -> &'static str {
+    if jobs.iter().any(|j| !j.status.is_finished()) {
+        "running"
+    } else if jobs.iter().all(|j| j.status == JobStatus::Succeeded) {
+        "succeeded"
+    } else if jobs.iter().any(|j| j.status == JobStatus::Failed) {
+        "failed"
+    } else {
+        "cancelled"
+    }
 }
 
 fn pipeline(v: PipelineView) -> Value {

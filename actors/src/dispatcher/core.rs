@@ -72,6 +72,8 @@ pub struct DispatcherState {
     pub(super) alerter: crate::alerts::Alerter,
     /// Waiting batch parents and the count of their children.
     pub(super) tallies: HashMap<JobId, super::fanout::Tally>,
+    /// Workflows with unfinished jobs.
+    pub(super) workflows: HashMap<uuid::Uuid, crate::job::WorkflowRecord>,
 }
 
 impl DispatcherState {
@@ -112,6 +114,7 @@ impl DispatcherState {
             totals: Totals::default(),
             started: Instant::now(),
             tallies: HashMap::new(),
+            workflows: HashMap::new(),
             alerter: args.alerter,
         }
     }
@@ -144,6 +147,7 @@ impl DispatcherState {
             }
             // A batch parent waiting for its children stays waiting (its count is rebuilt below).
             let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
+            let workflow_step = rec.workflow_id.is_some();
             if rec.status == JobStatus::Running && !waiting_parent {
                 rec.status = JobStatus::Pending;
                 self.totals.requeued += 1;
@@ -168,11 +172,14 @@ impl DispatcherState {
             );
             match due {
                 _ if waiting_parent => {}
+                // Whether a workflow step may run is decided once every job is loaded.
+                None if workflow_step => {}
                 Some(due) => self.schedule(id, due),
                 None => self.enqueue(id, now, false),
             }
         }
         self.rebuild_tallies();
+        self.resume_workflows();
         self.flush_journal();
         Ok(count)
     }
@@ -539,6 +546,9 @@ impl DispatcherState {
             if let Some(parent) = live.rec.parent_id {
                 self.child_finished(parent, &live.rec);
             }
+            if let Some(wf) = live.rec.workflow_id {
+                self.step_finished(wf, &live.rec);
+            }
         }
     }
 
@@ -727,6 +737,16 @@ impl DispatcherState {
 
     /// Cancels an unfinished job; a running one is asked to stop and aborted after the grace.
     pub fn cancel(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        self.cancel_with(id, None)
+    }
+
+    /// [`DispatcherState::cancel`], with the reason recorded in the job's history and error
+    /// (a workflow cancels the steps after a failed one, saying why).
+    pub(super) fn cancel_with(
+        &mut self,
+        id: JobId,
+        reason: Option<String>,
+    ) -> Result<JobRecord, ApiError> {
         self.cancel_children(id);
         let Some(live) = self.live.get_mut(&id) else {
             return Err(self.not_live(id, "cancelled", "only unfinished jobs can be cancelled"));
@@ -756,10 +776,17 @@ impl DispatcherState {
         };
         rec.status = JobStatus::Cancelled;
         rec.completed_at = Some(now_ms());
+        if reason.is_some() {
+            rec.error = reason.clone();
+        }
         metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "cancelled").increment(1);
         self.totals.cancelled += 1;
+        let detail = match reason {
+            Some(r) => format!("{detail}: {r}"),
+            None => detail.to_string(),
+        };
         self.changes
-            .extend(change(rec, EventKind::Cancelled, Some(detail.into())));
+            .extend(change(rec, EventKind::Cancelled, Some(detail)));
         let out = rec.clone();
         self.finish(id);
         Ok(out)
@@ -859,6 +886,9 @@ impl DispatcherState {
         if let Some((waiting, total)) = self.children_waiting(id) {
             let detail = format!("{waiting} of its {total} child jobs are unfinished");
             return Ok(Blocker::new("children", detail, None));
+        }
+        if let Some(detail) = self.held_by(id) {
+            return Ok(Blocker::new("scheduled", detail, None));
         }
         if rec.status == JobStatus::Running {
             return Ok(Blocker::new(
