@@ -94,3 +94,105 @@ async fn why_names_each_blocker() {
     .await;
     assert_eq!(unknown["error"]["code"], "not_found");
 }
+
+/// Ensures that `why` names a rate-limit wait and an open breaker on an upstream pipeline, and
+/// the children a batch job waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_names_upstream_blockers() {
+    use warden_actors::args::{BreakerArgs, PipelineArgs, RestartPolicy, UpstreamArgs};
+    let fake = crate::fakes::FakeUpstream::start().await;
+    let up = |rate: &str, threshold: u32| UpstreamArgs {
+        base_url: fake.base_url(),
+        tickers_url: Some(fake.tickers_url()),
+        user_agent: Some("Warden tests tests@example.com".into()),
+        api_key: Some("k".into()),
+        rate_limit: warden_actors::limiter::parse_rate_limit(rate).unwrap(),
+        request_timeout: Duration::from_secs(5),
+        breaker: BreakerArgs {
+            failure_threshold: threshold,
+            open_for: Duration::from_secs(60),
+            max_open_for: Duration::from_secs(60),
+        },
+        throttle_cooldown: Duration::from_secs(60),
+    };
+    let pipeline = |name: &str, u: UpstreamArgs| PipelineArgs {
+        name: name.into(),
+        workers: 1,
+        retry: RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(10),
+        },
+        restart: RestartPolicy::DEFAULT,
+        upstream: Some(u),
+        limits: Default::default(),
+        task_limits: Default::default(),
+        max_jobs_per_worker: None,
+    };
+    let node = TestNode::start_with(|a| {
+        a.pipelines.push(pipeline("yahoo", up("1/h", 50)));
+        a.pipelines.push(pipeline("alphavantage", up("100/s", 1)));
+    })
+    .await;
+    let mut c = node.client().await;
+    // The hourly permit goes to the first job; the second waits for the window.
+    submit(&mut c, "yahoo.chart", json!({"ticker": "IBM"})).await;
+    let second = submit(&mut c, "yahoo.chart", json!({"ticker": "AAPL"})).await;
+    let b = poll(
+        &mut c,
+        "a rate-limit wait",
+        WAIT,
+        json!({"cmd": "why", "job_id": second}),
+        |a| a["blocker"]["kind"] == "rate_limit",
+    )
+    .await;
+    assert!(b["blocker"]["eta"].is_string(), "{b}");
+
+    // One failure opens the breaker; a job submitted then waits for it.
+    fake.fail_next_to(
+        crate::fakes::AV_QUERY_PATH,
+        1,
+        crate::fakes::Failure::Status(500),
+    );
+    submit(&mut c, "alphavantage.overview", json!({"symbol": "IBM"})).await;
+    poll(
+        &mut c,
+        "the breaker to open",
+        WAIT,
+        json!({"cmd": "pipelines"}),
+        |p| {
+            p["pipelines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "alphavantage" && p["breaker"]["state"] == "open")
+        },
+    )
+    .await;
+    let waiting = submit(&mut c, "alphavantage.overview", json!({"symbol": "MSFT"})).await;
+    let b = why(&mut c, &waiting).await;
+    assert_eq!(b["kind"], "breaker_open", "{b}");
+
+    // A batch parent waits for its children (held back by the hourly window above).
+    let parent = submit(
+        &mut c,
+        "yahoo.batch_chart",
+        json!({"tickers": ["MSFT", "CHGG"]}),
+    )
+    .await;
+    let b = poll(
+        &mut c,
+        "the batch to wait",
+        WAIT,
+        json!({"cmd": "why", "job_id": parent}),
+        |a| a["blocker"]["kind"] == "children",
+    )
+    .await;
+    assert!(
+        b["blocker"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("of its 2 child jobs"),
+        "{b}"
+    );
+}
