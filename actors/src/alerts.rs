@@ -24,22 +24,22 @@
 //! `alerts/outbox.rs`; this file is the thin shell that feeds it messages and owns the task and
 //! the timer, plus the handle and the child spec.
 
-use std::error::Error as _;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, MessagingErr, SpawnErr};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, SpawnErr};
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
 use crate::args::AlertsArgs;
 use crate::backoff::random_unit;
 use crate::job::{now_ms, JobRecord};
-use crate::link::Link;
+use crate::link::{Incarnation, Link};
+use crate::sources::http::chain;
 use crate::supervisor::ChildSpec;
 
 use self::outbox::{shown_url, Alert, Delivery, Outbox, Outcome, Step};
@@ -85,22 +85,6 @@ fn http_transport(url: &str) -> Transport {
         // Only when rustls cannot initialise; alerts then fail and are counted, never fatal.
         (_, Err(e)) => broken(format!("cannot build the HTTP client: {}", chain(e))),
     }
-}
-
-/// A reqwest error and its causes on one line, without the URL (its query may hold a token).
-fn chain(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 // ===== Shared by the spec, the handles and the actor =====
@@ -397,8 +381,7 @@ pub struct AlertsSpec {
     ctx: Arc<Ctx>,
     queue: usize,
     max_attempts: u32,
-    link: Link<AlertsMsg>,
-    current: Mutex<Option<ActorId>>,
+    incarnation: Incarnation<AlertsMsg>,
 }
 
 impl AlertsSpec {
@@ -419,14 +402,13 @@ impl AlertsSpec {
             }),
             queue: args.queue,
             max_attempts: args.max_attempts,
-            link: Link::default(),
-            current: Mutex::new(None),
+            incarnation: Incarnation::default(),
         })
     }
 
     /// A handle for the dispatcher and the pipelines.
     pub fn alerter(&self) -> Alerter {
-        Alerter(Some((self.link.clone(), self.ctx.clone())))
+        Alerter(Some((self.incarnation.link(), self.ctx.clone())))
     }
 }
 
@@ -454,18 +436,10 @@ impl ChildSpec for AlertsSpec {
         })
     }
     fn on_up(&self, cell: &ActorCell) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
-        self.link.set(cell.clone().into());
+        self.incarnation.up(cell);
     }
     fn on_down(&self, _reason: &str) {
-        if let Some(id) = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            self.link.clear_if(id);
-        }
+        self.incarnation.down();
     }
     fn detail(&self) -> Option<Value> {
         Some(self.ctx.detail())

@@ -22,13 +22,13 @@
 //! Every transition logs one event, moves the state gauge, counts a transition and calls the
 //! `on_change` hook (the dispatcher stops handing the pipeline's workers jobs while open).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use ractor::concurrency::JoinHandle;
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SpawnErr,
+    Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SpawnErr,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::args::BreakerArgs;
 use crate::job::{now_ms, rfc3339_ms};
 use crate::limiter::{wall_ms, SharedView};
-use crate::link::Link;
+use crate::link::{Incarnation, Link};
 use crate::supervisor::ChildSpec;
 use crate::upstream::Verdict;
 
@@ -526,9 +526,8 @@ pub struct BreakerSpec {
     pipeline: String,
     breaker: BreakerArgs,
     on_change: Option<Arc<dyn Fn(BreakerStateChange) + Send + Sync>>,
-    link: Link<CircuitBreakerMsg>,
+    incarnation: Incarnation<CircuitBreakerMsg>,
     view: SharedView,
-    current: Mutex<Option<ActorId>>,
 }
 
 impl BreakerSpec {
@@ -543,15 +542,14 @@ impl BreakerSpec {
             pipeline: pipeline.into(),
             breaker,
             on_change,
-            link: Link::default(),
+            incarnation: Incarnation::default(),
             view: SharedView::default(),
-            current: Mutex::new(None),
         })
     }
 
     /// The link to the current incarnation (empty while it restarts).
     pub fn link(&self) -> Link<CircuitBreakerMsg> {
-        self.link.clone()
+        self.incarnation.link()
     }
 }
 
@@ -582,18 +580,10 @@ impl ChildSpec for BreakerSpec {
         })
     }
     fn on_up(&self, cell: &ActorCell) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
-        self.link.set(cell.clone().into());
+        self.incarnation.up(cell);
     }
     fn on_down(&self, _reason: &str) {
-        if let Some(id) = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            self.link.clear_if(id);
-        }
+        self.incarnation.down();
     }
     fn detail(&self) -> Option<serde_json::Value> {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -828,7 +818,7 @@ mod tests {
     /// `on_change` so (the dispatcher would otherwise keep the pipeline blocked).
     #[tokio::test(start_paused = true)]
     async fn restart_after_open_announces_closed() {
-        let spec_calls = Arc::new(Mutex::new(Vec::new()));
+        let spec_calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = spec_calls.clone();
         let spec = BreakerSpec::new(
             "test",

@@ -43,7 +43,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ractor::concurrency::JoinHandle;
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SpawnErr,
+    Actor, ActorCell, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort, SpawnErr,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -52,7 +52,7 @@ use tracing::{info, warn};
 use crate::args::RateWindow;
 use crate::job::{now_ms, rfc3339_ms};
 use crate::journal::Journal;
-use crate::link::Link;
+use crate::link::{Incarnation, Link};
 use crate::supervisor::ChildSpec;
 
 /// Histogram: seconds from `Acquire` to grant, by `pipeline`.
@@ -759,9 +759,8 @@ pub struct LimiterSpec {
     windows: Vec<RateWindow>,
     journal: Journal,
     throttle_cooldown: Duration,
-    link: Link<RateLimiterMsg>,
+    incarnation: Incarnation<RateLimiterMsg>,
     view: SharedView,
-    current: Mutex<Option<ActorId>>,
 }
 
 impl LimiterSpec {
@@ -777,15 +776,14 @@ impl LimiterSpec {
             windows,
             journal,
             throttle_cooldown,
-            link: Link::default(),
+            incarnation: Incarnation::default(),
             view: SharedView::default(),
-            current: Mutex::new(None),
         })
     }
 
     /// The link to the current incarnation (empty while it restarts).
     pub fn link(&self) -> Link<RateLimiterMsg> {
-        self.link.clone()
+        self.incarnation.link()
     }
 }
 
@@ -814,18 +812,10 @@ impl ChildSpec for LimiterSpec {
         })
     }
     fn on_up(&self, cell: &ActorCell) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
-        self.link.set(cell.clone().into());
+        self.incarnation.up(cell);
     }
     fn on_down(&self, _reason: &str) {
-        if let Some(id) = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            self.link.clear_if(id);
-        }
+        self.incarnation.down();
     }
     fn detail(&self) -> Option<serde_json::Value> {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use ractor::{ActorId, ActorRef};
+use std::sync::Mutex;
+
+use ractor::{ActorCell, ActorId, ActorRef};
 
 /// See the module doc.
 pub struct Link<M: Send + 'static>(Arc<RwLock<Option<ActorRef<M>>>>);
@@ -46,6 +48,48 @@ impl<M: Send + 'static> Link<M> {
     pub fn cast(&self, msg: M) {
         if let Some(a) = self.get() {
             let _ = a.cast(msg);
+        }
+    }
+}
+
+/// What a child's recipe keeps to follow its incarnations: the [`Link`] others send through,
+/// pointed at each new incarnation when it is up and cleared when it is down (only if it still
+/// points at that one). Shared by the limiter, breaker and alerts recipes.
+pub struct Incarnation<M: Send + 'static> {
+    link: Link<M>,
+    current: Mutex<Option<ActorId>>,
+}
+
+impl<M: Send + 'static> Default for Incarnation<M> {
+    fn default() -> Self {
+        Self {
+            link: Link::default(),
+            current: Mutex::new(None),
+        }
+    }
+}
+
+impl<M: Send + 'static> Incarnation<M> {
+    /// The link to the current incarnation.
+    pub fn link(&self) -> Link<M> {
+        self.link.clone()
+    }
+
+    /// A new incarnation is up (the recipe's `on_up`).
+    pub fn up(&self, cell: &ActorCell) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
+        self.link.set(cell.clone().into());
+    }
+
+    /// The incarnation is gone (the recipe's `on_down`).
+    pub fn down(&self) {
+        if let Some(id) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.link.clear_if(id);
         }
     }
 }

@@ -356,7 +356,7 @@ async fn alerter_survives_a_restart_of_the_actor() {
     // Let it be delivered first: a kill cuts in ahead of queued messages.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(fake.names(), ["before"]);
-    spec.link.get().unwrap().kill();
+    spec.incarnation.link().get().unwrap().kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(status().await, "restarting");
     alerter.dead_lettered(&job("while-down"));

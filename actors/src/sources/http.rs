@@ -683,8 +683,9 @@ pub(crate) fn parse_http_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// A reqwest error and its causes on one line, without the URL (which may hold the key).
-fn chain(error: reqwest::Error) -> String {
+/// A reqwest error and its causes on one line, without the URL (which may hold a key or a
+/// token). Shared with the alert webhook.
+pub(crate) fn chain(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
     let mut source = error.source();
