@@ -1227,6 +1227,35 @@ mod tests {
         );
     }
 
+    /// Ensures that `"@universe"` in a schedule's params becomes the universe's tickers, and that
+    /// a bad cron or policy is named.
+    #[test]
+    fn schedules_resolve_the_universe() {
+        let text = "[universe]\ntickers = [\"CHGG\", \"IBM\"]\n[[schedules]]\nname = \"daily\"\ncron = \"0 0 2 * * *\"\n\
+                    job = \"builtin.noop\"\nparams = { tickers = \"@universe\", forms = [\"10-K\"] }\ncatch_up = \"all\"\n";
+        let args = parse(text).unwrap().into_args("t", &|_| None).unwrap();
+        let s = &args.schedules[0];
+        assert_eq!(
+            s.params,
+            serde_json::json!({"tickers": ["CHGG", "IBM"], "forms": ["10-K"]})
+        );
+        assert_eq!(s.catch_up, warden_actors::args::CatchUp::All);
+        let err = parse_err(
+            "[[schedules]]\nname = \"x\"\ncron = \"every day\"\njob = \"builtin.noop\"\n",
+        );
+        assert!(
+            err.contains("schedules[0].cron: expected a cron expression"),
+            "{err}"
+        );
+        let err = parse_err("[[schedules]]\nname = \"x\"\ncron = \"* * * * *\"\njob = \"builtin.noop\"\noverlap = \"never\"\n");
+        assert!(
+            err.contains("schedules[0].overlap: expected one of skip, allow, got \"never\""),
+            "{err}"
+        );
+        let err = parse_err("[[schedules]]\nname = \"x\"\ncron = \"* * * * *\"\njob = \"a.b\"\nparams = { tickers = \"@universe\" }\n");
+        assert!(err.contains("[universe] tickers is empty"), "{err}");
+    }
+
     /// Ensures that an Alpha Vantage pipeline without its key variable is a startup error naming
     /// the variable, and that the key is read from it otherwise.
     #[test]

@@ -197,3 +197,40 @@ async fn shutdown_command_stops_the_node() {
     );
     node.ended(WAIT).await.unwrap();
 }
+
+/// Ensures that SIGTERM stops the binary gracefully: a running job finishes, the journal is
+/// flushed, and the exit code is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_with_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(tmp.path());
+    let mut child = spawn_node(&config);
+    let mut c = connect(&addr).await;
+    let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
+    poll(
+        &mut c,
+        "the job to run",
+        WAIT,
+        json!({"cmd": "status", "job_id": id}),
+        |a| a["job"]["status"] == "running",
+    )
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let mut child = spawn_node(&config);
+    let mut c = connect(&addr).await;
+    assert_eq!(
+        status(&mut c, &id).await["status"],
+        "succeeded",
+        "the running job finished before the exit"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
