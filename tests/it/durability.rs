@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden::client::Client;
 
-use crate::support::{finished, poll, req, status, submit, TestNode};
+use crate::support::{finished, poll, req, status, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -145,14 +145,7 @@ async fn graceful_stop_finishes_running_jobs() {
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
     let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
-    poll(
-        &mut c,
-        "the job to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": id}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &id).await;
     node.stop().await.unwrap();
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
@@ -207,14 +200,7 @@ async fn sigterm_stops_gracefully_with_exit_0() {
     let mut child = spawn_node(&config);
     let mut c = connect(&addr).await;
     let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
-    poll(
-        &mut c,
-        "the job to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": id}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &id).await;
     // The shell's own `kill`, so the test needs no procps.
     let killed = Command::new("sh")
         .args(["-c", &format!("kill -TERM {}", child.id())])

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{code, finished, poll, req, status, submit, TestNode};
+use crate::support::{code, finished, poll, req, status, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -275,14 +275,7 @@ async fn priorities_decide_the_order() {
     let node = TestNode::start_with(|a| a.pipelines[0].workers = 1).await;
     let mut c = node.client().await;
     let blocker = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
-    poll(
-        &mut c,
-        "the blocker to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": blocker}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &blocker).await;
     let mut ids = Vec::new();
     for p in ["low", "normal", "high"] {
         // 30 ms each, so that start times (ms resolution) tell the order apart

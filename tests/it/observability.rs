@@ -20,7 +20,7 @@ use warden::client::Client;
 use warden_actors::metrics as m;
 
 use crate::fakes::{self, Failure, FakeUpstream};
-use crate::support::{finished, poll, req, submit};
+use crate::support::{finished, poll, req, submit, until_running};
 
 /// The bound on every wait in this module.
 const WAIT: Duration = Duration::from_secs(60);
@@ -463,14 +463,7 @@ max_attempts = 1
         jobs.push((submit(&mut c, job, params).await, job, status));
     }
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 30_000})).await;
-    poll(
-        &mut c,
-        "the sleep job to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": sleeper}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &sleeper).await;
     let a = req(&mut c, json!({"cmd": "cancel", "job_id": sleeper})).await;
     assert_eq!(a["ok"], true, "{a}");
     jobs.push((sleeper, "builtin.sleep", "cancelled"));
@@ -854,14 +847,7 @@ async fn queue_depth_is_rebuilt_after_a_restart() {
     let mut c = node.client().await;
     // One worker busy for 30 s, so everything submitted after it waits.
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 30_000})).await;
-    poll(
-        &mut c,
-        "the sleep job to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": sleeper}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &sleeper).await;
     for priority in ["normal", "normal", "normal", "high", "high"] {
         let a = req(
             &mut c,

@@ -210,6 +210,18 @@ pub async fn poll(
     }
 }
 
+/// Waits until job `id` is running on a worker.
+pub async fn until_running(c: &mut Client, id: &str) {
+    poll(
+        c,
+        &format!("job {id} to run"),
+        Duration::from_secs(60),
+        json!({"cmd": "status", "job_id": id}),
+        |a| a["job"]["status"] == "running",
+    )
+    .await;
+}
+
 /// Waits until job `id` is finished (succeeded, failed or cancelled) and returns it.
 pub async fn finished(c: &mut Client, id: &str, within: Duration) -> Value {
     let a = poll(

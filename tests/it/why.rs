@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden_actors::args::RetryPolicy;
 
-use crate::support::{finished, poll, req, submit, TestNode};
+use crate::support::{finished, poll, req, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -30,14 +30,7 @@ async fn why_names_each_blocker() {
     .await;
     let mut c = node.client().await;
     let busy = submit(&mut c, "builtin.sleep", json!({"ms": 3000})).await;
-    poll(
-        &mut c,
-        "the sleeper to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": busy}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &busy).await;
     assert_eq!(why(&mut c, &busy).await["kind"], "none");
     let first = submit(&mut c, "builtin.noop", json!({})).await;
     let second = submit(&mut c, "builtin.noop", json!({})).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{poll, req, TestNode};
+use crate::support::{poll, req, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -149,14 +149,7 @@ async fn workflows_continue_after_a_restart() {
     let (group, _) = submit_workflow(&mut c, json!({"kind": "group", "jobs": [
         {"job": "builtin.noop"}, {"job": "builtin.sleep", "params": {"ms": 400}}], "then": {"job": "builtin.noop"}}))
     .await;
-    poll(
-        &mut c,
-        "the chain's second step to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": chain_ids[1]}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
+    until_running(&mut c, &chain_ids[1]).await;
     node.stop().await.unwrap();
 
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
