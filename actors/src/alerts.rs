@@ -40,7 +40,7 @@ use crate::backoff::random_unit;
 use crate::job::{now_ms, JobRecord};
 use crate::link::{Incarnation, Link};
 use crate::sources::http::chain;
-use crate::supervisor::ChildSpec;
+use crate::supervisor::{spawn_child, ChildSpec};
 
 use self::outbox::{shown_url, Alert, Delivery, Outbox, Outcome, Step};
 
@@ -430,10 +430,7 @@ impl ChildSpec for AlertsSpec {
             queue: self.queue,
             max_attempts: self.max_attempts,
         };
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, Alerts, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(Alerts, args, supervisor)
     }
     fn on_up(&self, cell: &ActorCell) {
         self.incarnation.up(cell);

@@ -38,7 +38,7 @@ use crate::args::BreakerArgs;
 use crate::job::{now_ms, rfc3339_ms};
 use crate::limiter::{wall_ms, SharedView};
 use crate::link::{Incarnation, Link};
-use crate::supervisor::ChildSpec;
+use crate::supervisor::{spawn_child, ChildSpec};
 use crate::upstream::Verdict;
 
 /// Gauge: 0 closed, 1 half-open, 2 open, by `pipeline`.
@@ -574,10 +574,7 @@ impl ChildSpec for BreakerSpec {
             }),
             view: self.view.clone(),
         };
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, CircuitBreaker, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(CircuitBreaker, args, supervisor)
     }
     fn on_up(&self, cell: &ActorCell) {
         self.incarnation.up(cell);

@@ -53,7 +53,7 @@ use crate::args::RateWindow;
 use crate::job::{now_ms, rfc3339_ms};
 use crate::journal::Journal;
 use crate::link::{Incarnation, Link};
-use crate::supervisor::ChildSpec;
+use crate::supervisor::{spawn_child, ChildSpec};
 
 /// Histogram: seconds from `Acquire` to grant, by `pipeline`.
 pub const RATE_LIMITER_WAIT: &str = crate::metrics::RATE_LIMITER_WAIT;
@@ -806,10 +806,7 @@ impl ChildSpec for LimiterSpec {
             throttle_cooldown: self.throttle_cooldown,
             view: self.view.clone(),
         };
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, RateLimiter, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(RateLimiter, args, supervisor)
     }
     fn on_up(&self, cell: &ActorCell) {
         self.incarnation.up(cell);

@@ -27,7 +27,7 @@ use crate::journal::{Journal, JournalError};
 use crate::link::Link;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
-use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// Extra time the root gets to stop its children after the drain.
 const STOP_SLACK: Duration = Duration::from_secs(30);
@@ -273,10 +273,7 @@ impl ChildSpec for DispatcherSpec {
         _path: String,
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = self.0.clone();
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, Dispatcher, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(Dispatcher, args, supervisor)
     }
     fn restarts_later_siblings(&self) -> bool {
         true

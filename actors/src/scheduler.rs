@@ -50,7 +50,7 @@ use crate::args::ScheduleArgs;
 use crate::dispatcher::DispatcherLink;
 use crate::journal::Journal;
 use crate::protocol::ApiError;
-use crate::supervisor::ChildSpec;
+use crate::supervisor::{spawn_child, ChildSpec};
 
 pub use self::plan::{
     latest_ticks, next_tick, prev_tick, ticks_between, Plan, COUNT_CAP, MAX_CATCH_UP,
@@ -232,10 +232,7 @@ impl ChildSpec for SchedulerSpec {
         _path: String,
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = self.0.clone();
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, Scheduler, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(Scheduler, args, supervisor)
     }
 }
 

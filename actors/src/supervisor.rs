@@ -426,6 +426,19 @@ impl Actor for Supervisor {
     }
 }
 
+/// Spawns `actor` linked to `supervisor` and hands back its cell: what every recipe's
+/// [`ChildSpec::spawn`] does once it has built fresh arguments.
+pub fn spawn_child<A: Actor>(
+    actor: A,
+    args: A::Arguments,
+    supervisor: ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+    Box::pin(async move {
+        let (r, _) = Actor::spawn_linked(None, actor, args, supervisor).await?;
+        Ok(r.get_cell())
+    })
+}
+
 /// A hook told why a child went down.
 pub type DownHook = Box<dyn Fn(&str) + Send + Sync>;
 
@@ -452,10 +465,7 @@ impl ChildSpec for SupervisorSpec {
         path: String,
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = (self.build)(path);
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, Supervisor, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(Supervisor, args, supervisor)
     }
     fn on_down(&self, reason: &str) {
         if let Some(f) = &self.on_down {

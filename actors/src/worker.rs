@@ -31,7 +31,7 @@ use tracing::{debug, info, Instrument};
 use crate::args::TimeLimits;
 use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
-use crate::supervisor::{ChildSpec, REPLACE};
+use crate::supervisor::{spawn_child, ChildSpec, REPLACE};
 use crate::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
@@ -424,10 +424,7 @@ impl ChildSpec for WorkerSpec {
             tasks: self.tasks.clone(),
             limits: self.limits.clone(),
         };
-        Box::pin(async move {
-            let (r, _) = Actor::spawn_linked(None, Worker, args, supervisor).await?;
-            Ok(r.get_cell())
-        })
+        spawn_child(Worker, args, supervisor)
     }
     fn on_up(&self, cell: &ActorCell) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
