@@ -674,6 +674,12 @@ impl Journal {
         Ok(())
     }
 
+    /// How many handles on this journal are alive (this one included). The data dir's lock is
+    /// released when the last one is dropped.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// Bytes the database occupies on disk (log and blobs); 0 if it cannot be determined.
     pub fn size_on_disk(&self) -> u64 {
         match self.inner.committer.db.size_on_disk() {

@@ -29,6 +29,9 @@ use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 
+/// How long `stop` waits for the last users of the journal to let go of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// Extra time the root gets to stop its children after the drain.
 const STOP_SLACK: Duration = Duration::from_secs(30);
 
@@ -252,6 +255,13 @@ impl Node {
             .await;
         let _ = self.root_done.await;
         self.journal.sync_now()?;
+        // Admin connection tasks and blocking compactions may still hold the journal for a
+        // moment after their actors stopped; wait for them (bounded), so that when `stop`
+        // returns the data dir is free for the next node.
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        while self.journal.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         info!("node stopped");
         Ok(())
     }

@@ -19,7 +19,7 @@ use warden_actors::scheduler::{
     next_tick, parse_cron, prev_tick, ticks_between, unique_key, ScheduleRecord,
 };
 
-use crate::support::{eventually, poll, req, TestNode};
+use crate::support::{poll, req, TestNode};
 
 /// Bound on every wait; the waits themselves are for wall-clock ticks.
 const WAIT: Duration = Duration::from_secs(20);
@@ -204,11 +204,8 @@ async fn catch_up_all_fires_each_missed_tick() {
 /// Writes a pending intent for `tick` into the schedule state of a stopped node's dir, as a
 /// crash between the intent and the submit's answer leaves it.
 async fn leave_pending(dir: &Path, name: &str, tick: i64) {
-    // A stopped node's last connection tasks may hold the journal (and its lock) a moment longer.
-    let journal = eventually("the stopped node to release its data dir", WAIT, || async {
-        Journal::open(dir).ok()
-    })
-    .await;
+    // `TestNode::stop` returns once the node has released its data dir.
+    let journal = Journal::open(dir).expect("the stopped node released its data dir");
     let key = format!("schedule/{name}");
     let mut rec = ScheduleRecord::decode(&journal.meta_get(&key).unwrap().unwrap()).unwrap();
     rec.intend(tick);

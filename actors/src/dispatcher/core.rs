@@ -132,8 +132,6 @@ impl DispatcherState {
     /// Puts every unfinished job of the journal back in memory: running ones were interrupted
     /// (the node stopped or this actor restarted) and go back to their queue.
     pub fn replay(&mut self) -> Result<usize, crate::journal::JournalError> {
-        let now = Instant::now();
-        let now_ms = now_ms();
         let mut count = 0;
         for mut rec in self.journal.unfinished()? {
             let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
@@ -141,10 +139,6 @@ impl DispatcherState {
                 continue;
             };
             count += 1;
-            let id = rec.id;
-            if let Some(k) = &rec.unique_key {
-                self.unique.insert(k.clone(), id);
-            }
             // A batch parent waiting for its children stays waiting (its count is rebuilt below).
             let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
             let workflow_step = rec.workflow_id.is_some();
@@ -157,26 +151,8 @@ impl DispatcherState {
                     Some("the node stopped while it ran".into()),
                 ));
             }
-            let due = rec
-                .next_attempt_at
-                .filter(|t| *t > now_ms)
-                .map(|t| now + Duration::from_millis((t - now_ms) as u64));
-            self.live.insert(
-                id,
-                Live {
-                    rec,
-                    lane,
-                    due: None,
-                    queued_at: now,
-                },
-            );
-            match due {
-                _ if waiting_parent => {}
-                // Whether a workflow step may run is decided once every job is loaded.
-                None if workflow_step => {}
-                Some(due) => self.schedule(id, due),
-                None => self.enqueue(id, now, false),
-            }
+            // A waiting batch parent and a workflow step are decided once every job is loaded.
+            self.admit(rec, lane, !waiting_parent && !workflow_step);
         }
         self.rebuild_tallies();
         self.resume_workflows();
@@ -280,30 +256,11 @@ impl DispatcherState {
         self.journal.write(&changes).map_err(|e| {
             ApiError::internal(format!("journal write failed, nothing was accepted: {e}"))
         })?;
-        let now = Instant::now();
         for rec in recs {
-            let (id, lane) = (rec.id, self.lane_by_name[&rec.pipeline]);
+            let lane = self.lane_by_name[&rec.pipeline];
             metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
             self.totals.submitted += 1;
-            if let Some(k) = &rec.unique_key {
-                self.unique.insert(k.clone(), id);
-            }
-            let due = rec
-                .next_attempt_at
-                .map(|t| now + Duration::from_millis((t - now_ms).max(0) as u64));
-            self.live.insert(
-                id,
-                Live {
-                    rec,
-                    lane,
-                    due: None,
-                    queued_at: now,
-                },
-            );
-            match due {
-                Some(due) => self.schedule(id, due),
-                None => self.enqueue(id, now, false),
-            }
+            self.admit(rec, lane, true);
         }
         self.pump_all();
         Ok(accepted)
@@ -334,6 +291,35 @@ impl DispatcherState {
             ));
         }
         Ok((lane, route.priority))
+    }
+
+    /// Takes an unfinished job into memory: onto the timer while its `next_attempt_at` is in
+    /// the future, else into its queue when `may_run` (a held job waits for something else: its
+    /// turn in a workflow, or, for a batch parent, its children).
+    pub(super) fn admit(&mut self, rec: JobRecord, lane: usize, may_run: bool) {
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let id = rec.id;
+        if let Some(k) = &rec.unique_key {
+            self.unique.insert(k.clone(), id);
+        }
+        let due = rec
+            .next_attempt_at
+            .filter(|t| *t > now_ms)
+            .map(|t| now + Duration::from_millis((t - now_ms) as u64));
+        self.live.insert(
+            id,
+            Live {
+                rec,
+                lane,
+                due: None,
+                queued_at: now,
+            },
+        );
+        match due {
+            Some(due) => self.schedule(id, due),
+            None if may_run => self.enqueue(id, now, false),
+            None => {}
+        }
     }
 
     pub(super) fn enqueue(&mut self, id: JobId, now: Instant, front: bool) {
@@ -370,7 +356,7 @@ impl DispatcherState {
         self.pump(lane);
     }
 
-    fn pump_all(&mut self) {
+    pub(super) fn pump_all(&mut self) {
         for lane in 0..self.lanes.len() {
             self.pump(lane);
         }
@@ -836,16 +822,7 @@ impl DispatcherState {
             Some("sent back by an operator".into()),
         ));
         let out = rec.clone();
-        self.live.insert(
-            id,
-            Live {
-                rec,
-                lane,
-                due: None,
-                queued_at: Instant::now(),
-            },
-        );
-        self.enqueue(id, Instant::now(), false);
+        self.admit(rec, lane, true);
         self.pump(lane);
         Ok(out)
     }

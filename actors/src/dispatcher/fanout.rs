@@ -8,10 +8,9 @@ use std::collections::HashMap;
 
 use ractor::ActorId;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use tracing::info;
 
-use super::core::{change, DispatcherState, Live};
+use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
 use crate::protocol::SubmitSpec;
@@ -124,24 +123,11 @@ impl DispatcherState {
                 ..Tally::default()
             },
         );
-        let now = Instant::now();
         for (rec, kid_lane) in kids {
-            let id = rec.id;
             self.totals.submitted += 1;
-            self.live.insert(
-                id,
-                Live {
-                    rec,
-                    lane: kid_lane,
-                    due: None,
-                    queued_at: now,
-                },
-            );
-            self.enqueue(id, now, false);
+            self.admit(rec, kid_lane, true);
         }
-        for l in 0..self.lanes.len() {
-            self.pump(l);
-        }
+        self.pump_all();
     }
 
     /// A child ended: count it, and finish its parent once the last one has.

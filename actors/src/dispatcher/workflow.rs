@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::core::{change, DispatcherState, Live};
+use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, WorkflowKind, WorkflowRecord};
 use crate::journal::Change;
 use crate::metrics as m;
@@ -119,7 +119,6 @@ impl DispatcherState {
             ApiError::internal(format!("journal write failed, nothing was accepted: {e}"))
         })?;
         let ids: Vec<JobId> = recs.iter().map(|(r, _)| r.id).collect();
-        let now = Instant::now();
         for (rec, lane) in recs {
             metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
             self.totals.submitted += 1;
@@ -127,24 +126,10 @@ impl DispatcherState {
                 WorkflowKind::Chain => rec.id == wf.jobs[0],
                 WorkflowKind::Group => Some(rec.id) != wf.then,
             };
-            let rid = rec.id;
-            self.live.insert(
-                rid,
-                Live {
-                    rec,
-                    lane,
-                    due: None,
-                    queued_at: now,
-                },
-            );
-            if runnable {
-                self.enqueue(rid, now, false);
-            }
+            self.admit(rec, lane, runnable);
         }
         self.workflows.insert(id, wf);
-        for l in 0..self.lanes.len() {
-            self.pump(l);
-        }
+        self.pump_all();
         Ok((id, ids))
     }
 
