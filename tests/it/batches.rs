@@ -4,45 +4,12 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden_actors::args::{
-    BreakerArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy, UpstreamArgs,
-};
-use warden_actors::limiter::parse_rate_limit;
+use warden_actors::args::NodeArgs;
 
 use crate::fakes::{self, FakeUpstream, COMPANIES};
-use crate::support::{finished, poll, req, status, TestNode};
+use crate::support::{add, finished, poll, req, status, upstream, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn add(a: &mut NodeArgs, name: &str, workers: usize, rate: &str, fake: &FakeUpstream) {
-    a.pipelines.push(PipelineArgs {
-        name: name.into(),
-        workers,
-        retry: RetryPolicy {
-            max_retries: 2,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
-        },
-        restart: RestartPolicy::DEFAULT,
-        upstream: Some(UpstreamArgs {
-            base_url: fake.base_url(),
-            tickers_url: Some(fake.tickers_url()),
-            user_agent: Some("Warden tests tests@example.com".into()),
-            api_key: Some("k".into()),
-            rate_limit: parse_rate_limit(rate).unwrap(),
-            request_timeout: Duration::from_secs(5),
-            breaker: BreakerArgs {
-                failure_threshold: 50,
-                open_for: Duration::from_secs(1),
-                max_open_for: Duration::from_secs(2),
-            },
-            throttle_cooldown: Duration::from_secs(1),
-        }),
-        limits: Default::default(),
-        task_limits: Default::default(),
-        max_jobs_per_worker: None,
-    });
-}
 
 /// Ensures that `sec.batch_filings` over 20 tickers (one unknown) creates 20 children with
 /// `parent_id` set, that the parent waits for them (`why` says children), and that it finishes
@@ -50,7 +17,7 @@ fn add(a: &mut NodeArgs, name: &str, workers: usize, rate: &str, fake: &FakeUpst
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_over_twenty_tickers_summarizes() {
     let fake = FakeUpstream::start().await;
-    let node = TestNode::start_with(|a| add(a, "sec", 2, "20/s", &fake)).await;
+    let node = TestNode::start_with(|a| add(a, "sec", 2, 2, upstream(&fake, "20/s"))).await;
     let mut c = node.client().await;
     let mut tickers: Vec<&str> = COMPANIES.iter().take(19).map(|c| c.ticker).collect();
     tickers.push("NOPE");
@@ -100,7 +67,7 @@ fn status_is_done(w: &Value) -> bool {
 async fn cancelling_the_parent_cancels_children_across_a_restart() {
     let fake = FakeUpstream::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let setup = |a: &mut NodeArgs| add(a, "yahoo", 1, "2/s", &fake);
+    let setup = |a: &mut NodeArgs| add(a, "yahoo", 1, 2, upstream(&fake, "2/s"));
     let node = TestNode::start_in(tmp.path(), setup).await.unwrap();
     let mut c = node.client().await;
     let tickers: Vec<&str> = COMPANIES.iter().take(10).map(|c| c.ticker).collect();

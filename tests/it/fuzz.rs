@@ -56,26 +56,16 @@ impl Rng {
     }
 }
 
-/// Commands the generator uses. `shutdown` is left out on purpose: a valid one would stop the
-/// node in the middle of the test. `pause` is in; the pipeline is resumed before the final check.
-const COMMANDS: &[&str] = &[
-    "ping",
-    "submit",
-    "submit_batch",
-    "status",
-    "history",
-    "list",
-    "cancel",
-    "retry",
-    "dlq",
-    "tree",
-    "pipelines",
-    "pause",
-    "resume",
-    "stats",
-    "records",
-    "schedules",
-];
+/// Commands the generator uses: every command of the protocol but `shutdown`, which would stop
+/// the node in the middle of the test. `pause` is in; the pipeline is resumed before the final
+/// check.
+fn commands() -> Vec<&'static str> {
+    warden_actors::protocol::COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| *c != "shutdown")
+        .collect()
+}
 
 const FIELDS: &[&str] = &[
     "id",
@@ -240,7 +230,7 @@ fn submit_object(r: &mut Rng, ids: &[String]) -> Value {
 
 /// A command that is valid or nearly so, with random values.
 fn valid_ish(r: &mut Rng, ids: &[String]) -> Value {
-    let cmd = *r.pick(COMMANDS);
+    let cmd = *r.pick(&commands());
     let mut m = serde_json::Map::new();
     m.insert("cmd".into(), json!(cmd));
     if r.chance(40) {
@@ -355,7 +345,7 @@ fn fuzz_line(r: &mut Rng, ids: &[String]) -> Vec<u8> {
         // random field names
         10 => {
             let mut m = serde_json::Map::new();
-            m.insert("cmd".into(), json!(r.pick(COMMANDS)));
+            m.insert("cmd".into(), json!(r.pick(&commands())));
             for _ in 0..1 + r.below(3) {
                 m.insert(random_text(r), random_value(r, 1));
             }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{code, finished, poll, req, status, submit, until_running, TestNode};
+use crate::support::{
+    builtin_workers, code, finished, poll, req, status, submit, until_running, TestNode,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -168,18 +170,9 @@ async fn panic_restarts_worker_and_job_succeeds() {
 }
 
 fn restarted_workers(tree: &Value) -> Vec<Value> {
-    let pipeline = tree["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "pipeline:builtin")
-        .unwrap();
-    pipeline["children"]
-        .as_array()
-        .unwrap()
-        .iter()
+    builtin_workers(tree)
+        .into_iter()
         .filter(|w| w["restarts"].as_u64() > Some(0))
-        .cloned()
         .collect()
 }
 

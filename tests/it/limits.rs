@@ -7,24 +7,16 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden_actors::args::TimeLimits;
 
-use crate::support::{finished, poll, req, submit, TestNode};
+use crate::support::{builtin_workers, finished, poll, req, submit, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn worker(tree: &Value, name: &str) -> Value {
-    let pipeline = tree["tree"]["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "pipeline:builtin")
-        .unwrap();
-    pipeline["children"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let workers = builtin_workers(&tree["tree"]);
+    workers
+        .into_iter()
         .find(|w| w["name"] == name)
-        .unwrap()
-        .clone()
+        .unwrap_or_else(|| panic!("no {name} in {tree}"))
 }
 
 /// Ensures that a `builtin.sleep` past its hard limit is aborted, counted as a transient

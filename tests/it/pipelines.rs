@@ -6,51 +6,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use warden_actors::args::{
-    BreakerArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy, UpstreamArgs,
-};
-use warden_actors::limiter::parse_rate_limit;
+use warden_actors::args::NodeArgs;
 
 use crate::fakes::{self, Failure, FakeUpstream, COMPANIES};
-use crate::support::{finished, poll, req, status, TestNode};
+use crate::support::{add, finished, poll, req, status, upstream, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Upstream arguments pointing at `fake`, with test-sized timings.
-fn upstream(fake: &FakeUpstream, rate: &str) -> UpstreamArgs {
-    UpstreamArgs {
-        base_url: fake.base_url(),
-        tickers_url: Some(fake.tickers_url()),
-        user_agent: Some("Warden tests tests@example.com".into()),
-        api_key: Some("test-key-123".into()),
-        rate_limit: parse_rate_limit(rate).unwrap(),
-        request_timeout: Duration::from_secs(5),
-        breaker: BreakerArgs {
-            failure_threshold: 10,
-            open_for: Duration::from_secs(1),
-            max_open_for: Duration::from_secs(4),
-        },
-        throttle_cooldown: Duration::from_secs(1),
-    }
-}
-
-/// Adds pipeline `name` with `workers` workers on `up`.
-fn add(a: &mut NodeArgs, name: &str, workers: usize, max_retries: u32, up: UpstreamArgs) {
-    a.pipelines.push(PipelineArgs {
-        name: name.into(),
-        workers,
-        retry: RetryPolicy {
-            max_retries,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
-        },
-        restart: RestartPolicy::DEFAULT,
-        upstream: Some(up),
-        limits: Default::default(),
-        task_limits: Default::default(),
-        max_jobs_per_worker: None,
-    });
-}
 
 async fn run(c: &mut warden::client::Client, job: &str, params: Value) -> Value {
     let a = req(c, json!({"cmd": "submit", "job": job, "params": params})).await;
@@ -221,14 +182,18 @@ async fn throttling_never_burns_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_probes_and_closes() {
     let fake = FakeUpstream::start().await;
-    let node = TestNode::start_with(|a| add(a, "yahoo", 1, 20, upstream(&fake, "100/s"))).await;
+    // Two workers, so that a second probe would have someone to send it.
+    let node = TestNode::start_with(|a| add(a, "yahoo", 2, 20, upstream(&fake, "100/s"))).await;
     let mut c = node.client().await;
     fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 10, Failure::Status(503));
+    // The probe (the 11th request) is slow: while it is out, no other request may arrive.
+    let probe_takes = Duration::from_millis(700);
+    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 1, Failure::Slow(probe_takes));
     let jobs: Vec<Value> = (0..5)
         .map(|i| json!({"job": "yahoo.chart", "params": {"ticker": COMPANIES[i].ticker}}))
         .collect();
     req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
-    let open = poll(
+    poll(
         &mut c,
         "the breaker to open",
         WAIT,
@@ -242,7 +207,6 @@ async fn breaker_opens_probes_and_closes() {
         },
     )
     .await;
-    let _ = open;
     poll(
         &mut c,
         "all five to succeed",
@@ -266,6 +230,12 @@ async fn breaker_opens_probes_and_closes() {
     assert!(
         gap >= Duration::from_millis(900),
         "the probe came {gap:?} after the 10th failure"
+    );
+    // Exactly one probe in half-open: the next request waited for the probe's answer.
+    let after_probe = arrivals[11].duration_since(arrivals[10]);
+    assert!(
+        after_probe >= probe_takes - Duration::from_millis(50),
+        "a second request came {after_probe:?} after the probe, while it was still out"
     );
     let p = req(&mut c, json!({"cmd": "pipelines"})).await;
     let yahoo = p["pipelines"]

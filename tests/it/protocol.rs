@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use warden::client::Client;
 
-use crate::support::{code, eventually, finished, poll, status, submit, TestNode};
+use crate::support::{
+    code, eventually, finished, poll, req, status, submit, until_running, TestNode,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Bound on every single read: a hang is a failure, not a stuck test.
@@ -25,12 +27,6 @@ async fn answer(c: &mut Client) -> Value {
         .expect("an answer")
 }
 
-/// Sends one request and returns its answer, within [`READ`].
-async fn ask(c: &mut Client, r: Value) -> Value {
-    c.send(&r).await.expect("send");
-    answer(c).await
-}
-
 /// Sends one raw line (the client adds `\n`) and returns its answer.
 async fn ask_raw(c: &mut Client, line: &[u8]) -> Value {
     c.send_raw(line).await.expect("send");
@@ -39,7 +35,7 @@ async fn ask_raw(c: &mut Client, line: &[u8]) -> Value {
 
 /// Asserts that `ping` on this same connection still succeeds.
 async fn still_serves(c: &mut Client) {
-    let a = ask(c, json!({"cmd": "ping", "id": "after"})).await;
+    let a = req(c, json!({"cmd": "ping", "id": "after"})).await;
     assert_eq!(a["ok"], true, "ping after an error failed: {a}");
     assert_eq!(a["pong"], true, "{a}");
     assert_eq!(a["id"], "after", "{a}");
@@ -80,13 +76,13 @@ fn ids_of(a: &Value, field: &str) -> Vec<String> {
 
 /// Ids of every job the node lists, newest first.
 async fn all_ids(c: &mut Client) -> Vec<String> {
-    let a = ask(c, json!({"cmd": "list", "limit": 1000})).await;
+    let a = req(c, json!({"cmd": "list", "limit": 1000})).await;
     assert_eq!(a["ok"], true, "{a}");
     ids_of(&a, "jobs")
 }
 
 async fn ok(c: &mut Client, r: Value) -> Value {
-    let a = ask(c, r.clone()).await;
+    let a = req(c, r.clone()).await;
     assert_eq!(a["ok"], true, "{r} failed: {a}");
     a
 }
@@ -99,17 +95,6 @@ async fn submit_with(c: &mut Client, fields: Value) -> String {
         .extend(fields.as_object().unwrap().clone());
     let a = ok(c, r).await;
     a["job_id"].as_str().unwrap().to_string()
-}
-
-async fn wait_running(c: &mut Client, id: &str) {
-    poll(
-        c,
-        "the job to run",
-        WAIT,
-        json!({"cmd": "status", "job_id": id}),
-        |a| a["job"]["status"] == "running",
-    )
-    .await;
 }
 
 fn is_rfc3339_ms(s: &Value) -> bool {
@@ -130,7 +115,7 @@ fn is_rfc3339_ms(s: &Value) -> bool {
 async fn ping_answers_pong() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let a = ask(&mut c, json!({"cmd": "ping"})).await;
+    let a = req(&mut c, json!({"cmd": "ping"})).await;
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["pong"], true);
     assert_eq!(a["version"], env!("CARGO_PKG_VERSION"));
@@ -240,7 +225,7 @@ async fn submit_batch_is_ordered_and_all_or_nothing() {
         ),
     ];
     for (jobs, want, names) in bad {
-        let a = ask(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+        let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
         let m = error_of(&a, want);
         assert!(m.contains(names), "{m:?} should name {names:?}");
         still_serves(&mut c).await;
@@ -431,7 +416,7 @@ async fn list_filters_and_pages() {
         (json!({"before": "yesterday"}), "before"),
         (json!({"name": "builtin.[z-a]"}), "name"),
     ] {
-        let a = ask(&mut c, list(bad.clone())).await;
+        let a = req(&mut c, list(bad.clone())).await;
         let m = error_of(&a, "bad_request");
         assert!(m.starts_with(&format!("{field}: ")), "list {bad}: {m}");
         still_serves(&mut c).await;
@@ -460,7 +445,7 @@ async fn cancel_queued_and_running_jobs() {
 
     let started = Instant::now();
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 60000})).await;
-    wait_running(&mut c, &sleeper).await;
+    until_running(&mut c, &sleeper).await;
     let a = ok(&mut c, json!({"cmd": "cancel", "job_id": sleeper})).await;
     assert_eq!(a["job"]["status"], "cancelled", "{a}");
     let next = submit(&mut c, "builtin.noop", json!({})).await;
@@ -488,7 +473,7 @@ async fn cancel_queued_and_running_jobs() {
     )
     .await;
 
-    let a = ask(&mut c, json!({"cmd": "cancel", "job_id": next})).await;
+    let a = req(&mut c, json!({"cmd": "cancel", "job_id": next})).await;
     let m = error_of(&a, "conflict");
     assert!(m.contains("succeeded"), "{m}");
     still_serves(&mut c).await;
@@ -553,7 +538,7 @@ async fn retry_failed_and_cancelled_jobs() {
     ok(&mut c, json!({"cmd": "cancel", "job_id": cancelled})).await;
     let a = ok(&mut c, json!({"cmd": "retry", "job_id": cancelled})).await;
     assert_eq!(a["job"]["status"], "pending", "{a}");
-    let a = ask(&mut c, json!({"cmd": "retry", "job_id": cancelled})).await;
+    let a = req(&mut c, json!({"cmd": "retry", "job_id": cancelled})).await;
     assert!(error_of(&a, "conflict").contains("pending"), "{a}");
     still_serves(&mut c).await;
     ok(&mut c, json!({"cmd": "resume", "pipeline": "builtin"})).await;
@@ -561,12 +546,12 @@ async fn retry_failed_and_cancelled_jobs() {
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], 1, "{j}");
 
-    let a = ask(&mut c, json!({"cmd": "retry", "job_id": cancelled})).await;
+    let a = req(&mut c, json!({"cmd": "retry", "job_id": cancelled})).await;
     assert!(error_of(&a, "conflict").contains("succeeded"), "{a}");
     still_serves(&mut c).await;
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 60000})).await;
-    wait_running(&mut c, &sleeper).await;
-    let a = ask(&mut c, json!({"cmd": "retry", "job_id": sleeper})).await;
+    until_running(&mut c, &sleeper).await;
+    let a = req(&mut c, json!({"cmd": "retry", "job_id": sleeper})).await;
     assert!(error_of(&a, "conflict").contains("running"), "{a}");
     still_serves(&mut c).await;
     ok(&mut c, json!({"cmd": "cancel", "job_id": sleeper})).await;
@@ -594,7 +579,7 @@ async fn dlq_lists_failed_jobs() {
         .all(|j| j["status"] == "failed" && j["error"].is_string()));
     let a = ok(&mut c, json!({"cmd": "dlq", "limit": 1})).await;
     assert_eq!(ids_of(&a, "jobs"), [f2]);
-    let a = ask(&mut c, json!({"cmd": "dlq", "limit": 0})).await;
+    let a = req(&mut c, json!({"cmd": "dlq", "limit": 0})).await;
     assert!(error_of(&a, "bad_request").starts_with("limit: "), "{a}");
     still_serves(&mut c).await;
 }
@@ -657,7 +642,7 @@ async fn pipelines_show_workers_and_queues() {
     );
 
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 60000})).await;
-    wait_running(&mut c, &sleeper).await;
+    until_running(&mut c, &sleeper).await;
     ok(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
     for prio in ["high", "normal", "normal", "low"] {
         submit_with(&mut c, json!({"job": "builtin.noop", "priority": prio})).await;
@@ -689,11 +674,11 @@ async fn pause_and_resume() {
     assert_eq!(finished(&mut c, &id, WAIT).await["status"], "succeeded");
 
     for cmd in ["pause", "resume"] {
-        let a = ask(&mut c, json!({"cmd": cmd, "pipeline": "nope"})).await;
+        let a = req(&mut c, json!({"cmd": cmd, "pipeline": "nope"})).await;
         let m = error_of(&a, "not_found");
         assert!(m.contains("\"nope\"") && m.contains("builtin"), "{m}");
         still_serves(&mut c).await;
-        let a = ask(&mut c, json!({"cmd": cmd})).await;
+        let a = req(&mut c, json!({"cmd": cmd})).await;
         assert!(error_of(&a, "bad_request").contains("pipeline"), "{a}");
         still_serves(&mut c).await;
     }
@@ -754,7 +739,7 @@ async fn records_is_empty_and_checks_limit() {
         assert_eq!(a["records"], json!([]), "{a}");
     }
     for limit in [json!(0), json!(1001), json!("ten")] {
-        let a = ask(&mut c, json!({"cmd": "records", "limit": limit})).await;
+        let a = req(&mut c, json!({"cmd": "records", "limit": limit})).await;
         assert!(error_of(&a, "bad_request").starts_with("limit: "), "{a}");
         still_serves(&mut c).await;
     }
@@ -788,7 +773,7 @@ async fn shutdown_without_drain_does_not_wait() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
     let sleeper = submit(&mut c, "builtin.sleep", json!({"ms": 60000})).await;
-    wait_running(&mut c, &sleeper).await;
+    until_running(&mut c, &sleeper).await;
     let started = Instant::now();
     let a = ok(&mut c, json!({"cmd": "shutdown", "drain": false})).await;
     assert_eq!(a["draining"], true, "{a}");
@@ -861,7 +846,7 @@ async fn unknown_field_is_bad_request() {
         (json!({"cmd": "list", "state": "failed"}), "state"),
         (json!({"cmd": "shutdown", "now": true}), "now"),
     ] {
-        let a = ask(&mut c, r.clone()).await;
+        let a = req(&mut c, r.clone()).await;
         let m = error_of(&a, "bad_request");
         assert!(m.contains(&format!("`{field}`")), "{r}: {m}");
         still_serves(&mut c).await;
@@ -900,12 +885,12 @@ async fn wrong_type_is_bad_request() {
             "a number",
         ),
     ] {
-        let a = ask(&mut c, r.clone()).await;
+        let a = req(&mut c, r.clone()).await;
         let m = error_of(&a, "bad_request");
         assert!(m.starts_with(field) && m.contains(came), "{r}: {m}");
         still_serves(&mut c).await;
     }
-    let a = ask(&mut c, json!({"id": 1})).await;
+    let a = req(&mut c, json!({"id": 1})).await;
     assert!(
         error_of(&a, "bad_request").starts_with("cmd: missing"),
         "{a}"
@@ -921,7 +906,7 @@ async fn unknown_command_is_refused() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
     for cmd in ["fly", "PING", "", "submit_workflow "] {
-        let a = ask(&mut c, json!({"cmd": cmd, "id": "x"})).await;
+        let a = req(&mut c, json!({"cmd": cmd, "id": "x"})).await;
         let m = error_of(&a, "unknown_command");
         assert!(m.contains(&format!("{cmd:?}")) && m.contains("ping"), "{m}");
         assert_eq!(a["id"], "x");
@@ -934,7 +919,7 @@ async fn unknown_command_is_refused() {
 async fn bad_priority_message_is_exact() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let a = ask(
+    let a = req(
         &mut c,
         json!({"cmd": "submit", "job": "builtin.noop", "priority": "urgent"}),
     )
@@ -944,7 +929,7 @@ async fn bad_priority_message_is_exact() {
         r#"priority: expected one of high, normal, low, got "urgent""#
     );
     still_serves(&mut c).await;
-    let a = ask(
+    let a = req(
         &mut c,
         json!({"cmd": "submit", "job": "builtin.noop", "priority": 1}),
     )
@@ -960,7 +945,7 @@ async fn bad_priority_message_is_exact() {
 async fn bad_duration_is_bad_request() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let a = ask(
+    let a = req(
         &mut c,
         json!({"cmd": "submit", "job": "builtin.noop", "delay": "soon"}),
     )
@@ -984,7 +969,7 @@ async fn bad_duration_is_bad_request() {
             "delay: ",
         ),
     ] {
-        let a = ask(&mut c, r.clone()).await;
+        let a = req(&mut c, r.clone()).await;
         assert!(error_of(&a, "bad_request").starts_with(field), "{r}: {a}");
         still_serves(&mut c).await;
     }
@@ -1004,7 +989,7 @@ async fn huge_delay_is_bad_request() {
         "100000y",
     ] {
         let r = json!({"cmd": "submit", "job": "builtin.noop", "delay": delay});
-        let a = ask(&mut c, r).await;
+        let a = req(&mut c, r).await;
         let m = error_of(&a, "bad_request");
         assert!(
             m.starts_with("delay: ") && m.contains(&format!("{delay:?}")),
@@ -1013,7 +998,7 @@ async fn huge_delay_is_bad_request() {
         still_serves(&mut c).await;
     }
     let r = json!({"cmd": "submit", "job": "builtin.noop", "run_at": "9999-12-31T23:59:59-01:00"});
-    let a = ask(&mut c, r).await;
+    let a = req(&mut c, r).await;
     assert!(error_of(&a, "bad_request").starts_with("run_at: "), "{a}");
     still_serves(&mut c).await;
     assert!(all_ids(&mut c).await.is_empty(), "nothing was submitted");
@@ -1033,14 +1018,14 @@ async fn bad_uuid_is_bad_request() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
     for cmd in ["status", "history", "cancel", "retry"] {
-        let a = ask(&mut c, json!({"cmd": cmd, "job_id": "nope"})).await;
+        let a = req(&mut c, json!({"cmd": cmd, "job_id": "nope"})).await;
         let m = error_of(&a, "bad_request");
         assert!(
             m.starts_with("job_id: expected a UUID") && m.contains("\"nope\""),
             "{m}"
         );
         still_serves(&mut c).await;
-        let a = ask(&mut c, json!({"cmd": cmd})).await;
+        let a = req(&mut c, json!({"cmd": cmd})).await;
         assert!(error_of(&a, "bad_request").contains("job_id"), "{a}");
         still_serves(&mut c).await;
     }
@@ -1054,7 +1039,7 @@ async fn unknown_job_id_is_not_found() {
     let mut c = node.client().await;
     let ghost = uuid::Uuid::now_v7().to_string();
     for cmd in ["status", "history", "cancel", "retry"] {
-        let a = ask(&mut c, json!({"cmd": cmd, "job_id": ghost})).await;
+        let a = req(&mut c, json!({"cmd": cmd, "job_id": ghost})).await;
         let m = error_of(&a, "not_found");
         assert!(m.contains(&ghost), "{cmd}: {m}");
         still_serves(&mut c).await;
@@ -1068,12 +1053,12 @@ async fn unknown_job_name_is_refused() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
     for job in ["builtin.nothing", "sec.filings", "nodot"] {
-        let a = ask(&mut c, json!({"cmd": "submit", "job": job})).await;
+        let a = req(&mut c, json!({"cmd": "submit", "job": job})).await;
         let m = error_of(&a, "unknown_job");
         assert!(m.contains(&format!("{job:?}")), "{m}");
         still_serves(&mut c).await;
     }
-    let a = ask(&mut c, json!({"cmd": "submit", "job": ""})).await;
+    let a = req(&mut c, json!({"cmd": "submit", "job": ""})).await;
     assert!(error_of(&a, "bad_request").starts_with("job: "), "{a}");
     still_serves(&mut c).await;
     assert!(all_ids(&mut c).await.is_empty(), "nothing was submitted");
@@ -1097,7 +1082,7 @@ async fn cancel_of_finished_job_is_conflict() {
         (&failed, "failed"),
         (&cancelled, "cancelled"),
     ] {
-        let a = ask(&mut c, json!({"cmd": "cancel", "job_id": id, "id": 9})).await;
+        let a = req(&mut c, json!({"cmd": "cancel", "job_id": id, "id": 9})).await;
         let m = error_of(&a, "conflict");
         assert!(m.contains(state), "{m}");
         assert_eq!(a["id"], 9);
@@ -1211,7 +1196,7 @@ async fn token_is_required_but_for_ping() {
             if let Some(t) = token {
                 r["token"] = json!(t);
             }
-            let a = ask(&mut c, r.clone()).await;
+            let a = req(&mut c, r.clone()).await;
             let m = error_of(&a, "unauthorized");
             assert!(m.contains(why), "{r}: {m}");
             assert!(
@@ -1245,7 +1230,7 @@ async fn submit_while_draining_is_shutting_down() {
     let mut c1 = node.client().await;
     let mut c2 = node.client().await;
     let sleeper = submit(&mut c1, "builtin.sleep", json!({"ms": 2000})).await;
-    wait_running(&mut c1, &sleeper).await;
+    until_running(&mut c1, &sleeper).await;
     let a = ok(&mut c1, json!({"cmd": "shutdown"})).await;
     assert_eq!(a["draining"], true);
     let a = poll(
@@ -1259,7 +1244,7 @@ async fn submit_while_draining_is_shutting_down() {
     let m = error_of(&a, "shutting_down");
     assert!(m.contains("draining"), "{m}");
     still_serves(&mut c2).await;
-    let a = ask(
+    let a = req(
         &mut c2,
         json!({"cmd": "submit_batch", "jobs": [{"job": "builtin.noop"}]}),
     )
@@ -1291,15 +1276,15 @@ async fn id_is_echoed_exactly() {
         Value::Null,
     ] {
         for cmd in ["ping", "fly"] {
-            let a = ask(&mut c, json!({"cmd": cmd, "id": id})).await;
+            let a = req(&mut c, json!({"cmd": cmd, "id": id})).await;
             assert_eq!(a.get("id"), Some(&id), "{a}");
         }
-        let a = ask(&mut c, json!({"cmd": "status", "id": id, "job_id": "x"})).await;
+        let a = req(&mut c, json!({"cmd": "status", "id": id, "job_id": "x"})).await;
         assert_eq!(a.get("id"), Some(&id), "{a}");
     }
-    let a = ask(&mut c, json!({"cmd": "ping"})).await;
+    let a = req(&mut c, json!({"cmd": "ping"})).await;
     assert!(a.get("id").is_none(), "{a}");
-    let a = ask(&mut c, json!({"cmd": "fly"})).await;
+    let a = req(&mut c, json!({"cmd": "fly"})).await;
     assert!(a.get("id").is_none(), "{a}");
     // byte for byte: the id's text comes back as it went
     let a = ask_raw(&mut c, br#"{"id":{"z":1,"a":[2,3]},"cmd":"ping"}"#).await;
@@ -1316,11 +1301,11 @@ async fn blank_line_gets_no_answer() {
     c.send_raw(b"   ").await.unwrap();
     c.send_raw(b"\r").await.unwrap();
     c.send_raw(b"\t ").await.unwrap();
-    let a = ask(&mut c, json!({"cmd": "ping", "id": "first"})).await;
+    let a = req(&mut c, json!({"cmd": "ping", "id": "first"})).await;
     assert_eq!(a["id"], "first", "{a}");
     assert_eq!(a["ok"], true);
     c.send_raw(b"").await.unwrap();
-    let a = ask(&mut c, json!({"cmd": "ping", "id": "second"})).await;
+    let a = req(&mut c, json!({"cmd": "ping", "id": "second"})).await;
     assert_eq!(a["id"], "second", "{a}");
 }
 

@@ -14,9 +14,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warden::client::Client;
 use warden_actors::args::{
-    AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy,
+    AdminArgs, BreakerArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy,
+    UpstreamArgs,
 };
+use warden_actors::limiter::parse_rate_limit;
 use warden_actors::node::{Node, NodeError};
+
+use crate::fakes::FakeUpstream;
 
 /// Short timings so retries and restarts take milliseconds.
 pub fn test_args(dir: &Path) -> NodeArgs {
@@ -63,6 +67,42 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         schedules: vec![],
         alerts: None,
     }
+}
+
+/// Upstream arguments pointing at `fake`, with test-sized timings.
+pub fn upstream(fake: &FakeUpstream, rate: &str) -> UpstreamArgs {
+    UpstreamArgs {
+        base_url: fake.base_url(),
+        tickers_url: Some(fake.tickers_url()),
+        user_agent: Some("Warden tests tests@example.com".into()),
+        api_key: Some("test-key-123".into()),
+        rate_limit: parse_rate_limit(rate).unwrap(),
+        request_timeout: Duration::from_secs(5),
+        breaker: BreakerArgs {
+            failure_threshold: 10,
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(4),
+        },
+        throttle_cooldown: Duration::from_secs(1),
+    }
+}
+
+/// Adds pipeline `name` with `workers` workers on `up`.
+pub fn add(a: &mut NodeArgs, name: &str, workers: usize, max_retries: u32, up: UpstreamArgs) {
+    a.pipelines.push(PipelineArgs {
+        name: name.into(),
+        workers,
+        retry: RetryPolicy {
+            max_retries,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
+        restart: RestartPolicy::DEFAULT,
+        upstream: Some(up),
+        limits: Default::default(),
+        task_limits: Default::default(),
+        max_jobs_per_worker: None,
+    });
 }
 
 /// A node running in this process.
@@ -171,7 +211,11 @@ where
 
 /// Sends one request and returns the answer.
 pub async fn req(c: &mut Client, r: Value) -> Value {
-    c.request(&r).await.expect("an answer")
+    // Bounded: a node that never answers is a failure, not a stuck test.
+    tokio::time::timeout(Duration::from_secs(10), c.request(&r))
+        .await
+        .expect("an answer within 10 s")
+        .expect("an answer")
 }
 
 /// Submits one job and returns its id.
@@ -238,6 +282,15 @@ pub async fn finished(c: &mut Client, id: &str, within: Duration) -> Value {
     )
     .await;
     a["job"].clone()
+}
+
+/// The workers of the built-in pipeline in a `tree` answer's `tree` object.
+pub fn builtin_workers(tree: &Value) -> Vec<Value> {
+    let pipeline = tree["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|n| n["name"] == "pipeline:builtin"))
+        .unwrap_or_else(|| panic!("no pipeline:builtin in {tree}"));
+    pipeline["children"].as_array().cloned().unwrap_or_default()
 }
 
 /// The error code of an answer, asserting that it is an error.

@@ -92,39 +92,19 @@ async fn why_names_each_blocker() {
 /// the children a batch job waits for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn why_names_upstream_blockers() {
-    use warden_actors::args::{BreakerArgs, PipelineArgs, RestartPolicy, UpstreamArgs};
     let fake = crate::fakes::FakeUpstream::start().await;
-    let up = |rate: &str, threshold: u32| UpstreamArgs {
-        base_url: fake.base_url(),
-        tickers_url: Some(fake.tickers_url()),
-        user_agent: Some("Warden tests tests@example.com".into()),
-        api_key: Some("k".into()),
-        rate_limit: warden_actors::limiter::parse_rate_limit(rate).unwrap(),
-        request_timeout: Duration::from_secs(5),
-        breaker: BreakerArgs {
-            failure_threshold: threshold,
-            open_for: Duration::from_secs(60),
-            max_open_for: Duration::from_secs(60),
-        },
-        throttle_cooldown: Duration::from_secs(60),
-    };
-    let pipeline = |name: &str, u: UpstreamArgs| PipelineArgs {
-        name: name.into(),
-        workers: 1,
-        retry: RetryPolicy {
-            max_retries: 5,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(10),
-        },
-        restart: RestartPolicy::DEFAULT,
-        upstream: Some(u),
-        limits: Default::default(),
-        task_limits: Default::default(),
-        max_jobs_per_worker: None,
+    // Open for a minute once open, and a minute's cool-down: the blockers stay put while asked.
+    let up = |rate: &str, threshold: u32| {
+        let mut u = crate::support::upstream(&fake, rate);
+        u.breaker.failure_threshold = threshold;
+        u.breaker.open_for = Duration::from_secs(60);
+        u.breaker.max_open_for = Duration::from_secs(60);
+        u.throttle_cooldown = Duration::from_secs(60);
+        u
     };
     let node = TestNode::start_with(|a| {
-        a.pipelines.push(pipeline("yahoo", up("1/h", 50)));
-        a.pipelines.push(pipeline("alphavantage", up("100/s", 1)));
+        crate::support::add(a, "yahoo", 1, 5, up("1/h", 50));
+        crate::support::add(a, "alphavantage", 1, 5, up("100/s", 1));
     })
     .await;
     let mut c = node.client().await;
