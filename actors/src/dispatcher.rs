@@ -12,6 +12,7 @@
 
 mod core;
 mod fanout;
+mod meters;
 mod views;
 mod workflow;
 

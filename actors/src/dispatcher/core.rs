@@ -39,6 +39,8 @@ pub(super) struct Lane {
     pub(super) paused: bool,
     /// Its circuit breaker is open: no jobs go to its workers.
     pub(super) breaker_open: bool,
+    /// `warden_queue_wait_seconds{pipeline}`, registered once.
+    pub(super) queue_wait: metrics::Histogram,
 }
 
 /// An unfinished job in memory.
@@ -72,6 +74,8 @@ pub struct DispatcherState {
     pub(super) alerter: crate::alerts::Alerter,
     /// Waiting batch parents and the count of their children.
     pub(super) tallies: HashMap<JobId, super::fanout::Tally>,
+    /// Metric handles of the job loop.
+    pub(super) meters: super::meters::Meters,
     /// Workflows with unfinished jobs.
     pub(super) workflows: HashMap<uuid::Uuid, crate::job::WorkflowRecord>,
 }
@@ -83,6 +87,7 @@ impl DispatcherState {
             .pipelines
             .into_iter()
             .map(|info| Lane {
+                queue_wait: metrics::histogram!(m::QUEUE_WAIT, "pipeline" => info.name.clone()),
                 info,
                 queue: RunQueue::new(args.jobs.max_wait),
                 idle: Vec::new(),
@@ -115,6 +120,7 @@ impl DispatcherState {
             started: Instant::now(),
             tallies: HashMap::new(),
             workflows: HashMap::new(),
+            meters: Default::default(),
             alerter: args.alerter,
         }
     }
@@ -258,7 +264,7 @@ impl DispatcherState {
         })?;
         for rec in recs {
             let lane = self.lane_by_name[&rec.pipeline];
-            metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
+            self.meters.job(&rec.name).submitted.increment(1);
             self.totals.submitted += 1;
             self.admit(rec, lane, true);
         }
@@ -403,7 +409,7 @@ impl DispatcherState {
             rec.started_at = Some(now_ms);
             rec.next_attempt_at = None;
             l.running.insert(worker.get_id(), q.id);
-            metrics::histogram!(m::QUEUE_WAIT, "pipeline" => l.info.name.clone())
+            l.queue_wait
                 .record(now.saturating_duration_since(live.queued_at).as_secs_f64());
             self.changes.extend(change(rec, EventKind::Started, None));
         }
@@ -430,8 +436,8 @@ impl DispatcherState {
             return;
         }
         let name = live.rec.name.clone();
-        metrics::histogram!(m::JOB_DURATION, "job_name" => name.clone())
-            .record(elapsed.as_secs_f64());
+        let meters = self.meters.job(&name);
+        meters.duration.record(elapsed.as_secs_f64());
         match outcome {
             Ok(value) => {
                 let rec = &mut live.rec;
@@ -440,8 +446,7 @@ impl DispatcherState {
                 rec.error = None;
                 rec.result = Some(value.to_string());
                 debug!(job_id = %id, job_name = %name, attempt = rec.attempts, "succeeded");
-                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded")
-                    .increment(1);
+                meters.succeeded.increment(1);
                 self.totals.succeeded += 1;
                 self.changes.extend(change(rec, EventKind::Succeeded, None));
                 self.finish(id);

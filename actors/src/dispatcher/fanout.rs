@@ -101,7 +101,7 @@ impl DispatcherState {
                 EventKind::Submitted,
                 Some(format!("child of {parent}")),
             ));
-            metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
+            self.meters.job(&rec.name).submitted.increment(1);
             kids.push((rec, kid_lane));
         }
         let n = kids.len();

@@ -14,7 +14,6 @@ use uuid::Uuid;
 use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, WorkflowKind, WorkflowRecord};
 use crate::journal::Change;
-use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 
 /// A workflow as submitted, validated.
@@ -120,7 +119,7 @@ impl DispatcherState {
         })?;
         let ids: Vec<JobId> = recs.iter().map(|(r, _)| r.id).collect();
         for (rec, lane) in recs {
-            metrics::counter!(m::JOBS_SUBMITTED, "job_name" => rec.name.clone()).increment(1);
+            self.meters.job(&rec.name).submitted.increment(1);
             self.totals.submitted += 1;
             let runnable = match wf.kind {
                 WorkflowKind::Chain => rec.id == wf.jobs[0],
