@@ -9,7 +9,6 @@
 mod commands;
 mod conn;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -144,13 +143,6 @@ pub struct AdminSpec {
     pub listener: Arc<std::net::TcpListener>,
     /// Shared context.
     pub ctx: Arc<AdminCtx>,
-}
-
-impl AdminSpec {
-    /// The address the admin port listens on.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
 }
 
 impl ChildSpec for AdminSpec {

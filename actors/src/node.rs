@@ -76,7 +76,8 @@ pub struct Node {
     root_done: JoinHandle<()>,
     journal: Journal,
     dispatcher: DispatcherLink,
-    shutdown_tx: watch::Sender<Option<ShutdownRequest>>,
+    /// Kept so that `run` never sees the shutdown channel close while the admin actor restarts.
+    _shutdown_tx: watch::Sender<Option<ShutdownRequest>>,
     shutdown_rx: watch::Receiver<Option<ShutdownRequest>>,
     fatal: Arc<Mutex<Option<String>>>,
     shutdown_timeout: Duration,
@@ -187,7 +188,7 @@ impl Node {
             root_done,
             journal,
             dispatcher,
-            shutdown_tx,
+            _shutdown_tx: shutdown_tx,
             shutdown_rx,
             fatal,
             shutdown_timeout: args.shutdown_timeout,
@@ -207,11 +208,6 @@ impl Node {
     /// The journal (the benchmark and tests read it).
     pub fn journal(&self) -> &Journal {
         &self.journal
-    }
-
-    /// Asks the node to stop, as the admin `shutdown` command does.
-    pub fn request_shutdown(&self, drain: bool) {
-        let _ = self.shutdown_tx.send(Some(ShutdownRequest { drain }));
     }
 
     /// Runs until `stop` resolves, `shutdown` arrives, or the root escalates; then stops.

@@ -14,8 +14,6 @@ use serde_json::{Map, Value};
 
 use crate::job::{rfc3339_ms, JobId, JobRecord, JobStatus, Priority};
 
-/// Protocol version reported nowhere but documented; bump on an incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
 /// Most jobs in one `submit_batch`.
 pub const MAX_BATCH: usize = 10_000;
 /// Most jobs or records one `list`, `dlq` or `records` returns.

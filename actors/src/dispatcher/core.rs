@@ -3,7 +3,7 @@
 //! journal as one sled batch at the end of that message (`flush_journal`), so a finished job and
 //! the start of the next one cost one write.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use ractor::{ActorId, ActorRef, RpcReplyPort};
@@ -960,16 +960,6 @@ impl DispatcherState {
                 let _ = w.send(());
             }
         }
-    }
-
-    /// Jobs on workers now (for tests and the drain log).
-    pub fn running(&self) -> usize {
-        self.lanes.iter().map(|l| l.running.len()).sum()
-    }
-
-    /// The ids of unfinished jobs (tests).
-    pub fn unfinished_ids(&self) -> HashSet<JobId> {
-        self.live.keys().copied().collect()
     }
 }
 
