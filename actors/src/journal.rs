@@ -338,12 +338,7 @@ impl Journal {
             .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
         let lock = take_lock(dir)?;
 
-        let db = sled_config(dir)
-            .open()
-            .map_err(|source| JournalError::Sled {
-                what: format!("opening the database in {}", dir.display()),
-                source,
-            })?;
+        let db = open_sled(dir)?;
         let open_tree = |name: &str| {
             db.open_tree(name).map_err(|source| JournalError::Sled {
                 what: format!("opening tree {name} in {}", dir.display()),
@@ -810,6 +805,30 @@ fn sled_config(dir: &Path) -> sled::Config {
         .mode(sled::Mode::HighThroughput)
         .segment_size(SEGMENT_SIZE)
         .cache_capacity(CACHE_BYTES)
+}
+
+/// Opens sled in `dir`, whose `warden.lock` we hold. sled takes its own lock on `db`, and a
+/// journal dropped a moment ago in this process may still hold it: sled's IO threads release
+/// their handles on the file only when their last write ends. Since `warden.lock` rules out
+/// another live node, that lock can only be such a predecessor's, so it is retried briefly.
+fn open_sled(dir: &Path) -> Result<sled::Db, JournalError> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled_config(dir).open() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => {
+                return other.map_err(|source| JournalError::Sled {
+                    what: format!("opening the database in {}", dir.display()),
+                    source,
+                })
+            }
+        }
+    }
 }
 
 /// sled log segment size (see [`sled_config`]).
