@@ -7,7 +7,7 @@
 pub const JOB_EXECUTIONS: &str = "warden_job_executions_total";
 /// Duration of job attempts, by `job_name`.
 pub const JOB_DURATION: &str = "warden_job_duration_seconds";
-/// Retries scheduled, by `job_name` and `error_type` (transient, throttled, panic, timeout).
+/// Retries scheduled, by `job_name` and `error_type` (transient, throttled, panic, timeout, crash).
 pub const JOB_RETRIES: &str = "warden_job_retries_total";
 /// Jobs accepted, by `job_name`.
 pub const JOBS_SUBMITTED: &str = "warden_jobs_submitted_total";
@@ -107,7 +107,7 @@ pub fn describe_all() {
     );
     describe_counter!(
         JOB_RETRIES,
-        "Retries scheduled, by job name and error type (transient, throttled, panic, timeout)."
+        "Retries scheduled, by job name and error type (transient, throttled, panic, timeout, crash)."
     );
     describe_counter!(JOBS_SUBMITTED, "Jobs accepted, by job name.");
     describe_counter!(DEAD_LETTER, "Jobs dead-lettered, by job name.");

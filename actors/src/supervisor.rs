@@ -111,6 +111,10 @@ pub struct TreeNode {
     /// The last failure's cause.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_failure: Option<String>,
+    /// Why the last incarnation asked to be replaced (recycling, a hard time limit, a job that
+    /// panicked).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_replacement: Option<String>,
     /// Child-specific state (limiter windows, breaker state).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub detail: Option<serde_json::Value>,
@@ -132,6 +136,8 @@ struct Child {
     waiting_on: Option<usize>,
     /// Incarnations replaced on their own request (see [`REPLACE`]).
     replaced: u64,
+    /// Why the last one asked to be replaced.
+    last_replacement: Option<String>,
     timer: Option<JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>>,
 }
 
@@ -227,6 +233,7 @@ impl SupervisorState {
         let child = &mut self.children[i];
         child.cell = None;
         child.replaced += 1;
+        child.last_replacement = Some(why.trim_start_matches(REPLACE).trim().to_string());
         child.spec.on_down(why);
         info!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total() + child.replaced, backoff_ms = 0u64, reason = %why, "replaced");
         metrics::counter!(m::ACTOR_RESTARTS, "actor_kind" => child.spec.kind(), "pipeline" => self.pipeline.clone()).increment(1);
@@ -270,6 +277,7 @@ impl SupervisorState {
                 status: status.to_string(),
                 restarts: c.budget.total() + c.replaced,
                 last_failure: c.last_failure.clone(),
+                last_replacement: c.last_replacement.clone(),
                 detail: c.spec.detail(),
                 children: vec![],
             };
@@ -295,6 +303,7 @@ impl SupervisorState {
             status: "running".into(),
             restarts: 0,
             last_failure: None,
+            last_replacement: None,
             detail: None,
             children,
         }
@@ -325,6 +334,7 @@ impl Actor for Supervisor {
                     expected_exit: None,
                     waiting_on: None,
                     replaced: 0,
+                    last_replacement: None,
                     timer: None,
                 })
                 .collect(),

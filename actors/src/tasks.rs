@@ -70,6 +70,9 @@ pub enum TaskError {
     /// The job passed its hard time limit and was aborted: retried like a transient error.
     #[error("{0}")]
     Timeout(String),
+    /// The task panicked: retried like a transient error (its worker is replaced).
+    #[error("{0}")]
+    Panic(String),
     /// The upstream asked us to slow down: wait, and do not count the attempt.
     #[error("{message}")]
     Throttled {
@@ -220,7 +223,9 @@ pub fn fan_out(
 /// The longest `builtin.sleep` accepted: a day.
 const MAX_SLEEP_MS: u64 = 86_400_000;
 
-/// The built-in pipeline: `noop`, `sleep {ms}`, `fail {times}`, `fail_permanent`, `panic {times}`.
+/// The built-in pipeline: `noop`, `sleep {ms}`, `fail {times}`, `fail_permanent`, `panic {times}`
+/// (the job panics: its failure) and `crash {times}` (its worker fails, as a broken worker would:
+/// supervision restarts it with backoff and spends its budget).
 pub fn builtin() -> TaskSet {
     TaskSet::default()
         .with("builtin.noop", task(|_| async { Ok(Value::Null) }))
@@ -270,6 +275,19 @@ pub fn builtin() -> TaskSet {
                 let times = param_u64(&ctx, "times", Some(1))?;
                 if u64::from(ctx.attempt) <= times {
                     panic!("builtin.panic: attempt {} of the {times} that panic on purpose", ctx.attempt);
+                }
+                Ok(json!({ "attempts": ctx.attempt }))
+            }),
+        )
+        .with(
+            "builtin.crash",
+            task(|ctx| async move {
+                let times = param_u64(&ctx, "times", Some(1))?;
+                if u64::from(ctx.attempt) <= times {
+                    std::panic::panic_any(crate::worker::WorkerFault(format!(
+                        "builtin.crash: attempt {} of the {times} that crash their worker on purpose",
+                        ctx.attempt
+                    )));
                 }
                 Ok(json!({ "attempts": ctx.attempt }))
             }),

@@ -3,9 +3,13 @@
 //! task of its own so that it stays responsive to `Cancel` and to its time limits, and reports
 //! the classified outcome.
 //!
-//! - A panic in a job is caught in that task and turned into a failure of the worker actor
-//!   itself, so the supervisor sees a real crash and restarts the worker with backoff, and the
-//!   dispatcher (told through [`WorkerSpec::on_down`]) puts the job back.
+//! - A panic in a job is caught in that task and is that job's failure ([`TaskError::Panic`]:
+//!   retried with the job's backoff, counted against its `max_retries`, then dead-lettered). The
+//!   worker that ran it is replaced at once, without backoff and without spending the restart
+//!   budget: one bad job per attempt must not take its pipeline down (a storm of poison jobs
+//!   would otherwise spend every worker's budget). The restart budget is for workers that fail
+//!   on their own; [`WorkerFault`] is how a task (`builtin.crash`) simulates that, and the
+//!   dispatcher (told through [`WorkerSpec::on_down`]) then puts the job back.
 //! - At a job's soft time limit the task's `soft_limit` signal is raised; at its hard limit the
 //!   task is aborted, the job fails with a transient `timeout`, and the worker is replaced.
 //! - With `max_jobs_per_worker`, the worker stops after that many jobs, between jobs, and is
@@ -51,12 +55,12 @@ pub struct Ticket {
 pub enum WorkerMsg {
     /// Run this job.
     Run(Ticket),
-    /// The job's task ended: its result, or the panic message.
+    /// The job's task ended: its result, or how it crashed.
     Finished {
         /// The job.
         job_id: JobId,
-        /// The task's outcome, or `Err(panic message)`.
-        outcome: Result<TaskResult, String>,
+        /// The task's outcome, or how it crashed.
+        outcome: Result<TaskResult, Crash>,
         /// How long the attempt took.
         elapsed: Duration,
     },
@@ -71,6 +75,21 @@ pub enum WorkerMsg {
     SoftLimit(JobId),
     /// The job's hard time limit is reached: abort it and have this worker replaced.
     HardLimit(JobId, Duration),
+}
+
+/// A panic payload that means the worker itself is broken, not the job: the worker actor fails
+/// and its supervisor restarts it with backoff, spending its restart budget.
+/// `std::panic::panic_any(WorkerFault(..))` raises it (see `builtin.crash`).
+#[derive(Debug, Clone)]
+pub struct WorkerFault(pub String);
+
+/// How a job's task crashed.
+#[derive(Debug, Clone)]
+pub enum Crash {
+    /// The job panicked: its failure, and its worker is replaced.
+    JobPanicked(String),
+    /// The worker is broken ([`WorkerFault`]): the worker actor fails.
+    WorkerFault(String),
 }
 
 /// How a pipeline's workers bound their jobs.
@@ -185,7 +204,24 @@ impl Actor for Worker {
                 }
                 match outcome {
                     Ok(outcome) => st.report(&me, job_id, outcome, elapsed),
-                    Err(panic) => return Err(format!("job {job_id} panicked: {panic}").into()),
+                    Err(Crash::JobPanicked(panic)) => {
+                        let why = format!("job {job_id} panicked: {panic}");
+                        info!(worker = %st.args.path, job_id = %job_id, reason = %why, "job panicked; replacing the worker");
+                        st.current = None;
+                        st.send_done(
+                            &me,
+                            job_id,
+                            Err(TaskError::Panic(why.clone())),
+                            elapsed,
+                            false,
+                        );
+                        me.stop(Some(format!("{REPLACE} {why}")));
+                    }
+                    Err(Crash::WorkerFault(fault)) => {
+                        return Err(
+                            format!("worker fault while running job {job_id}: {fault}").into()
+                        )
+                    }
                 }
             }
             WorkerMsg::Cancel { job_id, grace } => {
@@ -340,7 +376,8 @@ impl WorkerState {
                         elapsed,
                         ready: true,
                     }),
-                    // A panic must fail the worker actor itself, so it goes through its mailbox.
+                    // A crash is decided by the worker actor (it is replaced or fails), so it
+                    // goes through its mailbox.
                     outcome => {
                         let _ = task_me.cast(WorkerMsg::Finished {
                             job_id,
@@ -367,11 +404,17 @@ impl WorkerState {
     }
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic with a non-text payload".into())
+/// Classifies a caught panic by its payload's type: a [`WorkerFault`] or the job's own panic.
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> Crash {
+    if let Some(fault) = p.downcast_ref::<WorkerFault>() {
+        return Crash::WorkerFault(fault.0.clone());
+    }
+    Crash::JobPanicked(
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic with a non-text payload".into()),
+    )
 }
 
 /// The recipe for `worker-N` of a pipeline. Tells the dispatcher when an incarnation is gone so

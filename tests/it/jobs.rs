@@ -126,13 +126,57 @@ async fn permanent_failure_is_not_retried() {
     assert_eq!(j["error"], "builtin.fail_permanent: fails on purpose");
 }
 
-/// Ensures that a worker that panics is restarted by its supervisor (the tree shows the
-/// restart), its job goes back to the queue counted as an attempt, and then succeeds.
+/// Ensures that a job that panics is that job's failure: it is retried counted as an attempt and
+/// then succeeds, and its worker is replaced at once (the tree shows the replacement and why)
+/// without spending the restart budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_restarts_worker_and_job_succeeds() {
+async fn panic_replaces_worker_and_job_is_retried() {
     let node = TestNode::start().await;
     let mut c = node.client().await;
     let id = submit(&mut c, "builtin.panic", json!({"times": 1})).await;
+    let j = finished(&mut c, &id, WAIT).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["attempts"], 2);
+    let tree = poll(
+        &mut c,
+        "the replaced worker to run",
+        WAIT,
+        json!({"cmd": "tree"}),
+        |t| {
+            restarted_workers(&t["tree"])
+                .iter()
+                .any(|w| w["status"] == "running")
+        },
+    )
+    .await;
+    let replaced = restarted_workers(&tree["tree"]);
+    assert_eq!(replaced.len(), 1, "{tree}");
+    assert!(replaced[0]["last_failure"].is_null(), "{tree}");
+    assert!(
+        replaced[0]["last_replacement"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "{tree}"
+    );
+    let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
+    assert!(
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "retrying"),
+        "{h}"
+    );
+}
+
+/// Ensures that a worker that fails on its own is restarted by its supervisor (the tree shows
+/// the restart), its job goes back to the queue counted as an attempt, and then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_restarts_worker_and_job_succeeds() {
+    let node = TestNode::start().await;
+    let mut c = node.client().await;
+    let id = submit(&mut c, "builtin.crash", json!({"times": 1})).await;
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], 2);
@@ -155,7 +199,7 @@ async fn panic_restarts_worker_and_job_succeeds() {
         restarted[0]["last_failure"]
             .as_str()
             .unwrap()
-            .contains("panic"),
+            .contains("worker fault"),
         "{tree}"
     );
     let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
@@ -364,8 +408,8 @@ async fn spent_budgets_escalate_to_the_root() {
     })
     .await;
     let mut c = node.client().await;
-    // Every attempt panics; each crash spends a restart until the budgets run out.
-    let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.panic", "params": {"times": 100}, "max_retries": 100})).await;
+    // Every attempt crashes its worker; each crash spends a restart until the budgets run out.
+    let a = req(&mut c, json!({"cmd": "submit", "job": "builtin.crash", "params": {"times": 100}, "max_retries": 100})).await;
     assert_eq!(a["ok"], true, "{a}");
     let err = node
         .ended(WAIT)
@@ -375,5 +419,58 @@ async fn spent_budgets_escalate_to_the_root() {
     assert!(
         err.contains("root supervisor escalated") && err.contains("restart budget spent"),
         "{err}"
+    );
+}
+
+/// Ensures that a storm of poison jobs does not stop a pipeline: 200 jobs that panic on their
+/// first attempt run on 4 workers whose restart budget is 2 restarts a minute; every one is
+/// retried and succeeds, a high-priority no-op submitted mid-storm succeeds, and no worker ever
+/// spends its budget (no supervisor restarts, no escalation: the pipeline stays up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_storm_does_not_stop_the_pipeline() {
+    let node = TestNode::start_with(|a| {
+        a.pipelines[0].workers = 4;
+        a.pipelines[0].restart.max_restarts = 2;
+        a.pipelines[0].retry.base_delay = Duration::from_millis(5);
+        a.pipelines[0].retry.max_delay = Duration::from_millis(20);
+    })
+    .await;
+    let mut c = node.client().await;
+    let jobs: Vec<Value> = (0..200)
+        .map(|_| json!({"job": "builtin.panic", "params": {"times": 1}}))
+        .collect();
+    let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+    assert_eq!(a["ok"], true, "{a}");
+    let urgent = req(
+        &mut c,
+        json!({"cmd": "submit", "job": "builtin.noop", "priority": "high"}),
+    )
+    .await;
+    let urgent = urgent["job_id"].as_str().unwrap().to_string();
+    assert_eq!(finished(&mut c, &urgent, WAIT).await["status"], "succeeded");
+    for id in a["job_ids"].as_array().unwrap() {
+        let j = finished(&mut c, id.as_str().unwrap(), WAIT).await;
+        assert_eq!(j["status"], "succeeded", "{j}");
+        assert_eq!(j["attempts"], 2, "{j}");
+    }
+    let tree = req(&mut c, json!({"cmd": "tree"})).await;
+    let replaced: u64 = builtin_workers(&tree["tree"])
+        .iter()
+        .map(|w| {
+            assert!(w["last_failure"].is_null(), "no worker failed: {tree}");
+            w["restarts"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(replaced, 200, "one replacement per panic: {tree}");
+    let root = &tree["tree"]["children"];
+    let pipeline = root
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pipeline:builtin")
+        .unwrap();
+    assert_eq!(
+        pipeline["restarts"], 0,
+        "the pipeline never restarted: {tree}"
     );
 }

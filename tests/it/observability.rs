@@ -471,9 +471,13 @@ max_attempts = 1
         let j = finished(&mut c, id, WAIT).await;
         assert_eq!(j["status"], *status, "{job}: {j}");
     }
-    // Two workers with one restart each: the third panic spends a budget, so the pipeline
-    // supervisor escalates and the root starts it again; the fourth attempt succeeds.
-    let panicky = submit(&mut c, "builtin.panic", json!({"times": 3})).await;
+    // Two workers with one restart each: the third worker crash spends a budget, so the
+    // pipeline supervisor escalates and the root starts it again; the fourth attempt succeeds.
+    let crashy = submit(&mut c, "builtin.crash", json!({"times": 3})).await;
+    let j = finished(&mut c, &crashy, WAIT).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    // A job that panics is that job's failure: retried (error_type panic), then it succeeds.
+    let panicky = submit(&mut c, "builtin.panic", json!({"times": 1})).await;
     let j = finished(&mut c, &panicky, WAIT).await;
     assert_eq!(j["status"], "succeeded", "{j}");
 
@@ -1102,7 +1106,7 @@ async fn run_with_token(c: &mut Client, token: &str, job: &str, params: Value) -
 }
 
 /// Ensures that with `[log] format = "json"` every log line is one JSON object; that a
-/// `builtin.panic` job produces a "restart scheduled" event whose `actor` is the worker's path
+/// `builtin.crash` job (its worker fails) produces a "restart scheduled" event whose `actor` is the worker's path
 /// and whose `backoff_ms` is within the pipeline's configured restart bounds (jitter included),
 /// with `pipeline`, `restarts` and `reason`; that job events carry `job_id`, `job_name` and
 /// `attempt`, and an upstream request's line names its job through the attempt's span; and
@@ -1141,7 +1145,7 @@ rate_limit = "50/s"
     )
     .await;
     assert_eq!(a["error"]["code"], "unauthorized", "{a}");
-    let panicked = run_with_token(&mut c, TOKEN, "builtin.panic", json!({"times": 1})).await;
+    let panicked = run_with_token(&mut c, TOKEN, "builtin.crash", json!({"times": 1})).await;
     let fetched = run_with_token(
         &mut c,
         TOKEN,
@@ -1215,7 +1219,7 @@ rate_limit = "50/s"
     assert!(
         restart["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("panic")),
+            .is_some_and(|r| r.contains("worker fault")),
         "{restart}"
     );
     assert_eq!(restart["level"], "INFO", "{restart}");
@@ -1224,8 +1228,10 @@ rate_limit = "50/s"
         events.iter().any(|e| e["message"] == "failed"
             && e["actor"] == actor
             && e["pipeline"] == "builtin"
-            && e["reason"].as_str().is_some_and(|r| r.contains("panic"))),
-        "no \"failed\" event with the panic as reason for {actor}"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("worker fault"))),
+        "no \"failed\" event with the worker fault as reason for {actor}"
     );
     assert!(
         events.iter().any(|e| e["message"] == "started"
@@ -1238,7 +1244,7 @@ rate_limit = "50/s"
     // Job lifecycle events name the job; the upstream request's line names it through the span.
     assert!(
         events.iter().any(|e| e["job_id"] == panicked.as_str()
-            && e["job_name"] == "builtin.panic"
+            && e["job_name"] == "builtin.crash"
             && e["attempt"].is_u64()),
         "no lifecycle event with job_id, job_name and attempt for {panicked}"
     );
