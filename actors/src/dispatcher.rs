@@ -12,6 +12,7 @@
 
 mod core;
 mod fanout;
+mod live;
 mod meters;
 mod views;
 mod workflow;
@@ -153,6 +154,9 @@ pub enum DispatcherMsg {
         WorkflowSpec,
         RpcReplyPort<Result<(uuid::Uuid, Vec<JobId>), ApiError>>,
     ),
+    /// Cancel these just-submitted jobs: their submit could not be made durable and the client
+    /// was told it failed.
+    Withdraw(Vec<JobId>),
     /// A pipeline's circuit breaker opened (true) or let traffic through again (false): while
     /// it is open the pipeline's workers get no jobs.
     BreakerOpen(usize, bool),
@@ -240,13 +244,11 @@ impl Actor for Dispatcher {
             // pipelined right behind them (read from the journal) sees the change.
             DispatcherMsg::Cancel(id, reply) => {
                 let r = st.cancel(id);
-                st.flush_journal();
-                let _ = reply.send(r);
+                let _ = reply.send(st.written(r));
             }
             DispatcherMsg::Retry(id, reply) => {
                 let r = st.retry(id);
-                st.flush_journal();
-                let _ = reply.send(r);
+                let _ = reply.send(st.written(r));
             }
             DispatcherMsg::Drain(reply) => st.drain(reply),
             DispatcherMsg::Why(id, reply) => {
@@ -256,8 +258,10 @@ impl Actor for Dispatcher {
                 let _ = reply.send(st.submit_workflow(spec));
             }
             DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
+            DispatcherMsg::Withdraw(ids) => st.withdraw(ids),
         }
-        st.flush_journal();
+        // A failed write is logged and its changes kept for the next one (see flush_journal).
+        let _ = st.flush_journal();
         st.arm_timer(&me);
         Ok(())
     }
@@ -267,7 +271,7 @@ impl Actor for Dispatcher {
         me: ActorRef<DispatcherMsg>,
         st: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        st.flush_journal();
+        let _ = st.flush_journal();
         st.unlink(me.get_id());
         if let Err(e) = st.journal().sync_now() {
             warn!(actor = "root/dispatcher", error = %e, "final journal sync failed");

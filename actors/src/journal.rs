@@ -675,6 +675,11 @@ impl Journal {
         Arc::strong_count(&self.inner)
     }
 
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// Bytes the database occupies on disk (log and blobs); 0 if it cannot be determined.
     pub fn size_on_disk(&self) -> u64 {
         match self.inner.committer.db.size_on_disk() {

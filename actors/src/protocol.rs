@@ -41,6 +41,9 @@ pub enum ErrorCode {
     Overloaded,
     /// The node is draining.
     ShuttingDown,
+    /// The journal refuses writes (the data dir's disk is full or failing): nothing was
+    /// accepted; the same request may be sent again once the node accepts writes.
+    StorageUnavailable,
     /// A bug or a storage failure.
     Internal,
 }
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -451,6 +455,24 @@ pub enum Command {
     SubmitWorkflow(SubmitWorkflowReq),
     /// `workflow`.
     Workflow(WorkflowIdReq),
+}
+
+impl Command {
+    /// Whether the answer shows job, pipeline or record state that the journal holds: such an
+    /// answer is sent only once everything it may show is durable, so that a state a client has
+    /// seen never goes back after a crash. The submits wait for durability themselves.
+    pub fn shows_journaled_state(&self) -> bool {
+        !matches!(
+            self,
+            Command::Ping
+                | Command::Tree
+                | Command::Schedules
+                | Command::Shutdown(_)
+                | Command::Submit(_)
+                | Command::SubmitBatch(_)
+                | Command::SubmitWorkflow(_)
+        )
+    }
 }
 
 /// A request line after parsing: the echoed id, the token and the command (or why not).

@@ -152,9 +152,10 @@ async fn graceful_stop_finishes_running_jobs() {
     assert_eq!(status(&mut c, &id).await["status"], "succeeded");
 }
 
-/// Ensures that jobs queued on a paused pipeline are replayed after a restart and then run.
+/// Ensures that a paused pipeline stays paused across a restart (`pipelines` says so, its jobs
+/// wait), and that its queued jobs are replayed and run once it is resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_jobs_replay_after_restart() {
+async fn paused_pipeline_and_its_queue_survive_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
@@ -163,6 +164,18 @@ async fn queued_jobs_replay_after_restart() {
     node.stop().await.unwrap();
     let node = TestNode::start_in(tmp.path(), |_| {}).await.unwrap();
     let mut c = node.client().await;
+    let p = req(&mut c, json!({"cmd": "pipelines"})).await;
+    let builtin = p["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "builtin")
+        .unwrap();
+    assert_eq!(builtin["paused"], true, "{p}");
+    assert_eq!(builtin["queue"]["normal"], 1, "{p}");
+    let w = req(&mut c, json!({"cmd": "why", "job_id": id})).await;
+    assert_eq!(w["blocker"]["kind"], "paused", "{w}");
+    req(&mut c, json!({"cmd": "resume", "pipeline": "builtin"})).await;
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "succeeded");
 }

@@ -40,7 +40,16 @@ pub async fn execute(line: &[u8], ctx: &AdminCtx, peer: SocketAddr) -> String {
         Err(e) => Err(e),
         Ok(cmd) => match authorize(&cmd, req.token.as_deref(), ctx, peer, &cmd_name) {
             Err(e) => Err(e),
-            Ok(()) => run(cmd, ctx).await,
+            Ok(()) => {
+                let durable_first = cmd.shows_journaled_state();
+                let answer = run(cmd, ctx).await;
+                match answer {
+                    // Read first, then wait: every write the answer may show was made before
+                    // this call, so the commit it waits for covers it.
+                    Ok(_) if durable_first => visible(ctx).await.and(answer),
+                    _ => answer,
+                }
+            }
         },
     };
     let label = if crate::protocol::COMMANDS.contains(&cmd_name.as_str()) {
@@ -59,6 +68,19 @@ pub async fn execute(line: &[u8], ctx: &AdminCtx, peer: SocketAddr) -> String {
             error_line(req.id, &e)
         }
     }
+}
+
+/// Waits until everything written so far is durable.
+async fn visible(ctx: &AdminCtx) -> Result<(), ApiError> {
+    ctx.journal.durable().await.map_err(|e| {
+        ApiError::new(
+            crate::protocol::ErrorCode::StorageUnavailable,
+            format!(
+                "the answer would show state that is not durable yet, and the journal in data dir {} cannot make it durable: {e}",
+                ctx.journal.dir().display()
+            ),
+        )
+    })
 }
 
 fn authorize(
@@ -136,11 +158,25 @@ async fn submit(
         })
         .collect::<Result<Vec<SubmitSpec>, _>>()?;
     let accepted = call(ctx, |p| DispatcherMsg::Submit(specs, p)).await??;
-    ctx.journal.durable().await.map_err(|e| {
-        ApiError::internal(format!(
-            "the journal could not make the submit durable: {e}"
-        ))
-    })?;
+    if let Err(e) = ctx.journal.durable().await {
+        // The client is told the submit failed, so the jobs must never run: withdrawn, they are
+        // cancelled (journaled after their submit, so a restart sees both or neither).
+        let ids = accepted
+            .iter()
+            .filter(|a| !a.deduplicated)
+            .map(|a| a.job_id)
+            .collect();
+        if let Some(d) = ctx.dispatcher.get() {
+            let _ = d.cast(DispatcherMsg::Withdraw(ids));
+        }
+        return Err(ApiError::new(
+            crate::protocol::ErrorCode::StorageUnavailable,
+            format!(
+                "the journal in data dir {} could not make the submit durable ({e}); nothing was accepted; retry later",
+                ctx.journal.dir().display()
+            ),
+        ));
+    }
     Ok(accepted)
 }
 
@@ -238,11 +274,12 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
         Command::SubmitWorkflow(w) => {
             let spec = workflow_spec(w)?;
             let (id, ids) = call(ctx, |p| DispatcherMsg::SubmitWorkflow(spec, p)).await??;
-            ctx.journal.durable().await.map_err(|e| {
-                ApiError::internal(format!(
-                    "the journal could not make the workflow durable: {e}"
-                ))
-            })?;
+            if let Err(e) = visible(ctx).await {
+                if let Some(d) = ctx.dispatcher.get() {
+                    let _ = d.cast(DispatcherMsg::Withdraw(ids));
+                }
+                return Err(e);
+            }
             json!({ "workflow_id": id, "job_ids": ids })
         }
         Command::Workflow(r) => {

@@ -10,6 +10,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::live::{Live, Names};
 use super::views::{
     Accepted, Blocker, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView,
 };
@@ -24,6 +25,9 @@ use crate::queue::RunQueue;
 use crate::routing::Router;
 use crate::tasks::{TaskError, TaskResult};
 use crate::worker::{Ticket, WorkerMsg};
+
+/// What a refused submit tells the client.
+pub(super) const NOTHING_ACCEPTED: &str = "nothing was accepted; retry later";
 
 /// Wait after a throttle signal that gave no Retry-After.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
@@ -41,16 +45,6 @@ pub(super) struct Lane {
     pub(super) breaker_open: bool,
     /// `warden_queue_wait_seconds{pipeline}`, registered once.
     pub(super) queue_wait: metrics::Histogram,
-}
-
-/// An unfinished job in memory.
-pub(super) struct Live {
-    pub(super) rec: JobRecord,
-    pub(super) lane: usize,
-    /// When it is due, while it waits on the timer.
-    pub(super) due: Option<Instant>,
-    /// When it entered its queue.
-    pub(super) queued_at: Instant,
 }
 
 /// Everything the dispatcher knows.
@@ -78,6 +72,11 @@ pub struct DispatcherState {
     pub(super) meters: super::meters::Meters,
     /// Workflows with unfinished jobs.
     pub(super) workflows: HashMap<uuid::Uuid, crate::job::WorkflowRecord>,
+    /// Job names, interned for the heads of live jobs.
+    pub(super) names: Names,
+    /// Jobs whose whole record was loaded or changed by the message being handled (see
+    /// `live.rs`).
+    pub(super) touched: Vec<JobId>,
 }
 
 impl DispatcherState {
@@ -122,6 +121,8 @@ impl DispatcherState {
             workflows: HashMap::new(),
             meters: Default::default(),
             alerter: args.alerter,
+            names: Names::default(),
+            touched: Vec::new(),
         }
     }
 
@@ -138,6 +139,13 @@ impl DispatcherState {
     /// Puts every unfinished job of the journal back in memory: running ones were interrupted
     /// (the node stopped or this actor restarted) and go back to their queue.
     pub fn replay(&mut self) -> Result<usize, crate::journal::JournalError> {
+        for lane in &mut self.lanes {
+            let stored = self.journal.meta_get(&paused_key(&lane.info.name))?;
+            lane.paused = stored.is_some_and(|v| v.first() == Some(&1));
+            if lane.paused {
+                info!(pipeline = %lane.info.name, "pipeline paused before the restart; it stays paused until `resume`");
+            }
+        }
         let mut count = 0;
         for mut rec in self.journal.unfinished()? {
             let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
@@ -162,7 +170,7 @@ impl DispatcherState {
         }
         self.rebuild_tallies();
         self.resume_workflows();
-        self.flush_journal();
+        self.flush_journal()?;
         Ok(count)
     }
 
@@ -257,11 +265,10 @@ impl DispatcherState {
                 deduplicated: false,
             });
         }
-        // Earlier changes of this handler (none today) must precede the submit in the journal.
-        self.flush_journal();
-        self.journal.write(&changes).map_err(|e| {
-            ApiError::internal(format!("journal write failed, nothing was accepted: {e}"))
-        })?;
+        // Earlier changes (kept after a failed write) must precede the submit in the journal.
+        self.flush_journal()
+            .and_then(|()| self.journal.write(&changes))
+            .map_err(|e| self.storage_refusal(&e, NOTHING_ACCEPTED))?;
         for rec in recs {
             let lane = self.lane_by_name[&rec.pipeline];
             self.meters.job(&rec.name).submitted.increment(1);
@@ -270,6 +277,33 @@ impl DispatcherState {
         }
         self.pump_all();
         Ok(accepted)
+    }
+
+    /// `answer`, once its changes are written to the journal; a refusal when they cannot be.
+    pub fn written<T>(&mut self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+        let answer = answer?;
+        self.flush_journal().map_err(|e| {
+            self.storage_refusal(
+                &e,
+                "the change is kept in memory and written once the journal takes writes again",
+            )
+        })?;
+        Ok(answer)
+    }
+
+    /// The answer to a request refused because the journal cannot take writes.
+    pub(super) fn storage_refusal(
+        &self,
+        e: &crate::journal::JournalError,
+        consequence: &str,
+    ) -> ApiError {
+        ApiError::new(
+            ErrorCode::StorageUnavailable,
+            format!(
+                "the journal in data dir {} refuses writes ({e}); {consequence}",
+                self.journal.dir().display()
+            ),
+        )
     }
 
     pub(super) fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
@@ -312,15 +346,9 @@ impl DispatcherState {
             .next_attempt_at
             .filter(|t| *t > now_ms)
             .map(|t| now + Duration::from_millis((t - now_ms) as u64));
-        self.live.insert(
-            id,
-            Live {
-                rec,
-                lane,
-                due: None,
-                queued_at: now,
-            },
-        );
+        self.live
+            .insert(id, Live::new(rec, lane, &mut self.names, now));
+        self.touched.push(id);
         match due {
             Some(due) => self.schedule(id, due),
             None if may_run => self.enqueue(id, now, false),
@@ -336,9 +364,9 @@ impl DispatcherState {
         live.due = None;
         let q = &mut self.lanes[live.lane].queue;
         if front {
-            q.push_front(id, live.rec.priority, now);
+            q.push_front(id, live.head.priority, now);
         } else {
-            q.push(id, live.rec.priority, now);
+            q.push(id, live.head.priority, now);
         }
     }
 
@@ -375,7 +403,6 @@ impl DispatcherState {
             return;
         }
         let now = Instant::now();
-        let now_ms = now_ms();
         loop {
             let l = &mut self.lanes[lane];
             if l.idle.is_empty() {
@@ -384,14 +411,18 @@ impl DispatcherState {
             let Some((q, _)) = l.queue.pop(now) else {
                 return;
             };
-            let Some(live) = self.live.get_mut(&q.id) else {
-                continue;
-            };
-            if !matches!(live.rec.status, JobStatus::Pending | JobStatus::Retrying) {
+            let runnable = self
+                .live
+                .get(&q.id)
+                .is_some_and(|j| matches!(j.head.status, JobStatus::Pending | JobStatus::Retrying));
+            // A job whose record cannot be read stays out of the queue (logged by `hydrate`).
+            if !runnable || self.hydrate(q.id).is_none() {
                 continue;
             }
+            let live = &self.live[&q.id];
+            let l = &mut self.lanes[lane];
             let Some(worker) = l.idle.pop() else { return };
-            let rec = &mut live.rec;
+            let rec = live.full.as_deref().expect("hydrated above");
             let ticket = Ticket {
                 job_id: rec.id,
                 name: rec.name.clone(),
@@ -401,17 +432,19 @@ impl DispatcherState {
             if worker.cast(WorkerMsg::Run(ticket)).is_err() {
                 // That worker is gone; its WorkerDown may still be on the way.
                 l.workers.remove(&worker.get_id());
-                l.queue.push_front(q.id, rec.priority, q.since);
+                l.queue.push_front(q.id, live.head.priority, q.since);
                 continue;
             }
-            rec.attempts += 1;
-            rec.status = JobStatus::Running;
-            rec.started_at = Some(now_ms);
-            rec.next_attempt_at = None;
             l.running.insert(worker.get_id(), q.id);
             l.queue_wait
                 .record(now.saturating_duration_since(live.queued_at).as_secs_f64());
-            self.changes.extend(change(rec, EventKind::Started, None));
+            let started = now_ms();
+            self.transition(q.id, EventKind::Started, None, |rec| {
+                rec.attempts += 1;
+                rec.status = JobStatus::Running;
+                rec.started_at = Some(started);
+                rec.next_attempt_at = None;
+            });
         }
     }
 
@@ -427,119 +460,138 @@ impl DispatcherState {
         if let Some(l) = self.lanes.get_mut(lane) {
             l.running.remove(&worker);
         }
-        let Some(live) = self.live.get_mut(&id) else {
-            self.check_drained();
-            return; // cancelled while it ran
-        };
-        if live.rec.status != JobStatus::Running {
+        // Not live: cancelled while it ran.
+        let Some(live) = self
+            .live
+            .get(&id)
+            .filter(|j| j.head.status == JobStatus::Running)
+        else {
             self.check_drained();
             return;
-        }
-        let name = live.rec.name.clone();
-        let meters = self.meters.job(&name);
-        meters.duration.record(elapsed.as_secs_f64());
+        };
+        let name = live.head.name.clone();
+        self.meters
+            .job(&name)
+            .duration
+            .record(elapsed.as_secs_f64());
         match outcome {
-            Ok(value) => {
-                let rec = &mut live.rec;
-                rec.status = JobStatus::Succeeded;
-                rec.completed_at = Some(now_ms());
-                rec.error = None;
-                rec.result = Some(value.to_string());
-                debug!(job_id = %id, job_name = %name, attempt = rec.attempts, "succeeded");
-                meters.succeeded.increment(1);
-                self.totals.succeeded += 1;
-                self.changes.extend(change(rec, EventKind::Succeeded, None));
-                self.finish(id);
-            }
+            Ok(value) => self.succeed(id, &name, value),
             Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
             Err(TaskError::Timeout(msg)) => self.retry_or_dead_letter(id, msg, "timeout"),
+            Err(TaskError::Panic(msg)) => self.retry_or_dead_letter(id, msg, "panic"),
             Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
             Err(TaskError::Throttled {
                 message,
                 retry_after,
-            }) => {
-                // A throttled attempt does not count: the upstream never did the work.
-                let rec = &mut live.rec;
-                rec.attempts = rec.attempts.saturating_sub(1);
-                rec.status = JobStatus::Retrying;
-                let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
-                rec.next_attempt_at = Some(now_ms() + wait.as_millis() as i64);
-                rec.error = Some(message.clone());
-                metrics::counter!(m::JOB_RETRIES, "job_name" => name, "error_type" => "throttled")
-                    .increment(1);
-                self.changes.extend(change(
-                    rec,
-                    EventKind::Retrying,
-                    Some(format!("throttled: {message}")),
-                ));
-                self.schedule(id, Instant::now() + wait);
-            }
+            }) => self.throttled(id, &name, message, retry_after),
         }
         self.check_drained();
     }
 
+    fn succeed(&mut self, id: JobId, name: &str, value: serde_json::Value) {
+        self.meters.job(name).succeeded.increment(1);
+        self.totals.succeeded += 1;
+        let (done, result) = (now_ms(), value.to_string());
+        let rec = self.transition(id, EventKind::Succeeded, None, |rec| {
+            rec.status = JobStatus::Succeeded;
+            rec.completed_at = Some(done);
+            rec.error = None;
+            rec.result = Some(result);
+        });
+        if let Some(rec) = rec {
+            debug!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, "succeeded");
+        }
+        self.finish(id);
+    }
+
+    /// A throttled attempt does not count: the upstream never did the work.
+    fn throttled(&mut self, id: JobId, name: &str, message: String, retry_after: Option<Duration>) {
+        let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
+        let at = now_ms() + wait.as_millis() as i64;
+        metrics::counter!(m::JOB_RETRIES, "job_name" => name.to_string(), "error_type" => "throttled")
+            .increment(1);
+        let detail = format!("throttled: {message}");
+        self.transition(id, EventKind::Retrying, Some(detail), |rec| {
+            rec.attempts = rec.attempts.saturating_sub(1);
+            rec.status = JobStatus::Retrying;
+            rec.next_attempt_at = Some(at);
+            rec.error = Some(message);
+        });
+        self.schedule(id, Instant::now() + wait);
+    }
+
     fn retry_or_dead_letter(&mut self, id: JobId, msg: String, error_type: &'static str) {
-        let Some(live) = self.live.get_mut(&id) else {
+        let Some(live) = self.live.get(&id) else {
             return;
         };
-        let rec = &mut live.rec;
-        if rec.attempts > rec.max_retries {
-            let why = format!("{msg} (gave up after {} attempts)", rec.attempts);
+        let (attempts, name) = (live.head.attempts, live.head.name.to_string());
+        if attempts > live.head.max_retries {
+            let why = format!("{msg} (gave up after {attempts} attempts)");
             return self.dead_letter(id, why);
         }
-        let delay = retry_delay(
-            &self.lanes[live.lane].info.retry,
-            rec.attempts,
-            random_unit(),
-        );
-        rec.status = JobStatus::Retrying;
-        rec.next_attempt_at = Some(now_ms() + delay.as_millis() as i64);
-        rec.error = Some(msg.clone());
-        debug!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, delay_ms = delay.as_millis() as u64, "retry scheduled");
-        metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => error_type).increment(1);
-        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried")
+        let delay = retry_delay(&self.lanes[live.lane].info.retry, attempts, random_unit());
+        debug!(job_id = %id, job_name = %name, attempt = attempts, delay_ms = delay.as_millis() as u64, "retry scheduled");
+        metrics::counter!(m::JOB_RETRIES, "job_name" => name.clone(), "error_type" => error_type)
+            .increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "retried")
             .increment(1);
         self.totals.retried += 1;
-        self.changes
-            .extend(change(rec, EventKind::Retrying, Some(msg)));
+        let at = now_ms() + delay.as_millis() as i64;
+        self.transition(id, EventKind::Retrying, Some(msg.clone()), |rec| {
+            rec.status = JobStatus::Retrying;
+            rec.next_attempt_at = Some(at);
+            rec.error = Some(msg);
+        });
         self.schedule(id, Instant::now() + delay);
     }
 
     pub(super) fn dead_letter(&mut self, id: JobId, msg: String) {
-        let Some(live) = self.live.get_mut(&id) else {
+        let done = now_ms();
+        let why = msg.clone();
+        let rec = self.transition(id, EventKind::DeadLettered, Some(msg), |rec| {
+            rec.status = JobStatus::Failed;
+            rec.completed_at = Some(done);
+            rec.error = Some(why);
+        });
+        let Some(rec) = rec.cloned() else {
             return;
         };
-        let rec = &mut live.rec;
-        rec.status = JobStatus::Failed;
-        rec.completed_at = Some(now_ms());
-        rec.error = Some(msg.clone());
-        info!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, error = %msg, "dead-lettered");
+        info!(job_id = %id, job_name = %rec.name, attempt = rec.attempts, error = rec.error.as_deref().unwrap_or(""), "dead-lettered");
         metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "failed")
             .increment(1);
         metrics::counter!(m::DEAD_LETTER, "job_name" => rec.name.clone()).increment(1);
         self.totals.failed += 1;
-        self.changes
-            .extend(change(rec, EventKind::DeadLettered, Some(msg)));
-        self.alerter.dead_lettered(rec);
+        self.alerter.dead_lettered(&rec);
         self.finish(id);
     }
 
+    /// Forgets a job that just finished: its unique key, its timer; tells its batch parent or
+    /// its workflow.
     pub(super) fn finish(&mut self, id: JobId) {
-        if let Some(live) = self.live.remove(&id) {
-            if let Some(k) = &live.rec.unique_key {
-                if self.unique.get(k) == Some(&id) {
-                    self.unique.remove(k);
-                }
+        let Some(live) = self.live.remove(&id) else {
+            return;
+        };
+        let head = &live.head;
+        if let Some(k) = &head.unique_key {
+            if self.unique.get(k) == Some(&id) {
+                self.unique.remove(k);
             }
-            if let Some(due) = live.due {
-                self.timers.remove(&(due, id));
-            }
-            if let Some(parent) = live.rec.parent_id {
-                self.child_finished(parent, &live.rec);
-            }
-            if let Some(wf) = live.rec.workflow_id {
-                self.step_finished(wf, &live.rec);
-            }
+        }
+        if let Some(due) = live.due {
+            self.timers.remove(&(due, id));
+        }
+        if head.parent_id.is_none() && head.workflow_id.is_none() {
+            return;
+        }
+        // Every finish follows a transition, so the whole record is in memory.
+        let Some(rec) = live.full else {
+            return;
+        };
+        if let Some(parent) = rec.parent_id {
+            self.child_finished(parent, &rec);
+        }
+        if let Some(wf) = rec.workflow_id {
+            self.step_finished(wf, &rec);
         }
     }
 
@@ -552,34 +604,39 @@ impl DispatcherState {
         l.workers.remove(&worker);
         l.idle.retain(|w| w.get_id() != worker);
         if let Some(id) = l.running.remove(&worker) {
-            if let Some(live) = self.live.get_mut(&id) {
-                if live.rec.status == JobStatus::Running {
-                    let rec = &mut live.rec;
-                    let why = format!("worker crashed: {reason}");
-                    if rec.attempts > rec.max_retries {
-                        let why = format!("{why} (gave up after {} attempts)", rec.attempts);
-                        self.dead_letter(id, why);
-                    } else {
-                        rec.status = JobStatus::Pending;
-                        rec.error = Some(why.clone());
-                        // A panic of the job itself, or its worker taken down with its pipeline.
-                        let error_type = if reason.contains("panicked") {
-                            "panic"
-                        } else {
-                            "transient"
-                        };
-                        metrics::counter!(m::JOB_RETRIES, "job_name" => rec.name.clone(), "error_type" => error_type).increment(1);
-                        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "retried").increment(1);
-                        self.totals.requeued += 1;
-                        self.changes
-                            .extend(change(rec, EventKind::Requeued, Some(why)));
-                        self.enqueue(id, Instant::now(), true);
-                    }
-                }
-            }
+            self.requeue_crashed(id, reason);
         }
         self.pump(lane);
         self.check_drained();
+    }
+
+    /// The worker running job `id` failed on its own, or went down with its pipeline (a job's
+    /// own panic is a `TaskError::Panic`, never a worker down).
+    fn requeue_crashed(&mut self, id: JobId, reason: &str) {
+        let Some(head) = self
+            .live
+            .get(&id)
+            .map(|j| &j.head)
+            .filter(|h| h.status == JobStatus::Running)
+        else {
+            return;
+        };
+        let (attempts, name) = (head.attempts, head.name.to_string());
+        let why = format!("worker crashed: {reason}");
+        if attempts > head.max_retries {
+            return self.dead_letter(id, format!("{why} (gave up after {attempts} attempts)"));
+        }
+        metrics::counter!(m::JOB_RETRIES, "job_name" => name.clone(), "error_type" => "crash")
+            .increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "retried")
+            .increment(1);
+        self.totals.requeued += 1;
+        let error = why.clone();
+        self.transition(id, EventKind::Requeued, Some(why), |rec| {
+            rec.status = JobStatus::Pending;
+            rec.error = Some(error);
+        });
+        self.enqueue(id, Instant::now(), true);
     }
 
     /// Moves due jobs from the timer to their queues.
@@ -624,17 +681,20 @@ impl DispatcherState {
         }
     }
 
-    /// Writes the changes collected while handling the current message, as one batch.
-    pub fn flush_journal(&mut self) {
-        if self.changes.is_empty() {
-            return;
+    /// Writes the changes collected while handling the current message, as one batch. A failed
+    /// write keeps them (and the whole records they describe) in memory, to be written with the
+    /// next batch: memory and journal never drift apart for good, and the failure is reported
+    /// to the caller (a submit is refused while it lasts).
+    pub fn flush_journal(&mut self) -> Result<(), crate::journal::JournalError> {
+        if !self.changes.is_empty() {
+            if let Err(e) = self.journal.write(&self.changes) {
+                error!(error = %e, entries = self.changes.len(), "journal write failed; the changes are kept and written with the next batch");
+                return Err(e);
+            }
+            self.changes.clear();
         }
-        if let Err(e) = self.journal.write(&self.changes) {
-            // The in-memory state goes on; after a crash these jobs replay from their last
-            // durable state (at-least-once).
-            error!(error = %e, entries = self.changes.len(), "journal write failed");
-        }
-        self.changes.clear();
+        self.cool();
+        Ok(())
     }
 
     /// Starts a compaction of finished jobs past their retention, off the actor's thread.
@@ -652,7 +712,7 @@ impl DispatcherState {
     pub fn stats(&self) -> Stats {
         let mut jobs = UnfinishedCounts::default();
         for l in self.live.values() {
-            match l.rec.status {
+            match l.head.status {
                 JobStatus::Pending => jobs.pending += 1,
                 JobStatus::Running => jobs.running += 1,
                 JobStatus::Retrying => jobs.retrying += 1,
@@ -718,8 +778,15 @@ impl DispatcherState {
     }
 
     /// Pauses or resumes a pipeline: paused, its workers take no new jobs.
+    /// The pause is journaled (durable with the next commit, which the admin command awaits),
+    /// so a paused pipeline stays paused across a restart.
     pub fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ApiError> {
         let lane = self.lane_named(name)?;
+        self.journal
+            .meta_put(&paused_key(name), &[u8::from(paused)])
+            .map_err(|e| {
+                self.storage_refusal(&e, "the pipeline's state is unchanged; retry later")
+            })?;
         self.lanes[lane].paused = paused;
         info!(pipeline = %name, paused, "pipeline {}", if paused { "paused" } else { "resumed" });
         self.pump(lane);
@@ -739,12 +806,11 @@ impl DispatcherState {
         reason: Option<String>,
     ) -> Result<JobRecord, ApiError> {
         self.cancel_children(id);
-        let Some(live) = self.live.get_mut(&id) else {
+        let Some(live) = self.live.get(&id) else {
             return Err(self.not_live(id, "cancelled", "only unfinished jobs can be cancelled"));
         };
-        let lane = live.lane;
-        let rec = &mut live.rec;
-        let detail = match rec.status {
+        let (lane, name) = (live.lane, live.head.name.to_string());
+        let detail = match live.head.status {
             JobStatus::Running => {
                 let l = &self.lanes[lane];
                 if let Some(w) = l
@@ -765,22 +831,36 @@ impl DispatcherState {
                 "cancelled before it ran"
             }
         };
-        rec.status = JobStatus::Cancelled;
-        rec.completed_at = Some(now_ms());
-        if reason.is_some() {
-            rec.error = reason.clone();
-        }
-        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "cancelled").increment(1);
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "cancelled")
+            .increment(1);
         self.totals.cancelled += 1;
-        let detail = match reason {
+        let detail = match &reason {
             Some(r) => format!("{detail}: {r}"),
             None => detail.to_string(),
         };
-        self.changes
-            .extend(change(rec, EventKind::Cancelled, Some(detail)));
-        let out = rec.clone();
+        let done = now_ms();
+        let out = self
+            .transition(id, EventKind::Cancelled, Some(detail), |rec| {
+                rec.status = JobStatus::Cancelled;
+                rec.completed_at = Some(done);
+                if reason.is_some() {
+                    rec.error = reason;
+                }
+            })
+            .cloned()
+            .ok_or_else(|| ApiError::internal(format!("job {id}: its record could not be read")))?;
         self.finish(id);
         Ok(out)
+    }
+
+    /// Cancels jobs whose submit could not be made durable (the client was told it failed).
+    pub fn withdraw(&mut self, ids: Vec<JobId>) {
+        for id in ids {
+            if self.live.contains_key(&id) {
+                let why = "withdrawn: its submit could not be made durable and the client was told it failed";
+                let _ = self.cancel_with(id, Some(why.into()));
+            }
+        }
     }
 
     /// Sends a failed or cancelled job back to its queue with its attempts reset.
@@ -790,7 +870,7 @@ impl DispatcherState {
                 ErrorCode::Conflict,
                 format!(
                     "job {id} is {}; only failed or cancelled jobs can be retried",
-                    live.rec.status.as_str()
+                    live.head.status.as_str()
                 ),
             ));
         }
@@ -863,8 +943,8 @@ impl DispatcherState {
             ));
         };
         let l = &self.lanes[live.lane];
-        let rec = &live.rec;
-        let eta = rec.next_attempt_at.map(rfc3339_ms);
+        let head = &live.head;
+        let eta = head.next_attempt_at.map(rfc3339_ms);
         if let Some((waiting, total)) = self.children_waiting(id) {
             let detail = format!("{waiting} of its {total} child jobs are unfinished");
             return Ok(Blocker::new("children", detail, None));
@@ -872,7 +952,7 @@ impl DispatcherState {
         if let Some(detail) = self.held_by(id) {
             return Ok(Blocker::new("scheduled", detail, None));
         }
-        if rec.status == JobStatus::Running {
+        if head.status == JobStatus::Running {
             return Ok(Blocker::new(
                 "none",
                 "the job is running on a worker".to_string(),
@@ -880,6 +960,8 @@ impl DispatcherState {
             ));
         }
         if live.due.is_some() {
+            // The error and the history stay in the journal; `why` explains one job.
+            let rec = self.load(id)?;
             let error = rec.error.as_deref().unwrap_or("");
             return Ok(match rec.status {
                 JobStatus::Retrying if error.contains("circuit breaker") => Blocker::new(
@@ -961,6 +1043,11 @@ impl DispatcherState {
             }
         }
     }
+}
+
+/// The meta key that remembers whether a pipeline is paused.
+fn paused_key(pipeline: &str) -> String {
+    format!("paused:{pipeline}")
 }
 
 fn depths(q: &RunQueue) -> QueueDepths {

@@ -58,7 +58,7 @@ impl DispatcherState {
         if !self
             .live
             .get(&parent)
-            .is_some_and(|l| l.rec.status == JobStatus::Running)
+            .is_some_and(|l| l.head.status == JobStatus::Running)
         {
             return; // cancelled meanwhile
         }
@@ -72,7 +72,7 @@ impl DispatcherState {
             }
         }
         let now_ms = now_ms();
-        let priority = self.live[&parent].rec.priority;
+        let priority = self.live[&parent].head.priority;
         let mut kids = Vec::with_capacity(specs.len());
         for (spec, (kid_lane, _)) in specs.into_iter().zip(routed) {
             let mut rec = JobRecord {
@@ -105,13 +105,13 @@ impl DispatcherState {
             kids.push((rec, kid_lane));
         }
         let n = kids.len();
-        let p = &mut self.live.get_mut(&parent).expect("checked above").rec;
-        p.children = kids.iter().map(|(r, _)| r.id).collect();
-        self.changes.extend(change(
-            p,
+        let ids: Vec<JobId> = kids.iter().map(|(r, _)| r.id).collect();
+        self.transition(
+            parent,
             EventKind::FannedOut,
             Some(format!("{n} children")),
-        ));
+            |p| p.children = ids,
+        );
         info!(job_id = %parent, children = n, "fanned out");
         if n == 0 {
             return self.complete_parent(parent, Tally::default());
@@ -144,21 +144,24 @@ impl DispatcherState {
     }
 
     fn complete_parent(&mut self, parent: JobId, t: Tally) {
-        let Some(live) = self.live.get_mut(&parent) else {
+        let Some(head) = self
+            .live
+            .get(&parent)
+            .map(|l| &l.head)
+            .filter(|h| h.status == JobStatus::Running)
+        else {
             return;
         };
-        let rec = &mut live.rec;
-        if rec.status != JobStatus::Running {
-            return;
-        }
-        rec.status = JobStatus::Succeeded;
-        rec.completed_at = Some(now_ms());
-        rec.error = None;
-        let summary = json!({ "total": rec.children.len(), "succeeded": t.succeeded, "failed": t.failed, "stored": t.stored });
-        rec.result = Some(summary.to_string());
-        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "succeeded").increment(1);
+        let summary = json!({ "total": head.children.len(), "succeeded": t.succeeded, "failed": t.failed, "stored": t.stored });
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => head.name.to_string(), "status" => "succeeded").increment(1);
         self.totals.succeeded += 1;
-        self.changes.extend(change(rec, EventKind::Succeeded, None));
+        let done = now_ms();
+        self.transition(parent, EventKind::Succeeded, None, |rec| {
+            rec.status = JobStatus::Succeeded;
+            rec.completed_at = Some(done);
+            rec.error = None;
+            rec.result = Some(summary.to_string());
+        });
         self.finish(parent);
     }
 
@@ -166,7 +169,7 @@ impl DispatcherState {
     /// it), then cancels every unfinished child.
     pub(super) fn cancel_children(&mut self, parent: JobId) {
         let kids = match self.live.get(&parent) {
-            Some(l) if !l.rec.children.is_empty() => l.rec.children.clone(),
+            Some(l) if !l.head.children.is_empty() => l.head.children.clone(),
             _ => return,
         };
         self.tallies.remove(&parent);
@@ -183,8 +186,8 @@ impl DispatcherState {
         let parents: Vec<(JobId, Vec<JobId>)> = self
             .live
             .values()
-            .filter(|l| l.rec.status == JobStatus::Running && !l.rec.children.is_empty())
-            .map(|l| (l.rec.id, l.rec.children.clone()))
+            .filter(|l| l.head.status == JobStatus::Running && !l.head.children.is_empty())
+            .map(|l| (l.head.id, l.head.children.clone()))
             .collect();
         let mut done: HashMap<JobId, Tally> = HashMap::new();
         for (parent, kids) in parents {
@@ -210,7 +213,7 @@ impl DispatcherState {
     /// For `why`: how many children a waiting parent still waits for.
     pub(super) fn children_waiting(&self, parent: JobId) -> Option<(usize, usize)> {
         let t = self.tallies.get(&parent)?;
-        let total = self.live.get(&parent).map_or(0, |l| l.rec.children.len());
+        let total = self.live.get(&parent).map_or(0, |l| l.head.children.len());
         Some((t.waiting, total))
     }
 }

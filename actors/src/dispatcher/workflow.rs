@@ -113,10 +113,9 @@ impl DispatcherState {
             let detail = Some(format!("{} workflow {id}", wf.kind.as_str()));
             changes.extend(change(rec, EventKind::Submitted, detail));
         }
-        self.flush_journal();
-        self.journal.write(&changes).map_err(|e| {
-            ApiError::internal(format!("journal write failed, nothing was accepted: {e}"))
-        })?;
+        self.flush_journal()
+            .and_then(|()| self.journal.write(&changes))
+            .map_err(|e| self.storage_refusal(&e, super::core::NOTHING_ACCEPTED))?;
         let ids: Vec<JobId> = recs.iter().map(|(r, _)| r.id).collect();
         for (rec, lane) in recs {
             self.meters.job(&rec.name).submitted.increment(1);
@@ -222,21 +221,27 @@ impl DispatcherState {
 
     /// Puts a held job in its queue with `params[key] = value`.
     fn release(&mut self, id: JobId, key: &str, value: Value) {
-        let Some(live) = self.live.get_mut(&id) else {
-            return;
-        };
-        if live.rec.status != JobStatus::Pending {
+        if !self
+            .live
+            .get(&id)
+            .is_some_and(|l| l.head.status == JobStatus::Pending)
+        {
             return;
         }
-        let mut params: Map<String, Value> =
-            serde_json::from_str(&live.rec.params).unwrap_or_default();
-        params.insert(key.to_string(), value);
-        live.rec.params = Value::Object(params).to_string();
-        self.changes.extend(change(
-            &mut live.rec,
+        let released = self.transition(
+            id,
             EventKind::Released,
             Some(format!("params.{key} set")),
-        ));
+            |rec| {
+                let mut params: Map<String, Value> =
+                    serde_json::from_str(&rec.params).unwrap_or_default();
+                params.insert(key.to_string(), value);
+                rec.params = Value::Object(params).to_string();
+            },
+        );
+        if released.is_none() {
+            return;
+        }
         self.enqueue(id, Instant::now(), false);
         let lane = self.live[&id].lane;
         self.pump(lane);
@@ -260,8 +265,8 @@ impl DispatcherState {
         let held: Vec<(JobId, Uuid)> = self
             .live
             .values()
-            .filter(|l| l.due.is_none() && l.rec.status == JobStatus::Pending)
-            .filter_map(|l| l.rec.workflow_id.map(|w| (l.rec.id, w)))
+            .filter(|l| l.due.is_none() && l.head.status == JobStatus::Pending)
+            .filter_map(|l| l.head.workflow_id.map(|w| (l.head.id, w)))
             .collect();
         let now = Instant::now();
         for (id, wf_id) in held {
@@ -284,11 +289,9 @@ impl DispatcherState {
                     {
                         // Its predecessor ended before the stop: do what its end would have done.
                         self.step_finished(wf_id, &p);
-                        if self
-                            .live
-                            .get(&id)
-                            .is_some_and(|l| l.rec.status == JobStatus::Pending && !self.queued(id))
-                        {
+                        if self.live.get(&id).is_some_and(|l| {
+                            l.head.status == JobStatus::Pending && !self.queued(id)
+                        }) {
                             self.enqueue(id, now, false);
                         }
                     }
@@ -321,10 +324,10 @@ impl DispatcherState {
     /// For `why`: what a held workflow job waits for.
     pub(super) fn held_by(&self, id: JobId) -> Option<String> {
         let live = self.live.get(&id)?;
-        if live.rec.status != JobStatus::Pending || live.due.is_some() || self.queued(id) {
+        if live.head.status != JobStatus::Pending || live.due.is_some() || self.queued(id) {
             return None;
         }
-        let wf = self.workflows.get(&live.rec.workflow_id?)?;
+        let wf = self.workflows.get(&live.head.workflow_id?)?;
         Some(match wf.jobs.iter().position(|j| *j == id) {
             Some(k) if k > 0 => format!(
                 "waits for step {k} of its chain ({}) to succeed",
