@@ -27,6 +27,8 @@ use warden_actors::args::{
 };
 use warden_actors::job::Priority;
 
+#[cfg(test)]
+mod defaults_test;
 mod extras;
 mod upstream;
 
