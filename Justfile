@@ -1,5 +1,5 @@
-# Convenience recipes (`cargo install just`); each is one cargo command. README's commands and
-# .ci/run never need just.
+# Convenience recipes (`cargo install just`); each is one command. README's commands and .ci/run
+# never need just.
 
 default:
     @just --list
@@ -12,12 +12,13 @@ run:
 run-config config="config/default.toml":
     cargo run --release -- node --config {{config}}
 
-# The whole test suite (what CI runs).
+# Installs what the tests need, gates format and clippy, runs the whole suite (what CI runs).
 test:
-    cargo test
+    scripts/test
 
-# Format check and clippy with warnings as errors.
+# Format check and clippy with warnings as errors (the gates of scripts/test).
 lint:
+    cargo fmt --all --check
     cargo clippy --all-targets -- -D warnings
 
 # Format the code.

@@ -1,4 +1,4 @@
-//! The admin CLI: one subcommand per protocol command (PROTOCOL.md), over
+//! The admin CLI: one subcommand per protocol command (docs/protocol.md), over
 //! [`crate::client::Client`]. Human output is aligned tables; `--json` prints the raw response
 //! lines exactly as the node sent them.
 //!

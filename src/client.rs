@@ -1,4 +1,4 @@
-//! The admin client: one TCP connection speaking PROTOCOL.md, used by the CLI subcommands, the
+//! The admin client: one TCP connection speaking docs/protocol.md, used by the CLI subcommands, the
 //! benchmark and the integration tests. Requests can be pipelined: `send` several, then `recv`
 //! their answers in order.
 

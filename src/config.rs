@@ -27,6 +27,8 @@ use warden_actors::args::{
 };
 use warden_actors::job::Priority;
 
+#[cfg(test)]
+mod defaults_test;
 mod extras;
 mod upstream;
 
@@ -47,7 +49,7 @@ pub const TOKEN_ENV: &str = "WARDEN_ADMIN_TOKEN";
 pub const BUILTIN_PIPELINE: &str = "builtin";
 
 /// Pipelines this build can run: the built-in one and the three upstream sources of
-/// UPSTREAMS.md. Any other name is an error, not silently ignored.
+/// docs/upstreams.md. Any other name is an error, not silently ignored.
 pub const KNOWN_PIPELINES: &[&str] = &[BUILTIN_PIPELINE, "sec", "yahoo", "alphavantage"];
 
 /// Upper bound on `workers`: more than this is a typo, not a plan.
@@ -228,7 +230,7 @@ pub struct PipelineSection {
     pub retry: RetrySection,
     /// How the pipeline supervisor restarts its workers; default [`RestartPolicy::DEFAULT`].
     pub restart: RestartSection,
-    /// The upstream API's base URL; default the real host (UPSTREAMS.md). Not for `builtin`.
+    /// The upstream API's base URL; default the real host (docs/upstreams.md). Not for `builtin`.
     pub base_url: Option<String>,
     /// `sec` only: the ticker → CIK map's URL.
     pub tickers_url: Option<String>,

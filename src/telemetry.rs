@@ -57,7 +57,7 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     }
 }
 
-/// Job durations run from a millisecond to an hour: the seed's 1 … 3600 s plus sub-second ones.
+/// Job durations run from a millisecond to an hour: 1 … 3600 s plus sub-second ones.
 /// Also the default for any histogram without buckets of its own.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,

@@ -1,5 +1,5 @@
 //! The admin actor: owns the accept loop on the node's pre-bound admin listener and one task per
-//! connection, speaking PROTOCOL.md (newline-delimited JSON). Supervised by the root.
+//! connection, speaking docs/protocol.md (newline-delimited JSON). Supervised by the root.
 //!
 //! The accept loop runs in a task the actor owns (aborted in `post_stop`), never inside a
 //! handler, because a handler blocked on `accept()` could not be stopped (ractor runs one

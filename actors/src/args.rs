@@ -86,7 +86,7 @@ pub struct AlertsArgs {
     pub timeout: Duration,
 }
 
-/// The admin actor's listener and limits (PROTOCOL.md, "Framing").
+/// The admin actor's listener and limits (docs/protocol.md, "Framing and limits").
 #[derive(Debug, Clone)]
 pub struct AdminArgs {
     /// Address to bind; port 0 picks a free one (tests).
@@ -188,7 +188,7 @@ impl TimeLimits {
     }
 }
 
-/// How a pipeline reaches its upstream API (UPSTREAMS.md, "Pipeline config keys"). Its `Debug`
+/// How a pipeline reaches its upstream API (docs/upstreams.md, "Configuration"). Its `Debug`
 /// hides the API key, so logging the arguments never leaks it.
 #[derive(Clone)]
 pub struct UpstreamArgs {
@@ -268,7 +268,7 @@ impl RestartPolicy {
 }
 
 impl RetryPolicy {
-    /// Defaults: 3 retries, 2 s doubling to 10 min (UPSTREAMS.md).
+    /// Defaults: 3 retries, 2 s doubling to 10 min (config/default.toml).
     pub const DEFAULT: RetryPolicy = RetryPolicy {
         max_retries: 3,
         base_delay: Duration::from_secs(2),

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::args::{RestartPolicy, RetryPolicy};
 
-/// Job retries jitter by ±10 % (ARCHITECTURE.md, "A job's life").
+/// Job retries jitter by ±10 % (docs/architecture.md, "A job's life").
 pub const RETRY_JITTER: f64 = 0.1;
 
 /// `base · 2^n`, capped at `max`, then moved by `jitter_unit · jitter · delay` where

@@ -93,7 +93,7 @@ impl FromStr for Priority {
     }
 }
 
-/// Where a job is in its life (see ARCHITECTURE.md, "A job's life").
+/// Where a job is in its life (see docs/architecture.md, "A job's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]

@@ -801,8 +801,8 @@ fn bad_version(version: u8) -> String {
 
 /// The sled settings of the journal, shared with `measure_ceiling` so that the ceiling is
 /// measured on the same engine configuration. 4 MiB segments (sled's default is 512 KiB) mean
-/// fewer sealed log buffers, each written with its own `sync_file_range`: in `warden bench` on
-/// the 2-core CI machine that took no-op throughput from about 22-25k to 28-31k jobs/s. The
+/// fewer sealed log buffers, each written with its own `sync_file_range`, which `warden bench`
+/// showed as a clear gain in no-op throughput (README's Benchmark has the current figures). The
 /// page cache is capped at 256 MiB (sled's default is 1 GiB) so an idle node stays small.
 fn sled_config(dir: &Path) -> sled::Config {
     sled::Config::new()

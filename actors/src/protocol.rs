@@ -1,4 +1,4 @@
-//! The admin protocol's wire types (PROTOCOL.md): request parsing with errors that name the
+//! The admin protocol's wire types (docs/protocol.md): request parsing with errors that name the
 //! field, what was expected and what came; error codes; the job object. The server, the CLI and
 //! the tests all use these, so they cannot drift apart.
 //!
@@ -19,7 +19,7 @@ pub const MAX_BATCH: usize = 10_000;
 /// Most jobs or records one `list`, `dlq` or `records` returns.
 pub const MAX_LIMIT: usize = 1000;
 
-/// The error codes of PROTOCOL.md.
+/// The error codes of docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -630,7 +630,7 @@ pub fn limit_or(limit: Option<usize>, default: usize) -> Result<usize, ApiError>
     }
 }
 
-/// The job object of PROTOCOL.md.
+/// The job object of docs/protocol.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     /// Id.

@@ -1,4 +1,4 @@
-//! The real ingestion tasks: SEC EDGAR, Yahoo Finance and Alpha Vantage, as UPSTREAMS.md
+//! The real ingestion tasks: SEC EDGAR, Yahoo Finance and Alpha Vantage, as docs/upstreams.md
 //! describes their APIs, params, records and results.
 //!
 //! Each upstream is one [`Source`] (`http.rs`): a reqwest client, the pipeline's
@@ -7,7 +7,7 @@
 //! and the journal the records go to. A task builds its URLs, asks
 //! [`Source::fetch`] for one request, and hands the response to its source's classifier, which
 //! returns a [`Judgement`]: the useful answer, or why not, in one of the error classes of
-//! ARCHITECTURE.md. The judgement's verdict goes back to the gate (so throttle signals pause the
+//! docs/upstreams.md. The judgement's verdict goes back to the gate (so throttle signals pause the
 //! whole source and transient failures count towards the breaker) and its class becomes the
 //! task's [`TaskError`].
 //!

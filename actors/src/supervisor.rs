@@ -1,6 +1,6 @@
 //! The one supervisor actor Warden uses at every level: the root (dispatcher, pipelines, admin)
-//! and each pipeline (its workers). Core ractor has no restart strategies (guides/ractor.md
-//! §4.3), so this is ours: children are built from [`ChildSpec`] recipes, a failed child is
+//! and each pipeline (its workers). Core ractor has no restart strategies, so this is
+//! ours: children are built from [`ChildSpec`] recipes, a failed child is
 //! restarted after an exponential, jittered backoff within a per-child [`RestartBudget`], and a
 //! spent budget fails the supervisor itself so the failure climbs the tree (OTP's restart
 //! intensity). A child whose spec says [`ChildSpec::restarts_later_siblings`] takes the children

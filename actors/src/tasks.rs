@@ -1,10 +1,10 @@
 //! Tasks: what a job name means. A pipeline owns a [`TaskSet`] mapping `<pipeline>.<task>` to an
 //! async function; the worker runs it and reports its [`TaskError`] class, which decides the
-//! job's fate (ARCHITECTURE.md, "A job's life"): transient → retry with backoff, permanent →
+//! job's fate (docs/architecture.md): transient → retry with backoff, permanent →
 //! dead-letter at once, throttled → wait without burning an attempt.
 //!
 //! The built-in pipeline's tasks live here too: they exist for tests, benchmarks and smoke
-//! checks (PROTOCOL.md, "Job names").
+//! checks (docs/protocol.md, "Job names").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

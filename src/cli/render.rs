@@ -62,7 +62,7 @@ pub(super) fn submitted(a: &Value) -> String {
     }
 }
 
-/// The job object's fields in the order PROTOCOL.md lists them; others follow, sorted.
+/// The job object's fields in the order docs/protocol.md lists them; others follow, sorted.
 const JOB_FIELDS: &[&str] = &[
     "job_id",
     "name",

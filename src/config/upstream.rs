@@ -1,4 +1,4 @@
-//! The upstream keys of `[pipelines.<name>]` (UPSTREAMS.md, "Pipeline config keys"): their
+//! The upstream keys of `[pipelines.<name>]` (docs/upstreams.md, "Configuration"): their
 //! per-source defaults (the real hosts and their published limits), their checks, and their
 //! resolution into [`UpstreamArgs`], which reads the Alpha Vantage key from the environment.
 

@@ -1,5 +1,5 @@
 //! Fake upstreams: one real HTTP server on loopback that answers like SEC EDGAR, Yahoo Finance
-//! and Alpha Vantage (the shapes of `UPSTREAMS.md`), for tests and for the offline demo.
+//! and Alpha Vantage (the shapes of `docs/upstreams.md`), for tests and for the offline demo.
 //!
 //! [`FakeUpstream::start`] binds `127.0.0.1:0` and serves, for the companies of [`COMPANIES`]
 //! (CHGG, IBM, AAPL, MSFT and twenty more, all data made up but well formed and always the

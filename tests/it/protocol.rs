@@ -1,4 +1,4 @@
-//! The admin protocol from outside, exactly as PROTOCOL.md writes it: one test per command and per
+//! The admin protocol from outside, as docs/protocol.md writes it: one test per command and per
 //! error code over real TCP, plus framing (ids, blank lines, pipelining, `\r`, limits, idle
 //! timeout). After every error on a connection that stays open, `ping` on that same connection
 //! must still work.
@@ -239,8 +239,8 @@ async fn submit_batch_is_ordered_and_all_or_nothing() {
     assert_eq!(s["totals"]["submitted"], 3, "{s}");
 }
 
-/// Ensures that `status` returns the job object with exactly the fields of PROTOCOL.md, times in
-/// RFC 3339 UTC with milliseconds.
+/// Ensures that `status` returns the job object with exactly the fields of docs/protocol.md,
+/// times in RFC 3339 UTC with milliseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_returns_the_job_object() {
     let node = TestNode::start().await;

@@ -1,6 +1,6 @@
 //! Batch jobs that fan out: a parent job splits into one child job per ticker (on a worker, which
 //! is free again at once), waits for them holding no worker, and finishes with their summary
-//! `{total, succeeded, failed, stored}` (the seed's batch result). Children carry `parent_id`;
+//! `{total, succeeded, failed, stored}`. Children carry `parent_id`;
 //! the parent's record lists them, so a restart rebuilds the count from the journal; cancelling
 //! the parent cancels its unfinished children.
 

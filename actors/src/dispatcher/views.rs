@@ -1,5 +1,5 @@
 //! What the dispatcher reports: submit answers, `pipelines` and `stats` objects, serialized
-//! as PROTOCOL.md shows them.
+//! as docs/protocol.md shows them.
 
 use serde::{Deserialize, Serialize};
 

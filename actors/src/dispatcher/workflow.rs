@@ -1,4 +1,4 @@
-//! Workflows (`submit_workflow`, PROTOCOL.md): a chain runs its steps one after the other, each
+//! Workflows (`submit_workflow`, docs/protocol.md): a chain runs its steps one by one, each
 //! with the previous result as `params.input`, and a failed step cancels the steps after it; a
 //! group runs its jobs at once and then its optional `then` job with `params.results` in order
 //! (also after failures with `allow_failures`, the errors in place; else `then` is cancelled).

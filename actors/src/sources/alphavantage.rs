@@ -161,7 +161,7 @@ mod tests {
     use crate::sources::http::tests::fetched;
     use crate::upstream::Verdict;
 
-    /// Ensures that Alpha Vantage's HTTP 200 failure signals are classified as UPSTREAMS.md
+    /// Ensures that Alpha Vantage's HTTP 200 failure signals are classified as docs/upstreams.md
     /// says, the daily quota apart from the per-minute one.
     #[test]
     fn alphavantage_failure_signals() {

@@ -813,7 +813,7 @@ pub(crate) mod tests {
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
-    /// Ensures that the shared judgement classifies statuses and bodies as ARCHITECTURE.md says.
+    /// Ensures that the shared judgement classifies statuses and bodies as docs/upstreams.md says.
     #[test]
     fn shared_judgement_of_status_and_body() {
         assert_eq!(

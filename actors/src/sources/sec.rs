@@ -6,7 +6,7 @@
 //! node restarted within the day, spend no further request on it. Workers that find it stale at
 //! the same time wait for one fetch rather than each sending their own.
 //!
-//! Failure signals (UPSTREAMS.md): a 403 whose body is SEC's rate page ("Request Rate Threshold
+//! Failure signals (docs/upstreams.md): a 403 that is SEC's rate page ("Request Rate Threshold
 //! Exceeded", "Undeclared Automated Tool") is throttling without a `Retry-After`, so the
 //! limiter's cooldown decides how long the source pauses; 404 is an unknown CIK; the rest is
 //! the shared judgement (5xx and bad bodies transient, other 4xx permanent).
@@ -34,7 +34,7 @@ pub const COMPANY_FACTS: &str = "sec.company_facts";
 /// Where the ticker map is cached in the journal's meta tree.
 pub const TICKERS_META_KEY: &str = "sec/tickers";
 
-/// How long a fetched ticker map is trusted (UPSTREAMS.md: a day).
+/// How long a fetched ticker map is trusted (docs/upstreams.md: a day).
 pub const TICKERS_MAX_AGE: Duration = Duration::from_secs(86_400);
 
 /// First byte of the cached ticker map; bump it when its encoding changes (an unknown one is
@@ -611,7 +611,7 @@ mod tests {
             .is_empty());
     }
 
-    /// Ensures that SEC's failure signals are classified as UPSTREAMS.md says.
+    /// Ensures that SEC's failure signals are classified as docs/upstreams.md says.
     #[test]
     fn sec_failure_signals() {
         let rate_page = "<html><title>SEC.gov | Request Rate Threshold Exceeded</title></html>";

@@ -219,7 +219,7 @@ mod tests {
         assert!(bar_records(&json!({"chart": {"result": null}}), "CHGG", "1d").is_err());
     }
 
-    /// Ensures that Yahoo's failure signals are classified as UPSTREAMS.md says.
+    /// Ensures that Yahoo's failure signals are classified as docs/upstreams.md says.
     #[test]
     fn yahoo_failure_signals() {
         let not_found = r#"{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found, symbol may be delisted"}}}"#;
