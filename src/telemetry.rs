@@ -8,30 +8,59 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::task::JoinHandle;
-use tracing_subscriber::EnvFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 use warden_actors::journal::Journal;
 use warden_actors::metrics as m;
 
 use crate::config::LogFormat;
 
-/// Installs the tracing subscriber. `RUST_LOG` wins over the config's level.
+/// Installs the tracing subscriber: [`log_layer`] on stderr. `RUST_LOG` wins over the config's
+/// level.
 pub fn init_tracing(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => {
-            // The default hook would print plain text lines amid the JSON ones.
-            std::panic::set_hook(Box::new(log_panic));
-            builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .try_init()
-        }
-        LogFormat::Pretty => builder.try_init(),
+    if format == LogFormat::Json {
+        // The default hook would print plain text lines amid the JSON ones.
+        std::panic::set_hook(Box::new(log_panic));
+    }
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(format, filter, std::io::stderr))
+        .try_init();
+}
+
+/// The layer `warden node` logs through, writing to `writer`: `filter` decides which spans and
+/// events exist at all (a global filter, so a disabled span is never created), ractor's own
+/// spans are dropped, and the rest is formatted pretty or as JSON. Public so that tests can
+/// install exactly this stack with a sink and a probe layer of their own.
+pub fn log_layer<S, W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // ractor wraps every actor's start and message loop in an `Actor{id=…}` span: an internal id
+    // that names nothing a user knows, prefixed to every line; the `actor` field says where a
+    // line comes from.
+    let no_ractor_spans =
+        filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("ractor")));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+        LogFormat::Pretty => fmt.boxed(),
     };
+    filter.and_then(no_ractor_spans).and_then(fmt).boxed()
 }
 
 /// A panic hook that reports the panic as one `error` event (message, location, thread, and a

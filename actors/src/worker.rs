@@ -344,8 +344,9 @@ impl WorkerState {
             return;
         }
         let body = self.args.tasks.get(&t.name).cloned();
-        let span =
-            tracing::info_span!("job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
+        // A root span: an attempt is never a child of whatever span is current here, so spans
+        // cannot chain from one job to the next however long a backlog is.
+        let span = tracing::info_span!(parent: None, "job", job_id = %t.job_id, job_name = %t.name, attempt = t.attempt);
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
         let watched = self.args.limits.watched();
