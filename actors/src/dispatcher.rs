@@ -32,7 +32,9 @@ use crate::tasks::TaskResult;
 use crate::worker::WorkerMsg;
 
 pub use self::core::DispatcherState;
-pub use self::views::{Accepted, Blocker, PipelineView, QueueDepths, Stats, WorkersView};
+pub use self::views::{
+    Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, WorkersView,
+};
 pub use self::workflow::WorkflowSpec;
 
 /// How often the queue and worker gauges are refreshed.
@@ -230,7 +232,10 @@ impl Actor for Dispatcher {
             } => st.worker_down(pipeline, worker, &reason),
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
-            DispatcherMsg::Gauges => st.publish_gauges(),
+            DispatcherMsg::Gauges => {
+                st.publish_gauges();
+                st.shrink();
+            }
             DispatcherMsg::Stats(reply) => {
                 let _ = reply.send(st.stats());
             }

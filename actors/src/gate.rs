@@ -25,7 +25,7 @@ use ractor::rpc::CallResult;
 use crate::breaker::{Admission, CircuitBreakerMsg};
 use crate::limiter::{RateLimiterMsg, Refusal};
 use crate::link::Link;
-use crate::upstream::{Blocked, Gate, Verdict};
+use crate::upstream::{Blocked, Gate, Hold, Verdict};
 
 /// How long `acquire` waits for the breaker's answer (it answers at once unless it is stuck).
 pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,53 +63,44 @@ impl PipelineGate {
 
     /// The breaker's admission, or why there is none.
     async fn admit(&self) -> Result<Admission, Blocked> {
-        let restarting = || blocked("circuit breaker restarting", Some(RESTART_RETRY));
+        let restarting = || blocked(Hold::BreakerUnavailable, Some(RESTART_RETRY));
         let breaker = self.breaker.get().ok_or_else(restarting)?;
         match breaker
             .call(CircuitBreakerMsg::Admit, Some(ADMIT_TIMEOUT))
             .await
         {
             Ok(CallResult::Success(Admission::Refused { retry_after })) => {
-                Err(blocked("circuit breaker open", Some(retry_after)))
+                Err(blocked(Hold::BreakerOpen, Some(retry_after)))
             }
             Ok(CallResult::Success(admission)) => Ok(admission),
-            Ok(CallResult::Timeout) => Err(blocked(
-                "circuit breaker did not answer",
-                Some(RESTART_RETRY),
-            )),
+            Ok(CallResult::Timeout) => Err(blocked(Hold::BreakerUnavailable, Some(RESTART_RETRY))),
             Ok(CallResult::SenderError) | Err(_) => Err(restarting()),
         }
     }
 
     /// A limiter permit, or why there is none.
     async fn permit(&self) -> Result<(), Blocked> {
-        let restarting = || blocked("rate limiter restarting", Some(RESTART_RETRY));
+        let restarting = || blocked(Hold::LimiterUnavailable, Some(RESTART_RETRY));
         let limiter = self.limiter.get().ok_or_else(restarting)?;
         match limiter
             .call(RateLimiterMsg::Acquire, Some(PERMIT_TIMEOUT))
             .await
         {
             Ok(CallResult::Success(Ok(()))) => Ok(()),
-            Ok(CallResult::Success(Err(Refusal::Paused { remaining }))) => Err(blocked(
-                "source paused after a throttle signal",
-                Some(remaining),
-            )),
+            Ok(CallResult::Success(Err(Refusal::Paused { remaining }))) => {
+                Err(blocked(Hold::SourcePaused, Some(remaining)))
+            }
             Ok(CallResult::Success(Err(Refusal::WindowsFull { free_in }))) => {
-                Err(blocked("rate limit windows full", Some(free_in)))
+                Err(blocked(Hold::WindowsFull, Some(free_in)))
             }
-            Ok(CallResult::Timeout) => {
-                Err(blocked("rate limiter did not answer", Some(RESTART_RETRY)))
-            }
+            Ok(CallResult::Timeout) => Err(blocked(Hold::LimiterUnavailable, Some(RESTART_RETRY))),
             Ok(CallResult::SenderError) | Err(_) => Err(restarting()),
         }
     }
 }
 
-fn blocked(reason: &str, retry_after: Option<Duration>) -> Blocked {
-    Blocked {
-        reason: reason.to_string(),
-        retry_after,
-    }
+fn blocked(hold: Hold, retry_after: Option<Duration>) -> Blocked {
+    Blocked { hold, retry_after }
 }
 
 impl Gate for PipelineGate {
@@ -269,7 +260,7 @@ mod tests {
         r.gate.acquire().await.unwrap();
         r.gate.report(Verdict::Transient);
         let blocked = r.gate.acquire().await.unwrap_err();
-        assert_eq!(blocked.reason, "circuit breaker open");
+        assert_eq!(blocked.hold, Hold::BreakerOpen);
         assert_eq!(blocked.retry_after, Some(Duration::from_secs(1)));
         let view = ractor::call!(r.limiter.get().unwrap(), RateLimiterMsg::State).unwrap();
         assert_eq!(view.in_window, vec![1], "no permit used while open");
@@ -289,7 +280,7 @@ mod tests {
         assert_eq!(
             blocked,
             Blocked {
-                reason: "source paused after a throttle signal".into(),
+                hold: Hold::SourcePaused,
                 retry_after: Some(Duration::from_secs(30)),
             }
         );
@@ -331,7 +322,7 @@ mod tests {
             })
         };
         let refused = other.await.unwrap();
-        assert_eq!(refused.reason, "circuit breaker open");
+        assert_eq!(refused.hold, Hold::BreakerOpen);
         assert_eq!(
             refused.retry_after,
             Some(crate::breaker::PROBE_PENDING_RETRY)
@@ -355,7 +346,7 @@ mod tests {
         assert_eq!(
             gate.acquire().await.unwrap_err(),
             Blocked {
-                reason: "rate limiter restarting".into(),
+                hold: Hold::LimiterUnavailable,
                 retry_after: Some(RESTART_RETRY),
             }
         );
@@ -369,8 +360,8 @@ mod tests {
 
         let none = PipelineGate::new(r.limiter.clone(), Link::default());
         assert_eq!(
-            none.acquire().await.unwrap_err().reason,
-            "circuit breaker restarting"
+            none.acquire().await.unwrap_err().hold,
+            Hold::BreakerUnavailable
         );
     }
 }

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::job::{JobId, Priority};
 
+/// Spare capacity a lane may keep before [`RunQueue::shrink`] gives it back.
+pub const SHRINK_SLACK: usize = 1024;
+
 /// One waiting job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queued {
@@ -67,6 +70,16 @@ impl RunQueue {
         self.lanes[lane]
             .pop_front()
             .map(|q| (q, Priority::ALL[lane]))
+    }
+
+    /// Gives memory back after a backlog drained: a `VecDeque` keeps its capacity, so a million
+    /// queued jobs would otherwise hold their slots for the life of the node.
+    pub fn shrink(&mut self) {
+        for q in &mut self.lanes {
+            if q.capacity() > 4 * q.len() + SHRINK_SLACK {
+                q.shrink_to(2 * q.len());
+            }
+        }
     }
 
     /// Removes a job wherever it waits; true if it was there.

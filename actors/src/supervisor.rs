@@ -18,7 +18,7 @@ use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr,
     RpcReplyPort, SpawnErr, SupervisionEvent,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -104,8 +104,8 @@ pub struct TreeNode {
     pub path: String,
     /// `supervisor`, `dispatcher`, `admin`, `worker`, …
     pub kind: String,
-    /// `running`, `restarting` (waiting out a backoff), `stopped`.
-    pub status: String,
+    /// Whether it runs now.
+    pub status: ActorState,
     /// Restarts since the node started.
     pub restarts: u64,
     /// The last failure's cause.
@@ -120,6 +120,20 @@ pub struct TreeNode {
     pub detail: Option<serde_json::Value>,
     /// Children, in start order.
     pub children: Vec<TreeNode>,
+}
+
+/// Where an actor of the tree is, for `tree`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorState {
+    /// Up.
+    Running,
+    /// Asked to stop; not gone yet.
+    Stopping,
+    /// Waiting out a backoff (or an earlier sibling's restart) before it starts again.
+    Restarting,
+    /// Gone, and not coming back.
+    Stopped,
 }
 
 /// The supervisor actor (stateless shell; see [`SupervisorState`]).
@@ -265,16 +279,16 @@ impl SupervisorState {
         let mut children = Vec::with_capacity(self.children.len());
         for (i, c) in self.children.iter().enumerate() {
             let status = match &c.cell {
-                Some(cell) if cell.get_status() == ActorStatus::Running => "running",
-                Some(_) => "stopping",
-                None if c.timer.is_some() || c.waiting_on.is_some() => "restarting",
-                None => "stopped",
+                Some(cell) if cell.get_status() == ActorStatus::Running => ActorState::Running,
+                Some(_) => ActorState::Stopping,
+                None if c.timer.is_some() || c.waiting_on.is_some() => ActorState::Restarting,
+                None => ActorState::Stopped,
             };
             let mut node = TreeNode {
                 name: c.spec.name(),
                 path: self.child_path(i),
                 kind: c.spec.kind().to_string(),
-                status: status.to_string(),
+                status,
                 restarts: c.budget.total() + c.replaced,
                 last_failure: c.last_failure.clone(),
                 last_replacement: c.last_replacement.clone(),
@@ -300,7 +314,7 @@ impl SupervisorState {
                 .to_string(),
             path: self.path.clone(),
             kind: "supervisor".into(),
-            status: "running".into(),
+            status: ActorState::Running,
             restarts: 0,
             last_failure: None,
             last_replacement: None,
@@ -590,10 +604,14 @@ mod tests {
             child.cast(true).unwrap();
             tokio::time::sleep(Duration::from_millis(backoff_ms - 10)).await;
             let t = status_of(&sup).await;
-            assert_eq!((t.status.as_str(), t.restarts), ("restarting", round));
+            assert_eq!((t.status, t.restarts), (ActorState::Restarting, round));
             tokio::time::sleep(Duration::from_millis(20)).await;
             let t = status_of(&sup).await;
-            assert_eq!(t.status, "running", "restarted after {backoff_ms} ms");
+            assert_eq!(
+                t.status,
+                ActorState::Running,
+                "restarted after {backoff_ms} ms"
+            );
             assert_eq!(t.last_failure.as_deref(), Some("asked to fail"));
         }
         spec.current

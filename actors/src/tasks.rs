@@ -73,14 +73,26 @@ pub enum TaskError {
     /// The task panicked: retried like a transient error (its worker is replaced).
     #[error("{0}")]
     Panic(String),
-    /// The upstream asked us to slow down: wait, and do not count the attempt.
+    /// The upstream asked us to slow down, or the pipeline's gate held the request back: wait,
+    /// and do not count the attempt.
     #[error("{message}")]
     Throttled {
-        /// What the upstream said.
+        /// What the upstream said, or what held the request.
         message: String,
-        /// How long it asked us to wait, when it said.
+        /// How long to wait, when known.
         retry_after: Option<Duration>,
+        /// Who asked for the wait.
+        by: ThrottledBy,
     },
+}
+
+/// Who made a job wait without spending an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottledBy {
+    /// The upstream sent a throttle signal (429, SEC's rate page, Alpha Vantage's `Note`).
+    Upstream,
+    /// The pipeline's own gate held the request back.
+    Gate(crate::upstream::Hold),
 }
 
 /// The outcome of one attempt: the result JSON or the classified error.

@@ -28,12 +28,45 @@ pub enum Verdict {
     Permanent,
 }
 
+/// What held a request back at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The circuit breaker is open.
+    BreakerOpen,
+    /// The circuit breaker is restarting or did not answer.
+    BreakerUnavailable,
+    /// Every permit of a rate-limit window is taken.
+    WindowsFull,
+    /// The source is paused after a throttle signal.
+    SourcePaused,
+    /// The rate limiter is restarting or did not answer.
+    LimiterUnavailable,
+}
+
+impl Hold {
+    /// For a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hold::BreakerOpen => "circuit breaker open",
+            Hold::BreakerUnavailable => "circuit breaker restarting or not answering",
+            Hold::WindowsFull => "rate limit windows full",
+            Hold::SourcePaused => "source paused after a throttle signal",
+            Hold::LimiterUnavailable => "rate limiter restarting or not answering",
+        }
+    }
+
+    /// Whether the circuit breaker holds the request (else the rate limiter does).
+    pub fn is_breaker(self) -> bool {
+        matches!(self, Hold::BreakerOpen | Hold::BreakerUnavailable)
+    }
+}
+
 /// Why the gate refused a request right now. The task returns it as a throttled error, so the
 /// job waits without spending an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
-    /// What blocks (`circuit breaker open`, `source paused after a throttle signal`).
-    pub reason: String,
+    /// What blocks.
+    pub hold: Hold,
     /// How long until it may be tried again, when known.
     pub retry_after: Option<Duration>,
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use warden_actors::alerts::{Alerter, AlertsSpec};
 use warden_actors::args::{AlertsArgs, RestartPolicy};
 use warden_actors::job::{now_ms, JobId, JobRecord, JobStatus, Priority};
-use warden_actors::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+use warden_actors::supervisor::{ActorState, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 
 use crate::support::eventually;
 
@@ -122,7 +122,7 @@ impl Alerts {
     }
 
     /// The child's `(status, restarts)` as `tree` shows them.
-    async fn status(&self) -> (String, u64) {
+    async fn status(&self) -> (ActorState, u64) {
         let tree = self
             .root
             .call(SupervisorMsg::Tree, Some(WAIT))
@@ -130,7 +130,7 @@ impl Alerts {
             .unwrap()
             .unwrap();
         let alerts = &tree.children[0];
-        (alerts.status.clone(), alerts.restarts)
+        (alerts.status, alerts.restarts)
     }
 
     async fn stop(self) {
@@ -276,7 +276,7 @@ async fn dead_webhook_never_slows_callers() {
     assert_eq!(dropped, (989, 11));
     assert_eq!(alerts.count("sent"), 0);
     assert_eq!(alerts.count("dropped_down"), 0);
-    assert_eq!(alerts.status().await, ("running".to_string(), 0));
+    assert_eq!(alerts.status().await, (ActorState::Running, 0));
     alerts.stop().await;
 }
 

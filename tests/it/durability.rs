@@ -234,3 +234,56 @@ async fn sigterm_stops_gracefully_with_exit_0() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Ensures that a state a client has seen never goes back: 500 no-ops are polled until `list`
+/// shows every one `succeeded`, the node is killed with SIGKILL at once and restarted; no job
+/// ran again (each history has exactly one `started`). Three rounds, since the race it guards
+/// against (a success visible before it is durable) hit 1-4 jobs a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_successes_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(tmp.path());
+    for round in 0..3 {
+        let mut child = spawn_node(&config);
+        let mut c = connect(&addr).await;
+        let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.noop"})).collect();
+        let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+        assert_eq!(a["ok"], true, "{a}");
+        let ids: Vec<String> = a["job_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        poll(
+            &mut c,
+            "every job to be seen succeeded",
+            WAIT,
+            // The 500 newest jobs are this round's.
+            json!({"cmd": "list", "limit": 500}),
+            |l| {
+                l["jobs"]
+                    .as_array()
+                    .is_some_and(|j| j.iter().all(|j| j["status"] == "succeeded"))
+            },
+        )
+        .await;
+        child.kill().unwrap(); // SIGKILL, right after the answer
+        child.wait().unwrap();
+
+        let mut child = spawn_node(&config);
+        let mut c = connect(&addr).await;
+        for id in &ids {
+            let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
+            let started = h["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "started")
+                .count();
+            assert_eq!(started, 1, "round {round}: job {id} ran again: {h}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

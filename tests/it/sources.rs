@@ -14,7 +14,7 @@ use warden_actors::job::JobId;
 use warden_actors::journal::{Journal, StoredRecord};
 use warden_actors::sources::{self, Source};
 use warden_actors::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
-use warden_actors::upstream::{Blocked, Gate, OpenGate, Verdict};
+use warden_actors::upstream::{Blocked, Gate, Hold, OpenGate, Verdict};
 
 use crate::fakes::{self, Failure, FakeUpstream};
 
@@ -155,6 +155,7 @@ fn throttled(result: TaskResult) -> (String, Option<Duration>) {
         Err(TaskError::Throttled {
             message,
             retry_after,
+            ..
         }) => (message, retry_after),
         other => panic!("expected a throttled error, got {other:?}"),
     }
@@ -806,7 +807,7 @@ async fn a_blocked_gate_is_throttled_and_sends_nothing() {
     let rig = Rig::start().await;
     let gate = Arc::new(RecordingGate {
         blocked: Some(Blocked {
-            reason: "circuit breaker open".into(),
+            hold: Hold::BreakerOpen,
             retry_after: Some(Duration::from_secs(30)),
         }),
         ..RecordingGate::default()

@@ -350,7 +350,7 @@ async fn alerter_survives_a_restart_of_the_actor() {
     let (sup, _) = Actor::spawn(None, Supervisor, sup_args).await.unwrap();
     let status = || async {
         let tree = sup.call(SupervisorMsg::Tree, None).await.unwrap().unwrap();
-        tree.children[0].status.clone()
+        tree.children[0].status
     };
     alerter.dead_lettered(&job("before"));
     // Let it be delivered first: a kill cuts in ahead of queued messages.
@@ -358,10 +358,10 @@ async fn alerter_survives_a_restart_of_the_actor() {
     assert_eq!(fake.names(), ["before"]);
     spec.incarnation.link().get().unwrap().kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(status().await, "restarting");
+    assert_eq!(status().await, crate::supervisor::ActorState::Restarting);
     alerter.dead_lettered(&job("while-down"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(status().await, "running");
+    assert_eq!(status().await, crate::supervisor::ActorState::Running);
     alerter.dead_lettered(&job("after"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fake.names(), ["before", "after"]);

@@ -10,9 +10,10 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::live::{Live, Names};
+use super::live::{Live, Names, Wait};
 use super::views::{
-    Accepted, Blocker, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts, WorkersView,
+    Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
+    WorkersView,
 };
 use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
@@ -23,7 +24,7 @@ use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
-use crate::tasks::{TaskError, TaskResult};
+use crate::tasks::{TaskError, TaskResult, ThrottledBy};
 use crate::worker::{Ticket, WorkerMsg};
 
 /// What a refused submit tells the client.
@@ -370,6 +371,14 @@ impl DispatcherState {
         }
     }
 
+    /// Puts a job on the timer after an attempt, remembering why for `why`.
+    fn wait_on_timer(&mut self, id: JobId, due: Instant, cause: Wait) {
+        if let Some(live) = self.live.get_mut(&id) {
+            live.wait = Some(cause);
+        }
+        self.schedule(id, due);
+    }
+
     fn schedule(&mut self, id: JobId, due: Instant) {
         if let Some(live) = self.live.get_mut(&id) {
             live.due = Some(due);
@@ -483,7 +492,14 @@ impl DispatcherState {
             Err(TaskError::Throttled {
                 message,
                 retry_after,
-            }) => self.throttled(id, &name, message, retry_after),
+                by,
+            }) => {
+                let wait = match by {
+                    ThrottledBy::Gate(hold) if hold.is_breaker() => Wait::BreakerOpen,
+                    _ => Wait::RateLimit,
+                };
+                self.throttled(id, &name, message, retry_after, wait)
+            }
         }
         self.check_drained();
     }
@@ -505,7 +521,14 @@ impl DispatcherState {
     }
 
     /// A throttled attempt does not count: the upstream never did the work.
-    fn throttled(&mut self, id: JobId, name: &str, message: String, retry_after: Option<Duration>) {
+    fn throttled(
+        &mut self,
+        id: JobId,
+        name: &str,
+        message: String,
+        retry_after: Option<Duration>,
+        cause: Wait,
+    ) {
         let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
         let at = now_ms() + wait.as_millis() as i64;
         metrics::counter!(m::JOB_RETRIES, "job_name" => name.to_string(), "error_type" => "throttled")
@@ -517,7 +540,7 @@ impl DispatcherState {
             rec.next_attempt_at = Some(at);
             rec.error = Some(message);
         });
-        self.schedule(id, Instant::now() + wait);
+        self.wait_on_timer(id, Instant::now() + wait, cause);
     }
 
     fn retry_or_dead_letter(&mut self, id: JobId, msg: String, error_type: &'static str) {
@@ -542,7 +565,7 @@ impl DispatcherState {
             rec.next_attempt_at = Some(at);
             rec.error = Some(msg);
         });
-        self.schedule(id, Instant::now() + delay);
+        self.wait_on_timer(id, Instant::now() + delay, Wait::Backoff);
     }
 
     pub(super) fn dead_letter(&mut self, id: JobId, msg: String) {
@@ -664,6 +687,27 @@ impl DispatcherState {
                     DispatcherMsg::Tick
                 });
             }
+        }
+    }
+
+    /// Gives memory back once a backlog has drained (maps and queues keep their capacity).
+    pub fn shrink(&mut self) {
+        fn shrink_map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 4 * m.len() + crate::queue::SHRINK_SLACK {
+                m.shrink_to(2 * m.len());
+            }
+        }
+        shrink_map(&mut self.live);
+        shrink_map(&mut self.unique);
+        shrink_map(&mut self.tallies);
+        for l in &mut self.lanes {
+            l.queue.shrink();
+        }
+        if self.touched.capacity() > crate::queue::SHRINK_SLACK {
+            self.touched.shrink_to(crate::queue::SHRINK_SLACK);
+        }
+        if self.changes.capacity() > crate::queue::SHRINK_SLACK {
+            self.changes.shrink_to(crate::queue::SHRINK_SLACK);
         }
     }
 
@@ -936,72 +980,28 @@ impl DispatcherState {
     pub fn why(&self, id: JobId) -> Result<Blocker, ApiError> {
         let Some(live) = self.live.get(&id) else {
             let rec = self.load(id)?;
-            return Ok(Blocker::new(
-                "none",
-                format!("the job is {}", rec.status.as_str()),
-                None,
-            ));
+            let detail = format!("the job is {}", rec.status.as_str());
+            return Ok(Blocker::new(BlockerKind::None, detail, None));
         };
         let l = &self.lanes[live.lane];
-        let head = &live.head;
-        let eta = head.next_attempt_at.map(rfc3339_ms);
         if let Some((waiting, total)) = self.children_waiting(id) {
             let detail = format!("{waiting} of its {total} child jobs are unfinished");
-            return Ok(Blocker::new("children", detail, None));
+            return Ok(Blocker::new(BlockerKind::Children, detail, None));
         }
         if let Some(detail) = self.held_by(id) {
-            return Ok(Blocker::new("scheduled", detail, None));
+            return Ok(Blocker::new(BlockerKind::Scheduled, detail, None));
         }
-        if head.status == JobStatus::Running {
-            return Ok(Blocker::new(
-                "none",
-                "the job is running on a worker".to_string(),
-                None,
-            ));
+        if live.head.status == JobStatus::Running {
+            let detail = "the job is running on a worker".to_string();
+            return Ok(Blocker::new(BlockerKind::None, detail, None));
         }
         if live.due.is_some() {
-            // The error and the history stay in the journal; `why` explains one job.
-            let rec = self.load(id)?;
-            let error = rec.error.as_deref().unwrap_or("");
-            return Ok(match rec.status {
-                JobStatus::Retrying if error.contains("circuit breaker") => Blocker::new(
-                    "breaker_open",
-                    format!(
-                        "pipeline {}'s circuit breaker is open: {error}",
-                        l.info.name
-                    ),
-                    eta,
-                ),
-                JobStatus::Retrying
-                    if rec
-                        .history
-                        .last()
-                        .and_then(|e| e.detail.as_deref())
-                        .is_some_and(|d| d.starts_with("throttled")) =>
-                {
-                    Blocker::new(
-                        "rate_limit",
-                        format!(
-                            "waiting for a rate-limit permit of pipeline {}: {error}",
-                            l.info.name
-                        ),
-                        eta,
-                    )
-                }
-                JobStatus::Retrying => Blocker::new(
-                    "retry_backoff",
-                    format!("retry {} after: {error}", rec.attempts + 1),
-                    eta,
-                ),
-                _ => Blocker::new("scheduled", "delayed until its run_at".to_string(), eta),
-            });
+            return self.why_timer(live);
         }
+        let name = &l.info.name;
         if l.paused {
-            return Ok(Blocker::new(
-                "paused",
-                format!("pipeline {} is paused; `resume` it", l.info.name),
-                None,
-            ));
+            let detail = format!("pipeline {name} is paused; `resume` it");
+            return Ok(Blocker::new(BlockerKind::Paused, detail, None));
         }
         if l.breaker_open {
             let until = l
@@ -1010,23 +1010,46 @@ impl DispatcherState {
                 .as_ref()
                 .and_then(|v| v())
                 .and_then(|v| v["open_until"].as_str().map(String::from));
-            return Ok(Blocker::new(
-                "breaker_open",
-                format!("pipeline {}'s circuit breaker is open", l.info.name),
-                until,
-            ));
+            let detail = format!("pipeline {name}'s circuit breaker is open");
+            return Ok(Blocker::new(BlockerKind::BreakerOpen, detail, until));
         }
         let position = l.queue.position(id, Instant::now()).unwrap_or(0);
-        Ok(Blocker::new(
-            "queued",
-            format!(
-                "position {position} in pipeline {}'s queue ({} waiting, {} workers busy)",
-                l.info.name,
-                l.queue.len(),
-                l.running.len()
+        let detail = format!(
+            "position {position} in pipeline {name}'s queue ({} waiting, {} workers busy)",
+            l.queue.len(),
+            l.running.len()
+        );
+        Ok(Blocker::new(BlockerKind::Queued, detail, None))
+    }
+
+    /// `why` for a job on the timer: a delay, a backoff, or a wait its gate asked for.
+    fn why_timer(&self, live: &Live) -> Result<Blocker, ApiError> {
+        let eta = live.head.next_attempt_at.map(rfc3339_ms);
+        if live.head.status != JobStatus::Retrying {
+            let detail = "delayed until its run_at".to_string();
+            return Ok(Blocker::new(BlockerKind::Scheduled, detail, eta));
+        }
+        // The error stays in the journal; `why` explains one job.
+        let rec = self.load(live.head.id)?;
+        let error = rec.error.as_deref().unwrap_or("");
+        let name = &self.lanes[live.lane].info.name;
+        Ok(match live.wait.unwrap_or(Wait::Backoff) {
+            Wait::BreakerOpen => Blocker::new(
+                BlockerKind::BreakerOpen,
+                format!("pipeline {name}'s circuit breaker is open: {error}"),
+                eta,
             ),
-            None,
-        ))
+            Wait::RateLimit => Blocker::new(
+                BlockerKind::RateLimit,
+                format!("waiting for a rate-limit permit of pipeline {name}: {error}"),
+                eta,
+            ),
+            Wait::Backoff => Blocker::new(
+                BlockerKind::RetryBackoff,
+                format!("retry {} after: {error}", rec.attempts + 1),
+                eta,
+            ),
+        })
     }
 
     /// Stops taking work; `reply` is answered once no job runs.

@@ -69,6 +69,18 @@ impl Names {
     }
 }
 
+/// Why a job waits on the dispatcher's timer, for `why` (in memory only: after a restart a
+/// throttled job is reported as waiting out a backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The backoff after a failed attempt.
+    Backoff,
+    /// A rate-limit permit, or the end of a throttle pause.
+    RateLimit,
+    /// The circuit breaker.
+    BreakerOpen,
+}
+
 /// An unfinished job in memory.
 pub(super) struct Live {
     pub(super) head: JobHead,
@@ -79,6 +91,8 @@ pub(super) struct Live {
     pub(super) queued_at: Instant,
     /// The whole record, while it is needed (see the module doc).
     pub(super) full: Option<Box<JobRecord>>,
+    /// Why it waits on the timer after an attempt.
+    pub(super) wait: Option<Wait>,
 }
 
 impl Live {
@@ -89,6 +103,7 @@ impl Live {
             due: None,
             queued_at: now,
             full: Some(Box::new(rec)),
+            wait: None,
         }
     }
 }

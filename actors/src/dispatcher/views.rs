@@ -94,12 +94,33 @@ pub struct Totals {
     pub requeued: u64,
 }
 
+/// The one thing a job waits for (`why`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockerKind {
+    /// Its turn in its pipeline's queue.
+    Queued,
+    /// A permit of its pipeline's rate limiter, or the end of a throttle pause.
+    RateLimit,
+    /// Its pipeline's circuit breaker to let traffic through again.
+    BreakerOpen,
+    /// Its pipeline to be resumed.
+    Paused,
+    /// The backoff before its next attempt.
+    RetryBackoff,
+    /// Its child jobs (a batch job).
+    Children,
+    /// Its `run_at`, or its turn in a workflow.
+    Scheduled,
+    /// Nothing: it runs, or it is finished.
+    None,
+}
+
 /// What a job waits for now (`why`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Blocker {
-    /// `queued`, `rate_limit`, `breaker_open`, `paused`, `retry_backoff`, `children`,
-    /// `scheduled`, or `none` for a running or finished job.
-    pub kind: String,
+    /// What it waits for.
+    pub kind: BlockerKind,
     /// For a person: the position, the pipeline, the error waited out.
     pub detail: String,
     /// When it is expected to end (RFC 3339), when known.
@@ -108,11 +129,7 @@ pub struct Blocker {
 
 impl Blocker {
     /// A blocker of this kind.
-    pub fn new(kind: &str, detail: String, eta: Option<String>) -> Self {
-        Self {
-            kind: kind.to_string(),
-            detail,
-            eta,
-        }
+    pub fn new(kind: BlockerKind, detail: String, eta: Option<String>) -> Self {
+        Self { kind, detail, eta }
     }
 }

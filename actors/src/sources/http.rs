@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::args::UpstreamArgs;
 use crate::journal::Journal;
-use crate::tasks::{CancelSignal, TaskError};
+use crate::tasks::{CancelSignal, TaskError, ThrottledBy};
 use crate::upstream::{Gate, Verdict};
 
 /// The largest body read. SEC's company facts for the biggest filers are a few MiB; anything
@@ -313,9 +313,11 @@ impl Source {
             return Err(TaskError::Throttled {
                 message: self.scrub(&format!(
                     "{task}: {request} held back by the {} pipeline's gate: {}",
-                    self.name, blocked.reason
+                    self.name,
+                    blocked.hold.describe()
                 )),
                 retry_after: blocked.retry_after,
+                by: ThrottledBy::Gate(blocked.hold),
             });
         }
         let started = Instant::now();
@@ -397,6 +399,7 @@ impl Source {
                 } else {
                     retry_after
                 },
+                by: ThrottledBy::Upstream,
             },
         };
         tracing::debug!(source = %self.name, task, %error, "upstream answer judged a failure");
