@@ -64,6 +64,7 @@ fn node_args(dir: &std::path::Path, workers: usize) -> NodeArgs {
         name: "bench".into(),
         data_dir: dir.to_path_buf(),
         shutdown_timeout: Duration::from_secs(30),
+        min_free_space: 0,
         admin: AdminArgs {
             listen: "127.0.0.1:0".parse().expect("literal address"),
             max_connections: 64,

@@ -108,6 +108,9 @@ pub struct NodeSection {
     /// How long a graceful stop waits for running jobs; default 30 s.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Bytes that must stay free on the data dir's file system for new submits to be accepted;
+    /// default 64 MiB, 0 disables the check.
+    pub min_free_space: u64,
 }
 
 /// `[admin]`.
@@ -459,6 +462,7 @@ impl Config {
             name: self.node.name,
             data_dir: self.node.data_dir,
             shutdown_timeout: self.node.shutdown_timeout,
+            min_free_space: self.node.min_free_space,
             admin: AdminArgs {
                 listen: self.admin.listen,
                 max_connections: self.admin.max_connections,
@@ -697,6 +701,7 @@ impl Default for NodeSection {
             name: "warden".to_owned(),
             data_dir: PathBuf::from("data"),
             shutdown_timeout: Duration::from_secs(30),
+            min_free_space: warden_actors::journal::DEFAULT_MIN_FREE_SPACE,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The `warden` binary: `warden node` runs a node, `warden bench` measures one, and every other
-//! subcommand is the admin CLI (see `cli.rs`). Only this file installs process-global things:
-//! the tracing subscriber, the Prometheus recorder and the signal handlers.
+//! The `warden` binary: `warden node` runs a node, `warden bench` measures one, `warden check`
+//! verifies a data dir offline, and every other subcommand is the admin CLI (see `cli.rs`).
+//! Only this file installs process-global things: the tracing subscriber, the Prometheus
+//! recorder and the signal handlers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,13 @@ enum Command {
     },
     /// Measure throughput, latency and memory of an in-process node against the raw storage ceiling.
     Bench(bench::BenchArgs),
+    /// Verify a stopped node's data dir offline: watermark, every record, the indexes. Exits 1
+    /// on any problem.
+    Check {
+        /// The data dir (the node's `[node] data_dir`).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node { config } => rt.block_on(run_node(config)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Check { data_dir } => warden::cli::check(&data_dir),
         Command::Client(cmd) => rt.block_on(warden::cli::run(cmd, cli.client)),
     }
 }

@@ -16,6 +16,9 @@ pub struct NodeArgs {
     pub data_dir: PathBuf,
     /// How long a graceful stop waits for running jobs.
     pub shutdown_timeout: Duration,
+    /// Bytes that must stay free on the data dir's file system for new writes to be admitted
+    /// (see `Journal::admit_writes`); 0 disables the check.
+    pub min_free_space: u64,
     /// The admin port.
     pub admin: AdminArgs,
     /// Queueing, retention and cancellation limits.

@@ -6,17 +6,36 @@
 //! One [`sled::Db`] in the data dir with three trees:
 //!
 //! - `jobs` holds one entry per job: `b'j' ++ id(16)` → `[version][status byte][bincode(JobRecord)]`.
-//!   The record carries its own history (`JobRecord::history`), so one transition is one insert:
-//!   measured, a separate key per event doubled sled's write volume and halved job throughput.
-//!   The status byte lets replay and `list` skip jobs without decoding them. A batch of changes
-//!   (a whole `submit_batch`) is one atomic [`sled::Batch`].
+//!   The record carries its own history (`JobRecord::history`), so one transition is one record
+//!   insert: measured, a separate key per event doubled sled's write volume and halved job
+//!   throughput. Beside the records, the `u` (unfinished) and `f` (finished, by status and name)
+//!   index keys of [`index`], written in the same [`sled::Batch`] as their record, so replay
+//!   and filtered listings cost O(unfinished) or O(page), not O(history). A batch of changes
+//!   (a whole `submit_batch`) is one atomic batch. Workflows live here too (`b'w' ++ id`).
 //! - `records` holds pipeline output: `key` → `[version][updated_at i64 BE][JSON text]`.
-//! - `meta` holds small node state: `key` → `[version][bytes]`.
+//! - `meta` holds small node state: `key` → `[version][bytes]`, among them the journal's own
+//!   `index_version` and `commit_seq`.
 //!
 //! Every value starts with [`FORMAT_VERSION`]; an unknown version is reported as
 //! [`JournalError::Corrupt`] naming the key rather than being misread. Job ids are UUID v7, so
-//! key order is creation order: `list` walks the tree backwards for newest first and `compact`
-//! walks it forwards and stops at the first job too young to be compacted.
+//! key order is creation order: `list` walks keys backwards for newest first and `compact`
+//! walks the records forwards and stops at the first job too young to be compacted.
+//!
+//! # Damage is detected, not absorbed
+//!
+//! sled recovers a damaged log by cutting it at the first bad entry, zeroing the rest of that
+//! segment, and opening without complaint. [`watermark`] keeps a commit sequence both inside
+//! sled and in a file beside it; [`Journal::open`] refuses a database that recovered to an
+//! earlier commit ([`JournalError::RolledBack`]) before writing anything, and [`check`] verifies
+//! a data dir offline (`warden check`).
+//!
+//! # A full disk
+//!
+//! After one failed write (`ENOSPC`), sled 0.34 fails every later write with the same error,
+//! even once space is back (measured on a tmpfs): only reopening recovers. So the journal
+//! refuses new work below `[node] min_free_space` ([`Journal::admit_writes`], see [`space`]),
+//! turns a failed commit into [`JournalError::Failed`] (restart needed), and bounds
+//! [`Journal::durable`] in real time ([`JournalError::CommitTimeout`]).
 //!
 //! # Durability, and why fsync is explicit
 //!
@@ -39,7 +58,9 @@
 //! and answers them all; waiters that arrive during that commit are served by the next one. A
 //! waiter is queued only after its writes were applied, and `flush` covers everything applied
 //! before it starts, so every write made before a `durable()` call is covered when it resolves.
-//! A failed commit is reported to every waiter of that round; the thread keeps serving.
+//! A failed commit is reported to every waiter of that round; the thread keeps serving. After
+//! each commit the sequence is written to the watermark file (one more small write + fdatasync
+//! per group commit, shared by all its waiters).
 //!
 //! # Exclusive use
 //!
@@ -54,13 +75,22 @@ use std::io::{self, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus, WorkflowRecord};
+
+pub mod check;
+mod index;
+mod space;
+#[cfg(test)]
+mod store_tests;
+mod watermark;
+
+pub use index::ListFilter;
 
 /// The first byte of every stored value; bump it when an encoding changes.
 const FORMAT_VERSION: u8 = 1;
@@ -73,11 +103,51 @@ const WORKFLOW_PREFIX: u8 = b'w';
 /// The lock file that marks a data dir as in use by a live node.
 const LOCK_FILE: &str = "warden.lock";
 
+/// The watermark file is fsync'd at most this often by group commits (always by `sync_now`
+/// and on close). It never claims more than sled has (it is written after sled's fsync), so
+/// the lag only narrows detection: after a power loss, damage to the last second of commits
+/// may go unnoticed. A process crash loses nothing: the page cache still writes it back.
+const WATERMARK_SYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// How often `measure_ceiling` commits, in entries.
 const CEILING_COMMIT_EVERY: usize = 512;
 
+/// How long `durable` waits for the commit covering it before reporting
+/// [`JournalError::CommitTimeout`], by default.
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `[node] min_free_space`: 64 MiB, room for sled to write a few segments.
+pub const DEFAULT_MIN_FREE_SPACE: u64 = 64 << 20;
+
+/// How the journal runs; [`Journal::open`] uses the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// [`Journal::admit_writes`] refuses while the data dir's file system has less free; 0 never
+    /// refuses.
+    pub min_free_space: u64,
+    /// How long [`Journal::durable`] waits (real time) for its commit.
+    pub commit_timeout: Duration,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            min_free_space: DEFAULT_MIN_FREE_SPACE,
+            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+        }
+    }
+}
+
+/// Why a commit did not confirm a waiter.
+#[derive(Debug, Clone)]
+enum CommitFailure {
+    /// The commit failed with this message.
+    Failed(String),
+    /// The commit took longer than the timeout; it may still be running.
+    TimedOut(Duration),
+}
+
 /// A waiter of the commit thread: answered with the outcome of the commit that covered it.
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), CommitFailure>>;
 
 /// What can go wrong in the journal. Messages are lowercase and name what failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +202,64 @@ pub enum JournalError {
     /// The commit thread is gone, so durability can no longer be confirmed.
     #[error("the journal is closed (its commit thread has stopped)")]
     Closed,
+    /// The data dir's file system has less free space than `[node] min_free_space`.
+    #[error(
+        "data dir {dir} has {free} bytes free, less than [node] min_free_space = {needed}: \
+         new writes are refused until space is freed",
+        dir = .dir.display()
+    )]
+    Full {
+        /// The data dir.
+        dir: PathBuf,
+        /// Bytes free now.
+        free: u64,
+        /// Bytes required (`min_free_space`).
+        needed: u64,
+    },
+    /// The commit covering a `durable` call did not finish in time (a stalled or failing disk).
+    #[error(
+        "journal commit in {dir} did not finish within {}ms (disk stalled or failing)",
+        waited.as_millis(),
+        dir = .dir.display()
+    )]
+    CommitTimeout {
+        /// The data dir.
+        dir: PathBuf,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The journal failed a write or commit and cannot write again in this process: sled 0.34
+    /// keeps an IO error (e.g. `ENOSPC`) as a global error and fails every later write with it,
+    /// even once the cause is gone. Reads still work.
+    #[error(
+        "journal in {dir} can no longer write after: {detail}; sled keeps failing every write \
+         after an IO error, so restart the node once the cause (e.g. a full disk) is fixed",
+        dir = .dir.display()
+    )]
+    Failed {
+        /// The data dir.
+        dir: PathBuf,
+        /// The first error.
+        detail: String,
+    },
+    /// The database recovered to an earlier state than the watermark file says was durable:
+    /// committed writes are lost (a damaged, truncated or replaced `db` file).
+    #[error(
+        "journal in {dir} lost committed writes: {dir}/watermark says commit {expected} was \
+         durable but the database recovered only up to commit {found} (its db file was \
+         damaged, truncated or replaced). Refusing to use it so that nothing more is \
+         overwritten: restore the data dir from a backup, or inspect it with `warden check \
+         --data-dir {dir}`; to accept the loss, delete {dir}/watermark",
+        dir = .dir.display()
+    )]
+    RolledBack {
+        /// The data dir.
+        dir: PathBuf,
+        /// The sequence of the last commit known durable (the watermark file's).
+        expected: u64,
+        /// The sequence sled recovered.
+        found: u64,
+    },
 }
 
 /// One state change: the job's record after the change (its history already holding the event
@@ -140,6 +268,8 @@ pub enum JournalError {
 pub struct Change {
     key: Vec<u8>,
     bytes: Vec<u8>,
+    /// The job's name, for the indexes; `None` for a workflow.
+    name: Option<String>,
 }
 
 impl Change {
@@ -148,6 +278,7 @@ impl Change {
         Ok(Change {
             key: record_key(record.id).to_vec(),
             bytes: encode_record(record)?,
+            name: Some(record.name.clone()),
         })
     }
 
@@ -164,6 +295,7 @@ impl Change {
         Ok(Change {
             key: workflow_key(w.id),
             bytes,
+            name: None,
         })
     }
 }
@@ -201,26 +333,85 @@ struct Inner {
     records: sled::Tree,
     meta: sled::Tree,
     committer: Arc<Committer>,
-    /// `None` only while dropping: taking it closes the channel, which ends the commit thread.
-    commit_tx: Option<mpsc::Sender<Waiter>>,
+    /// Waiters for the commit thread, also watched by the watchdog thread.
+    queue: Arc<Queue>,
     commit_thread: Option<JoinHandle<()>>,
+    watchdog_thread: Option<JoinHandle<()>>,
+    space: space::SpaceGuard,
     /// Waiters queued so far, so a test can tell when its callers are all waiting.
     #[cfg(test)]
     queued: std::sync::atomic::AtomicUsize,
+    /// Records decoded by `list`, so a test can prove a listing reads O(page) records.
+    #[cfg(test)]
+    decoded: std::sync::atomic::AtomicUsize,
     /// Declared last so it is dropped last: the lock is released only once sled is closed.
     _lock: File,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.commit_tx.take());
+        self.queue.close();
         // Join so that sled is really closed (its own lock on `db` released) once the last
-        // `Journal` is gone; the thread exits as soon as it sees the closed channel, after at
-        // most the commit it is running.
-        if let Some(handle) = self.commit_thread.take() {
+        // `Journal` is gone; the threads exit as soon as they see the queue closed, the commit
+        // thread after at most the commit it is running.
+        for handle in [self.commit_thread.take(), self.watchdog_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             if handle.thread().id() != thread::current().id() && handle.join().is_err() {
-                tracing::error!(dir = %self.dir.display(), "journal commit thread panicked");
+                tracing::error!(dir = %self.dir.display(), "journal thread panicked");
             }
+        }
+        if let Some(seal) = &self.committer.seal {
+            if let Err(error) = seal.watermark.sync() {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot fsync the watermark");
+            }
+        }
+    }
+}
+
+/// The commit thread's queue of waiters. A watchdog answers waiters that waited longer than
+/// the commit timeout, so `durable` is bounded in real time even when a commit hangs (a full
+/// or dying disk) and even under a paused tokio clock (tests), which a tokio timer is not.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the commit thread: a waiter arrived, or the queue closed.
+    work: Condvar,
+    /// Wakes the watchdog early: the queue closed.
+    stop: Condvar,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Waiters for the next commit, with when they arrived.
+    waiting: Vec<(Instant, Waiter)>,
+    /// Waiters of the commit running now.
+    in_flight: Vec<(Instant, Waiter)>,
+    /// When the running commit started.
+    commit_started: Option<Instant>,
+    /// The first failed write or commit: the journal cannot write again (see `Failed`).
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_all();
+        self.stop.notify_all();
+    }
+
+    /// Records the first failure that leaves sled unable to write.
+    fn fail(&self, detail: String) {
+        let mut state = self.lock();
+        if state.failed.is_none() {
+            tracing::error!(%detail, "journal can no longer write until the node restarts");
+            state.failed = Some(detail);
         }
     }
 }
@@ -238,9 +429,25 @@ struct Committer {
     synced_blobs: Mutex<HashSet<OsString>>,
     /// Commits performed (by the thread or `sync_now`).
     commits: AtomicU64,
+    /// The commit sequence and watermark; `None` for `measure_ceiling`'s raw database.
+    seal: Option<Seal>,
     /// Held by a test to stall commits while waiters pile up.
     #[cfg(test)]
     gate: Mutex<()>,
+}
+
+/// What ties sled's state to the watermark file (see [`watermark`]).
+struct Seal {
+    meta: sled::Tree,
+    watermark: watermark::Watermark,
+    /// The sequence the next commit gets and when the watermark was last fsync'd; the mutex
+    /// also serialises commits.
+    state: Mutex<SealState>,
+}
+
+struct SealState {
+    next: u64,
+    synced_at: Instant,
 }
 
 impl Committer {
@@ -259,15 +466,32 @@ impl Committer {
             blobs_dir: dir.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
             commits: AtomicU64::new(0),
+            seal: None,
             #[cfg(test)]
             gate: Mutex::new(()),
         })
     }
 
-    /// Makes everything written so far durable: flush, fsync new blobs, fsync the log.
-    fn commit(&self) -> Result<(), JournalError> {
+    /// Makes everything written so far durable: stamp the next commit sequence into sled,
+    /// flush, fsync new blobs, fsync the log, then record the sequence in the watermark file.
+    /// The watermark is fsync'd when `sync_watermark` is set or [`WATERMARK_SYNC_EVERY`] has
+    /// passed since it last was: an fsync per commit cost throughput (see the module doc).
+    fn commit(&self, sync_watermark: bool) -> Result<(), JournalError> {
         #[cfg(test)]
         let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        // One commit at a time, so sequences reach the watermark in order.
+        let mut seal_state = self
+            .seal
+            .as_ref()
+            .map(|s| s.state.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(seal), Some(state)) = (&self.seal, seal_state.as_deref()) {
+            seal.meta
+                .insert(
+                    watermark::COMMIT_SEQ_KEY,
+                    &watermark::encode_seq(state.next)[..],
+                )
+                .map_err(sled_err("stamping the commit sequence"))?;
+        }
         self.db.flush().map_err(|source| JournalError::Sled {
             what: format!("flushing {}", self.db_path.display()),
             source,
@@ -276,14 +500,22 @@ impl Committer {
         self.db_file
             .sync_data()
             .map_err(|source| io_err(format!("fsync {}", self.db_path.display()), source))?;
+        if let (Some(seal), Some(state)) = (&self.seal, seal_state.as_deref_mut()) {
+            let sync = sync_watermark || state.synced_at.elapsed() >= WATERMARK_SYNC_EVERY;
+            seal.watermark.store(state.next, sync)?;
+            if sync {
+                state.synced_at = Instant::now();
+            }
+            state.next += 1;
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// `commit`, timed into `warden_journal_fsync_seconds`.
-    fn timed_commit(&self) -> Result<(), JournalError> {
+    fn timed_commit(&self, sync_watermark: bool) -> Result<(), JournalError> {
         let started = Instant::now();
-        let result = self.commit();
+        let result = self.commit(sync_watermark);
         metrics::histogram!(crate::metrics::JOURNAL_FSYNC).record(started.elapsed().as_secs_f64());
         result
     }
@@ -330,34 +562,62 @@ impl Committer {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal in `dir`: takes the data dir's lock, opens sled and
-    /// starts the commit thread. Fails with [`JournalError::Locked`] if another live process
-    /// holds the lock.
+    /// Opens (creating if needed) the journal in `dir` with the default [`JournalOptions`].
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        fs::create_dir_all(dir)
-            .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
-        let lock = take_lock(dir)?;
+        Journal::open_with(dir, JournalOptions::default())
+    }
 
-        let db = open_sled(dir)?;
-        let open_tree = |name: &str| {
-            db.open_tree(name).map_err(|source| JournalError::Sled {
-                what: format!("opening tree {name} in {}", dir.display()),
-                source,
-            })
-        };
-        let jobs = open_tree("jobs")?;
-        let records = open_tree("records")?;
-        let meta = open_tree("meta")?;
-        // sled may just have created `db`, `blobs/` and `conf`: make their entries durable.
+    /// Opens (creating if needed) the journal in `dir`: takes the data dir's lock, opens sled,
+    /// checks it against the watermark (failing with [`JournalError::RolledBack`] before
+    /// writing anything when committed writes are lost), builds missing indexes and starts the
+    /// commit and watchdog threads. Fails with [`JournalError::Locked`] if another live process
+    /// holds the lock.
+    pub fn open_with(dir: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+        let Opened {
+            lock,
+            db,
+            jobs,
+            records,
+            meta,
+            seq,
+        } = open_checked(dir)?;
+        ensure_indexes(dir, &jobs, &meta)?;
+
+        let mut committer = Committer::new(db, dir)?;
+        let watermark = watermark::Watermark::open(dir)?;
         sync_dir(dir)?;
-
-        let committer = Arc::new(Committer::new(db, dir)?);
-        let (commit_tx, commit_rx) = mpsc::channel();
-        let thread_committer = Arc::clone(&committer);
-        let commit_thread = thread::Builder::new()
-            .name("warden-journal-commit".into())
-            .spawn(move || commit_loop(&thread_committer, &commit_rx))
-            .map_err(|source| io_err("spawn the journal commit thread".into(), source))?;
+        committer.seal = Some(Seal {
+            meta: meta.clone(),
+            watermark,
+            state: Mutex::new(SealState {
+                next: seq + 1,
+                synced_at: Instant::now(),
+            }),
+        });
+        let committer = Arc::new(committer);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+            work: Condvar::new(),
+            stop: Condvar::new(),
+            timeout: options.commit_timeout,
+        });
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(run)
+                .map_err(|source| io_err(format!("spawn the {name} thread"), source))
+        };
+        let (c, q) = (Arc::clone(&committer), Arc::clone(&queue));
+        let commit_thread = spawn(
+            "warden-journal-commit",
+            Box::new(move || commit_loop(&c, &q)),
+        )?;
+        let q = Arc::clone(&queue);
+        let watchdog_thread = spawn(
+            "warden-journal-watchdog",
+            Box::new(move || watchdog_loop(&q)),
+        )?;
+        metrics::gauge!(crate::metrics::JOURNAL_REFUSING_WRITES).set(0.0);
 
         Ok(Journal {
             inner: Arc::new(Inner {
@@ -366,46 +626,115 @@ impl Journal {
                 records,
                 meta,
                 committer,
-                commit_tx: Some(commit_tx),
+                queue,
                 commit_thread: Some(commit_thread),
+                watchdog_thread: Some(watchdog_thread),
+                space: space::SpaceGuard::new(dir, options.min_free_space),
                 #[cfg(test)]
                 queued: std::sync::atomic::AtomicUsize::new(0),
+                #[cfg(test)]
+                decoded: std::sync::atomic::AtomicUsize::new(0),
                 _lock: lock,
             }),
         })
     }
 
-    /// Applies `changes` as ONE atomic sled batch, one insert per change. Not durable yet: await [`Journal::durable`] before acknowledging.
+    /// Whether new work may be written now: `Failed` once a write or commit failed (sled cannot
+    /// write again in this process), `CommitTimeout` while a commit has been running longer
+    /// than the commit timeout, `Full` while free space is below `min_free_space` (measured at
+    /// most every 100 ms). The dispatcher asks before accepting submits; writes of work already
+    /// accepted are not refused here.
+    pub fn admit_writes(&self) -> Result<(), JournalError> {
+        {
+            let state = self.inner.queue.lock();
+            if let Some(detail) = &state.failed {
+                return Err(JournalError::Failed {
+                    dir: self.inner.dir.clone(),
+                    detail: detail.clone(),
+                });
+            }
+            if let Some(waited) = state.commit_started.map(|at| at.elapsed()) {
+                if waited >= self.inner.queue.timeout {
+                    return Err(JournalError::CommitTimeout {
+                        dir: self.inner.dir.clone(),
+                        waited,
+                    });
+                }
+            }
+        }
+        self.inner.space.check()
+    }
+
+    /// Applies `changes` as ONE atomic sled batch: one insert per change plus its index changes
+    /// (see [`index`]), derived from the status each job has now (read here: the dispatcher is
+    /// the only writer of job records). Not durable yet: await [`Journal::durable`] before
+    /// acknowledging.
     pub fn write(&self, changes: &[Change]) -> Result<(), JournalError> {
         if changes.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        let mut pending = index::Pending::new();
         for change in changes {
             batch.insert(change.key.as_slice(), change.bytes.as_slice());
+            let Some(name) = &change.name else { continue };
+            let (new, _) = split_record(&change.key, &change.bytes)?;
+            let old = match pending.get(change.key.as_slice()) {
+                Some(&status) => Some(status),
+                None => self.current_status(&change.key)?,
+            };
+            index::transition(&mut batch, &change.key[1..], name, old, new);
+            if changes.len() > 1 {
+                pending.insert(&change.key, new);
+            }
         }
-        self.inner
-            .jobs
-            .apply_batch(batch)
-            .map_err(|source| JournalError::Sled {
+        self.inner.jobs.apply_batch(batch).map_err(|source| {
+            let e = JournalError::Sled {
                 what: format!("applying a batch of {} job changes", changes.len()),
                 source,
-            })?;
+            };
+            self.inner.queue.fail(e.to_string());
+            e
+        })?;
         metrics::counter!(crate::metrics::JOURNAL_ENTRIES).increment(changes.len() as u64);
         Ok(())
     }
 
+    /// The status byte of the stored record under `key`, without decoding it.
+    fn current_status(&self, key: &[u8]) -> Result<Option<JobStatus>, JournalError> {
+        let stored = self
+            .inner
+            .jobs
+            .get(key)
+            .map_err(sled_err("reading a job's status before a write"))?;
+        stored
+            .map(|v| split_record(key, &v).map(|(status, _)| status))
+            .transpose()
+    }
+
     /// Resolves once every write made before this call is fsync'd. Concurrent callers share one
     /// flush + fsync (group commit).
+    /// Bounded in real time: after the commit timeout (default 10 s) it fails with
+    /// [`JournalError::CommitTimeout`] even if the commit never returns.
     pub async fn durable(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
-        let sender = self.inner.commit_tx.as_ref().ok_or(JournalError::Closed)?;
-        sender.send(tx).map_err(|_| JournalError::Closed)?;
+        {
+            let mut state = self.inner.queue.lock();
+            if state.closed {
+                return Err(JournalError::Closed);
+            }
+            state.waiting.push((Instant::now(), tx));
+        }
+        self.inner.queue.work.notify_one();
         #[cfg(test)]
         self.inner.queued.fetch_add(1, Ordering::SeqCst);
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(detail)) => Err(JournalError::Commit { detail }),
+            Ok(Err(CommitFailure::Failed(detail))) => Err(JournalError::Commit { detail }),
+            Ok(Err(CommitFailure::TimedOut(waited))) => Err(JournalError::CommitTimeout {
+                dir: self.inner.dir.clone(),
+                waited,
+            }),
             Err(_) => Err(JournalError::Closed),
         }
     }
@@ -413,7 +742,7 @@ impl Journal {
     /// Flushes and fsyncs now, on the calling thread, independently of the commit thread (used at
     /// shutdown). Blocking.
     pub fn sync_now(&self) -> Result<(), JournalError> {
-        self.inner.committer.timed_commit()
+        self.inner.committer.timed_commit(true)
     }
 
     /// The current record of job `id`, if the journal has it.
@@ -452,55 +781,99 @@ impl Journal {
     }
 
     /// Every job that must be resumed after a restart (pending, running, retrying), oldest
-    /// first. Finished jobs are skipped on their status byte, without decoding.
+    /// first: a walk of the unfinished index, O(unfinished) whatever the history. Records are
+    /// read with a cursor that follows the index while the two run in step (dense unfinished
+    /// jobs: a sequential scan) and seeks when they do not (sparse ones: one lookup each).
     pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
-        let mut jobs = Vec::new();
-        for item in self.inner.jobs.scan_prefix([RECORD_PREFIX]) {
-            let (key, value) = item.map_err(|source| JournalError::Sled {
-                what: "scanning job records for replay".into(),
-                source,
-            })?;
-            let (status, body) = split_record(&key, &value)?;
-            if !status.is_finished() {
-                jobs.push(decode_bincode(&key, body)?);
+        let jobs = &self.inner.jobs;
+        let mut out = Vec::new();
+        let mut cursor: Option<sled::Iter> = None;
+        for item in jobs.scan_prefix([index::UNFINISHED_PREFIX]).keys() {
+            let key = item.map_err(sled_err("walking the unfinished index for replay"))?;
+            let record_key = [&[RECORD_PREFIX][..], &key[1..]].concat();
+            let next = |cursor: &mut sled::Iter| {
+                cursor
+                    .next()
+                    .transpose()
+                    .map_err(sled_err("reading a job record for replay"))
+            };
+            let mut found = match cursor.as_mut() {
+                Some(c) => next(c)?.filter(|(k, _)| *k == record_key),
+                None => None,
+            };
+            if found.is_none() {
+                let mut seek = jobs.range(record_key.as_slice()..);
+                found = next(&mut seek)?.filter(|(k, _)| *k == record_key);
+                cursor = Some(seek);
             }
+            let Some((_, value)) = found else {
+                return Err(JournalError::Corrupt {
+                    what: describe_job_key(&key),
+                    detail: "the unfinished index names a job that has no record".into(),
+                });
+            };
+            let (status, body) = split_record(&record_key, &value)?;
+            if status.is_finished() {
+                return Err(JournalError::Corrupt {
+                    what: describe_job_key(&record_key),
+                    detail: format!("in the unfinished index but {}", status.as_str()),
+                });
+            }
+            out.push(decode_bincode(&record_key, body)?);
         }
-        Ok(jobs)
+        Ok(out)
     }
 
-    /// Up to `limit` records accepted by `filter`, newest first; only jobs strictly older than
-    /// `before` when it is given (paging: pass the last id of the previous page).
-    pub fn list(
-        &self,
-        filter: &dyn Fn(JobStatus, &JobRecord) -> bool,
-        before: Option<JobId>,
-        limit: usize,
-    ) -> Result<Vec<JobRecord>, JournalError> {
+    /// Up to `filter.limit` records matching `filter`, newest first; only jobs strictly older
+    /// than `filter.before` when it is given. Without a status or name this walks the records
+    /// themselves; otherwise the indexes (see [`index`]): finished jobs cost O(page + names),
+    /// unfinished ones at most O(unfinished), never O(history).
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, JournalError> {
         let mut out = Vec::new();
-        if limit == 0 {
+        if filter.limit == 0 {
             return Ok(out);
         }
-        let end = match before {
-            Some(id) => Bound::Excluded(record_key(id).to_vec()),
-            // Record keys all start with `j`, so every one is below `k`.
-            None => Bound::Excluded(vec![RECORD_PREFIX + 1]),
-        };
-        let range = (Bound::Included(vec![RECORD_PREFIX]), end);
-        for item in self.inner.jobs.range(range).rev() {
-            let (key, value) = item.map_err(|source| JournalError::Sled {
-                what: "scanning job records for a listing".into(),
-                source,
-            })?;
-            let (status, body) = split_record(&key, &value)?;
-            let record: JobRecord = decode_bincode(&key, body)?;
-            if filter(status, &record) {
-                out.push(record);
-                if out.len() >= limit {
-                    break;
-                }
+        if filter.status.is_none() && filter.name.is_none() {
+            let end = match filter.before {
+                Some(id) => Bound::Excluded(record_key(id).to_vec()),
+                // Record keys all start with `j`, so every one is below `k`.
+                None => Bound::Excluded(vec![RECORD_PREFIX + 1]),
+            };
+            let range = (Bound::Included(vec![RECORD_PREFIX]), end);
+            for item in self.inner.jobs.range(range).rev().take(filter.limit) {
+                let (key, value) = item.map_err(sled_err("scanning job records for a listing"))?;
+                out.push(self.decode_listed(&key, &value)?);
+            }
+            return Ok(out);
+        }
+        for id in index::candidates(&self.inner.jobs, filter)? {
+            let key = record_key(JobId(uuid::Uuid::from_bytes(id?)));
+            let Some(value) = self
+                .inner
+                .jobs
+                .get(key)
+                .map_err(sled_err("reading a job record for a listing"))?
+            else {
+                // Compacted between the index read and this one.
+                continue;
+            };
+            let (status, _) = split_record(&key, &value)?;
+            if filter.status.is_some_and(|s| s != status) {
+                continue;
+            }
+            out.push(self.decode_listed(&key, &value)?);
+            if out.len() >= filter.limit {
+                break;
             }
         }
         Ok(out)
+    }
+
+    /// Decodes a record for `list`, counted in tests to prove listings are O(page).
+    fn decode_listed(&self, key: &[u8], value: &[u8]) -> Result<JobRecord, JournalError> {
+        #[cfg(test)]
+        self.inner.decoded.fetch_add(1, Ordering::Relaxed);
+        decode_record(key, value)
     }
 
     /// Deletes finished jobs (their records, history included) that completed before `cutoff_ms`. Scans
@@ -525,12 +898,15 @@ impl Journal {
             }
 
             // Remove only if the record is still the one read above: an operator may have just
-            // retried the job, and deleting it then would lose an acknowledged job.
+            // retried the job, and deleting it then would lose an acknowledged job. Its index
+            // key goes in the same transaction.
+            let index_key = index::finished_key(status, &record.name, &key[1..]);
             let outcome = jobs.transaction(|tx| {
                 if tx.get(&key)?.as_ref() != Some(&value) {
                     return Ok(false);
                 }
                 tx.remove(&key)?;
+                tx.remove(index_key.as_slice())?;
                 Ok(true)
             });
             match outcome {
@@ -722,11 +1098,11 @@ pub fn measure_ceiling(dir: &Path, entries: usize) -> Result<f64, JournalError> 
                 source,
             })?;
         if (i + 1) % CEILING_COMMIT_EVERY == 0 {
-            committer.commit()?;
+            committer.commit(false)?;
         }
     }
     if !entries.is_multiple_of(CEILING_COMMIT_EVERY) {
-        committer.commit()?;
+        committer.commit(false)?;
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(if secs > 0.0 {
@@ -737,21 +1113,74 @@ pub fn measure_ceiling(dir: &Path, entries: usize) -> Result<f64, JournalError> 
 }
 
 /// The commit thread: one commit per round for every waiter queued when the round starts.
-fn commit_loop(committer: &Committer, waiters: &mpsc::Receiver<Waiter>) {
-    // `recv` fails once every sender is gone, i.e. the last `Journal` was dropped.
-    while let Ok(first) = waiters.recv() {
-        let mut round = vec![first];
-        while let Ok(next) = waiters.try_recv() {
-            round.push(next);
+/// A failed commit marks the journal failed (sled will not write again in this process).
+fn commit_loop(committer: &Committer, queue: &Queue) {
+    loop {
+        let mut state = queue.lock();
+        while state.waiting.is_empty() && !state.closed {
+            state = queue.work.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let result = committer.timed_commit().map_err(|e| {
+        if state.waiting.is_empty() {
+            return; // closed: the last `Journal` was dropped
+        }
+        state.in_flight = std::mem::take(&mut state.waiting);
+        state.commit_started = Some(Instant::now());
+        drop(state);
+
+        let result = committer.timed_commit(false).map_err(|e| {
             tracing::error!(error = %e, "journal commit failed");
             e.to_string()
         });
+        if let Err(detail) = &result {
+            queue.fail(detail.clone());
+        }
+        let mut state = queue.lock();
+        state.commit_started = None;
+        // The watchdog may have answered some of them already.
+        let round = std::mem::take(&mut state.in_flight);
+        drop(state);
         metrics::histogram!(crate::metrics::JOURNAL_BATCH).record(round.len() as f64);
-        for waiter in round {
+        for (_, waiter) in round {
             // A waiter whose caller gave up (dropped future) is simply skipped.
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(result.clone().map_err(CommitFailure::Failed));
+        }
+    }
+}
+
+/// The watchdog thread: answers with `TimedOut` every waiter, queued or in a running commit,
+/// that has waited longer than the commit timeout. Checks a few times per timeout.
+fn watchdog_loop(queue: &Queue) {
+    let tick = (queue.timeout / 8).clamp(Duration::from_millis(1), Duration::from_millis(250));
+    let mut state = queue.lock();
+    loop {
+        state = queue
+            .stop
+            .wait_timeout(state, tick)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if state.closed {
+            return;
+        }
+        let now = Instant::now();
+        let QueueState {
+            waiting, in_flight, ..
+        } = &mut *state;
+        for list in [waiting, in_flight] {
+            let (expired, kept) = std::mem::take(list)
+                .into_iter()
+                .partition(|(at, _)| now.duration_since(*at) >= queue.timeout);
+            *list = kept;
+            let expired: Vec<(Instant, Waiter)> = expired;
+            if !expired.is_empty() {
+                tracing::warn!(
+                    waiters = expired.len(),
+                    timeout_ms = queue.timeout.as_millis() as u64,
+                    "journal commit too slow: durability waiters answered with a timeout"
+                );
+            }
+            for (at, waiter) in expired {
+                let _ = waiter.send(Err(CommitFailure::TimedOut(now.duration_since(at))));
+            }
         }
     }
 }
@@ -791,6 +1220,125 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(|source| io_err(format!("fsync dir {}", dir.display()), source))
 }
 
+/// A journal's database, opened and verified against its watermark, nothing written by us yet.
+struct Opened {
+    lock: File,
+    db: sled::Db,
+    jobs: sled::Tree,
+    records: sled::Tree,
+    meta: sled::Tree,
+    /// The sequence of the last commit, as far as both sled and the watermark know.
+    seq: u64,
+}
+
+/// A data dir's database just opened: its lock held, sled open, its commit sequence read.
+struct DbOpened {
+    lock: File,
+    db: sled::Db,
+    dir: PathBuf,
+    /// The commit sequence sled recovered (0 when it has none, or when it cannot be read).
+    found: u64,
+    /// Why the commit sequence could not be read, if it could not.
+    seq_error: Option<JournalError>,
+}
+
+impl DbOpened {
+    fn tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
+        self.db
+            .open_tree(name)
+            .map_err(|source| JournalError::Sled {
+                what: format!("opening tree {name} in {}", self.dir.display()),
+                source,
+            })
+    }
+}
+
+/// Takes the data dir's lock, opens sled and reads its commit sequence.
+fn open_db(dir: &Path) -> Result<DbOpened, JournalError> {
+    fs::create_dir_all(dir)
+        .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
+    let lock = take_lock(dir)?;
+    let db = open_sled(dir)?;
+    let mut opened = DbOpened {
+        lock,
+        db,
+        dir: dir.to_path_buf(),
+        found: 0,
+        seq_error: None,
+    };
+    let seq = opened
+        .tree("meta")?
+        .get(watermark::COMMIT_SEQ_KEY)
+        .map_err(sled_err("reading meta key commit_seq"))
+        .and_then(|v| v.map(|v| watermark::decode_seq(&v)).transpose());
+    match seq {
+        Ok(found) => opened.found = found.unwrap_or(0),
+        Err(e) => opened.seq_error = Some(e),
+    }
+    Ok(opened)
+}
+
+/// [`open_db`], then compares sled's commit sequence with the watermark file:
+/// [`JournalError::RolledBack`] when sled is behind. sled has already zeroed the tail of the
+/// segment where its recovery stopped by then (it does so inside its `open`); failing here
+/// keeps anything more from being written over the damaged log.
+fn open_checked(dir: &Path) -> Result<Opened, JournalError> {
+    let mut opened = open_db(dir)?;
+    if let Some(e) = opened.seq_error.take() {
+        return Err(e);
+    }
+    let expected = watermark::read(dir)?.unwrap_or(0);
+    if expected > opened.found {
+        return Err(JournalError::RolledBack {
+            dir: dir.to_path_buf(),
+            expected,
+            found: opened.found,
+        });
+    }
+    let meta = opened.tree("meta")?;
+    let jobs = opened.tree("jobs")?;
+    let records = opened.tree("records")?;
+    // sled may just have created `db`, `blobs/` and `conf`: make their entries durable.
+    sync_dir(dir)?;
+    Ok(Opened {
+        seq: opened.found.max(expected),
+        lock: opened.lock,
+        db: opened.db,
+        jobs,
+        records,
+        meta,
+    })
+}
+
+/// Builds the indexes when the data dir lacks them (written by a version without indexes, or
+/// a build interrupted by a crash): O(history), once; afterwards `write` keeps them.
+fn ensure_indexes(dir: &Path, jobs: &sled::Tree, meta: &sled::Tree) -> Result<(), JournalError> {
+    let key = index::INDEX_VERSION_KEY;
+    let stored = meta
+        .get(key)
+        .map_err(sled_err("reading meta key index_version"))?;
+    if stored.as_deref() == Some(&[FORMAT_VERSION, index::INDEX_VERSION][..]) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let records = index::rebuild(jobs)?;
+    meta.insert(key, &[FORMAT_VERSION, index::INDEX_VERSION][..])
+        .map_err(sled_err("storing meta key index_version"))?;
+    tracing::info!(
+        dir = %dir.display(), records, elapsed_ms = started.elapsed().as_millis() as u64,
+        "journal indexes built"
+    );
+    Ok(())
+}
+
+/// Maps a sled error to [`JournalError::Sled`] saying what the journal was doing.
+fn sled_err(what: &'static str) -> impl Fn(sled::Error) -> JournalError {
+    move |source| JournalError::Sled {
+        what: what.into(),
+        source,
+    }
+}
+
 fn io_err(what: String, source: io::Error) -> JournalError {
     JournalError::Io { what, source }
 }
@@ -825,6 +1373,16 @@ fn open_sled(dir: &Path) -> Result<sled::Db, JournalError> {
                     && Instant::now() < deadline =>
             {
                 thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(sled::Error::Corruption { .. }) => {
+                return Err(JournalError::Corrupt {
+                    what: format!("the database {}", dir.join("db").display()),
+                    detail: format!(
+                        "sled found corrupted data while recovering it; restore the data dir \
+                         from a backup (`warden check --data-dir {}` tells what is readable)",
+                        dir.display()
+                    ),
+                })
             }
             other => {
                 return other.map_err(|source| JournalError::Sled {
@@ -867,6 +1425,16 @@ fn describe_job_key(key: &[u8]) -> String {
         [RECORD_PREFIX, rest @ ..] if rest.len() == 16 => {
             if let Some(id) = id(rest) {
                 return format!("jobs key of the record of job {id}");
+            }
+        }
+        [index::UNFINISHED_PREFIX, rest @ ..] if rest.len() == 16 => {
+            if let Some(id) = id(rest) {
+                return format!("jobs key of the unfinished index entry of job {id}");
+            }
+        }
+        [index::FINISHED_PREFIX, ..] if key.len() > 20 => {
+            if let Some(id) = id(&key[key.len() - 16..]) {
+                return format!("jobs key of the finished index entry of job {id}");
             }
         }
         _ => {}
@@ -967,7 +1535,7 @@ mod tests {
     use super::*;
     use crate::job::{EventKind, Priority};
 
-    fn record(status: JobStatus) -> JobRecord {
+    pub(super) fn record(status: JobStatus) -> JobRecord {
         let now = now_ms();
         JobRecord {
             id: JobId::new(),
@@ -992,7 +1560,7 @@ mod tests {
         }
     }
 
-    fn change(record: &mut JobRecord, kind: EventKind) -> Change {
+    pub(super) fn change(record: &mut JobRecord, kind: EventKind) -> Change {
         record.history.push(JobEvent {
             at: now_ms(),
             kind,
@@ -1003,7 +1571,7 @@ mod tests {
     }
 
     /// Submits a job with the given status (one `Submitted` change).
-    fn submit(journal: &Journal, status: JobStatus) -> JobRecord {
+    pub(super) fn submit(journal: &Journal, status: JobStatus) -> JobRecord {
         let mut rec = record(status);
         journal
             .write(&[change(&mut rec, EventKind::Submitted)])
@@ -1116,48 +1684,37 @@ mod tests {
         ];
         let ids: Vec<JobId> = statuses.iter().map(|&s| submit(&journal, s).id).collect();
         let newest_first: Vec<JobId> = ids.iter().rev().copied().collect();
-        let all = |_: JobStatus, _: &JobRecord| true;
+        let list = |status: Option<JobStatus>, before: Option<JobId>, limit: usize| -> Vec<JobId> {
+            let filter = ListFilter {
+                status,
+                name: None,
+                before,
+                limit,
+            };
+            journal
+                .list(&filter)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect()
+        };
 
-        let listed: Vec<JobId> = journal
-            .list(&all, None, 10)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(listed, newest_first);
-
-        let page1: Vec<JobId> = journal
-            .list(&all, None, 2)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
+        assert_eq!(list(None, None, 10), newest_first);
+        let page1 = list(None, None, 2);
         assert_eq!(page1, newest_first[..2]);
-        let page2: Vec<JobId> = journal
-            .list(&all, Some(page1[1]), 2)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
+        let page2 = list(None, Some(page1[1]), 2);
         assert_eq!(page2, newest_first[2..4]);
-        let page3: Vec<JobId> = journal
-            .list(&all, Some(page2[1]), 2)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
+        let page3 = list(None, Some(page2[1]), 2);
         assert_eq!(page3, newest_first[4..]);
-        assert!(journal.list(&all, Some(ids[0]), 2).unwrap().is_empty());
-        assert!(journal.list(&all, None, 0).unwrap().is_empty());
+        assert!(list(None, Some(ids[0]), 2).is_empty());
+        assert!(list(None, None, 0).is_empty());
 
-        let failed = |s: JobStatus, _: &JobRecord| s == JobStatus::Failed;
-        let listed: Vec<JobId> = journal
-            .list(&failed, None, 10)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(listed, [ids[4], ids[1]]);
+        assert_eq!(list(Some(JobStatus::Failed), None, 10), [ids[4], ids[1]]);
+        assert_eq!(list(Some(JobStatus::Failed), None, 1), [ids[4]]);
+        assert_eq!(list(Some(JobStatus::Failed), Some(ids[4]), 10), [ids[1]]);
+        assert_eq!(list(Some(JobStatus::Pending), None, 10), [ids[2], ids[0]]);
+        assert_eq!(list(Some(JobStatus::Pending), Some(ids[2]), 10), [ids[0]]);
+        assert!(list(Some(JobStatus::Running), None, 10).is_empty());
     }
 
     /// Ensures that `compact` removes old finished jobs with their events, keeps unfinished and
@@ -1269,9 +1826,12 @@ mod tests {
             journal.unfinished(),
             Err(JournalError::Corrupt { .. })
         ));
-        let all = |_: JobStatus, _: &JobRecord| true;
+        let all = ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        };
         assert!(matches!(
-            journal.list(&all, None, 10),
+            journal.list(&all),
             Err(JournalError::Corrupt { .. })
         ));
 

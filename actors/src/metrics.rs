@@ -45,6 +45,8 @@ pub const JOURNAL_FSYNC: &str = "warden_journal_fsync_seconds";
 pub const JOURNAL_BATCH: &str = "warden_journal_batch_size";
 /// Bytes the journal takes on disk.
 pub const JOURNAL_BYTES: &str = "warden_journal_bytes";
+/// 1 while the journal refuses new writes because free space is below `[node] min_free_space`.
+pub const JOURNAL_REFUSING_WRITES: &str = "warden_journal_refusing_writes";
 /// Admin connections open now.
 pub const ADMIN_CONNECTIONS: &str = "warden_admin_connections";
 /// Admin requests, by `cmd` and `outcome` (ok or the error code).
@@ -84,6 +86,7 @@ pub const ALL: &[&str] = &[
     JOURNAL_FSYNC,
     JOURNAL_BATCH,
     JOURNAL_BYTES,
+    JOURNAL_REFUSING_WRITES,
     ADMIN_CONNECTIONS,
     ADMIN_REQUESTS,
     SCHEDULE_FIRES,
@@ -170,6 +173,10 @@ pub fn describe_all() {
         JOURNAL_BYTES,
         Unit::Bytes,
         "Bytes the journal takes on disk."
+    );
+    describe_gauge!(
+        JOURNAL_REFUSING_WRITES,
+        "1 while the journal refuses new writes: free space below [node] min_free_space."
     );
     describe_gauge!(ADMIN_CONNECTIONS, "Admin connections open now.");
     describe_counter!(

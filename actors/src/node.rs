@@ -90,7 +90,13 @@ impl Node {
             dir: args.data_dir.clone(),
             source,
         })?;
-        let journal = Journal::open(&args.data_dir)?;
+        let journal = Journal::open_with(
+            &args.data_dir,
+            crate::journal::JournalOptions {
+                min_free_space: args.min_free_space,
+                ..Default::default()
+            },
+        )?;
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
         let listener =
             std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind {

@@ -400,13 +400,15 @@ fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
         ),
         None => None,
     };
-    let status = r.status;
-    let filter = move |st: JobStatus, rec: &crate::job::JobRecord| {
-        status.is_none_or(|s| s == st) && matcher.as_ref().is_none_or(|m| m.is_match(&rec.name))
+    let filter = crate::journal::ListFilter {
+        status: r.status,
+        name: matcher,
+        before: r.before,
+        limit,
     };
     let recs = ctx
         .journal
-        .list(&filter, r.before, limit)
+        .list(&filter)
         .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?;
     Ok(recs.iter().map(JobView::from).collect())
 }
