@@ -24,7 +24,7 @@ lint:
 fmt:
     cargo fmt --all
 
-# Throughput, latency and memory against the raw storage ceiling.
+# Throughput, latency, drain and memory of a `warden node` child process against the raw storage ceiling.
 bench:
     cargo run --release -- bench
 
