@@ -31,3 +31,7 @@ bench:
 # The offline demo: fake upstreams, a node on config/demo.toml, a batch of jobs, the results.
 demo:
     cargo run --example demo
+
+# The soak test: the release binary at its default config, a million jobs twice across a kill -9.
+soak:
+    cargo test --release --test soak -- --ignored --nocapture

@@ -13,7 +13,7 @@
 //! - the node's RSS at start, with N queued and after the drain (`rss_bytes_per_queued_job`),
 //!   its peak, and its open file descriptors and threads at start and at the end.
 
-mod load;
+pub mod load;
 pub mod process;
 
 use std::path::Path;
