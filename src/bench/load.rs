@@ -86,10 +86,17 @@ pub async fn submit_sequential(c: &mut Client, jobs: usize, batch: usize) -> Res
     Ok(())
 }
 
-/// Jobs that have succeeded so far (`stats`' totals).
+/// Jobs that have succeeded since the node started (`stats`' totals).
 pub async fn succeeded(c: &mut Client) -> Result<u64, String> {
     let s = ok(c, &json!({"cmd": "stats"})).await?;
     Ok(s["totals"]["succeeded"].as_u64().unwrap_or(0))
+}
+
+/// Unfinished jobs (pending, running and retrying) per `stats`.
+pub async fn unfinished(c: &mut Client) -> Result<u64, String> {
+    let s = ok(c, &json!({"cmd": "stats"})).await?;
+    let count = |k: &str| s["jobs"][k].as_u64().unwrap_or(0);
+    Ok(count("pending") + count("running") + count("retrying"))
 }
 
 /// Waits until at least `n` jobs have succeeded in all, up to `timeout`.
