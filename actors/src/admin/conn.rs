@@ -114,16 +114,7 @@ pub async fn serve(
         // Idleness counts from the last complete line: a line dribbled in byte by byte does not
         // restart it.
         let deadline = Instant::now() + idle;
-        let wait = tokio::select! {
-            r = timeout_at(deadline, reader.fill_buf()) => match r {
-                Err(_) => Wait::Idle,
-                Ok(Ok(buf)) if !buf.is_empty() => Wait::Data,
-                Ok(_) => Wait::Gone,
-            },
-            _ = closed.changed() => Wait::Closing,
-            _ = slot.evicted() => Wait::Evicted,
-        };
-        match wait {
+        match wait_for_request(&mut reader, deadline, &mut closed, &slot).await {
             Wait::Data if slot.begin() => {}
             Wait::Data | Wait::Evicted => {
                 return close_with(writer, reader, evicted(&ctx), grace).await
@@ -169,6 +160,25 @@ pub async fn serve(
         writer.shutdown().await
     })
     .await;
+}
+
+/// Waits for the first bytes of the next request (already here when pipelined), until
+/// `deadline`, the admin actor stopping or the slot being handed over.
+async fn wait_for_request(
+    reader: &mut BufReader<OwnedReadHalf>,
+    deadline: Instant,
+    closed: &mut watch::Receiver<bool>,
+    slot: &Slot,
+) -> Wait {
+    tokio::select! {
+        r = timeout_at(deadline, reader.fill_buf()) => match r {
+            Err(_) => Wait::Idle,
+            Ok(Ok(buf)) if !buf.is_empty() => Wait::Data,
+            Ok(_) => Wait::Gone,
+        },
+        _ = closed.changed() => Wait::Closing,
+        _ = slot.evicted() => Wait::Evicted,
+    }
 }
 
 /// Marks the connection idle unless bytes of its next request are already here (pipelined):
