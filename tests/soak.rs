@@ -170,7 +170,7 @@ async fn a_million_jobs_twice_across_a_kill() {
     let c = backlog_across_kill(&mut node, &samples, &mut stalls).await;
     let end = now(&node);
     sampler.abort();
-    let taken = samples.taken.lock().expect("sampler lock");
+    let taken = std::mem::take(&mut *samples.taken.lock().expect("sampler lock"));
     let peak = taken.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
     let max_fds = taken.iter().map(|s| s.fds).max().unwrap_or(0);
     let max_threads = taken.iter().map(|s| s.threads).max().unwrap_or(0);
