@@ -21,9 +21,11 @@ const PHASE: Duration = Duration::from_secs(1800);
 /// sled's page cache bound (`CACHE_BYTES` in actors/src/journal.rs; not a config key).
 const SLED_CACHE_BYTES: u64 = 256 << 20;
 const RSS_SLACK_BYTES: u64 = 64 << 20;
-/// Allowed drift in fds and threads: tokio keeps idle blocking threads for 10 s, and a few
-/// connections may still be closing.
-const FD_THREAD_SLACK: u64 = 8;
+/// Allowed drift in fds: a few connections may still be closing.
+const FD_SLACK: u64 = 8;
+/// Allowed drift in threads: the journal's `spawn_blocking` threads linger 10 s after a burst
+/// (tokio's keep-alive); a leak grows past this.
+const THREAD_SLACK: u64 = 16;
 
 /// Every sample the sampler took, and the pid it samples (0: none).
 #[derive(Default)]
@@ -193,13 +195,13 @@ async fn a_million_jobs_twice_across_a_kill() {
         stalls.len()
     );
     assert!(
-        end.fds <= start.fds + FD_THREAD_SLACK,
+        end.fds <= start.fds + FD_SLACK,
         "fds grew: {} -> {}",
         start.fds,
         end.fds
     );
     assert!(
-        end.threads <= start.threads + FD_THREAD_SLACK,
+        end.threads <= start.threads + THREAD_SLACK,
         "threads grew: {} -> {}",
         start.threads,
         end.threads
