@@ -25,10 +25,14 @@ lint:
 fmt:
     cargo fmt --all
 
-# Throughput, latency and memory against the raw storage ceiling.
+# Throughput, latency, drain and memory of a `warden node` child process against the raw storage ceiling.
 bench:
     cargo run --release -- bench
 
 # The offline demo: fake upstreams, a node on config/demo.toml, a batch of jobs, the results.
 demo:
     cargo run --example demo
+
+# The soak test: the release binary at its default config, a million jobs twice across a kill -9.
+soak:
+    cargo test --release --test soak -- --ignored --nocapture

@@ -347,6 +347,15 @@ pub enum ConfigError {
     },
 }
 
+/// Whether two listen addresses would bind the same port: equal nonzero ports on the same IP,
+/// or on any IP when either is the unspecified address (it takes the port on every interface).
+/// Port 0 means "a free one", so two port-0 addresses never clash.
+fn listen_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 impl Config {
     /// Parses and validates `text`; `origin` (the file path or [`DEFAULT_ORIGIN`]) prefixes every
     /// error. Adds the `builtin` pipeline with its defaults when the text has none.
@@ -515,6 +524,23 @@ impl Config {
             return Err(Problem::new(
                 "admin.token",
                 "expected a non-empty secret (leave the key out to disable auth), got \"\"",
+            ));
+        }
+        if admin.idle_timeout.is_zero() {
+            return Err(Problem::new(
+                "admin.idle_timeout",
+                "expected a duration above zero like \"5m\" (0 would close every connection at \
+                 once), got \"0s\"",
+            ));
+        }
+        if listen_clash(admin.listen, self.metrics.listen) {
+            return Err(Problem::new(
+                "admin.listen",
+                format!(
+                    "expected an address other than metrics.listen's, got {} and metrics.listen = \
+                     {} (both ports would be bound)",
+                    admin.listen, self.metrics.listen
+                ),
             ));
         }
 
@@ -1173,6 +1199,40 @@ mod tests {
                 "config/test.toml: metrics.listen: invalid value: \
                  expected an address like \"127.0.0.1:7070\", got \"localhost:9464\""
             ),
+            "{err}"
+        );
+    }
+
+    /// Ensures that the admin and metrics ports cannot be the same one (also through 0.0.0.0):
+    /// the error names both keys and the addresses, instead of "Address already in use" at start;
+    /// and that port 0 on both (a free port each) is allowed.
+    #[test]
+    fn admin_and_metrics_need_their_own_ports() {
+        for (admin, metrics) in [
+            ("127.0.0.1:7070", "127.0.0.1:7070"),
+            ("0.0.0.0:7070", "127.0.0.1:7070"),
+        ] {
+            let err = parse_err(&format!(
+                "[admin]\nlisten = \"{admin}\"\n[metrics]\nlisten = \"{metrics}\"\n"
+            ));
+            assert!(err.starts_with("config/test.toml: admin.listen: "), "{err}");
+            assert!(
+                err.contains(&format!("metrics.listen = {metrics}")),
+                "{err}"
+            );
+            assert!(err.contains(admin), "{err}");
+        }
+        parse("[admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        parse("[admin]\nlisten = \"127.0.0.1:7070\"\n[metrics]\nlisten = \"127.0.0.2:7070\"\n")
+            .unwrap();
+    }
+
+    /// Ensures that a zero idle timeout is refused, naming the key and why.
+    #[test]
+    fn zero_idle_timeout_is_refused() {
+        let err = parse_err("[admin]\nidle_timeout = \"0s\"\n");
+        assert!(
+            err.starts_with("config/test.toml: admin.idle_timeout: expected a duration above zero"),
             "{err}"
         );
     }

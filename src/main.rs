@@ -36,7 +36,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Measure throughput, latency and memory of an in-process node against the raw storage ceiling.
+    /// Measure throughput, latency, drain speed and memory of a `warden node` child process
+    /// (default config, temp dir) against the raw storage ceiling.
     Bench(bench::BenchArgs),
     /// Verify a stopped node's data dir offline: watermark, every record, the indexes. Exits 1
     /// on any problem.

@@ -3,11 +3,14 @@
 //!
 //! The accept loop runs in a task the actor owns (aborted in `post_stop`), never inside a
 //! handler, because a handler blocked on `accept()` could not be stopped (ractor runs one
-//! handler at a time). Connections are bounded by a semaphore (`max_connections`; the next one
-//! gets one `overloaded` line), lines by `max_line_bytes`, idleness by `idle_timeout`.
+//! handler at a time). Connections are bounded by `max_connections` slots (`slots.rs`: when all
+//! are taken, the longest-idle connection is closed to make room; when every connection has a
+//! request in flight, the next one gets one `overloaded` line), lines by `max_line_bytes`,
+//! idleness by `idle_timeout` (from the last complete line).
 
 mod commands;
 mod conn;
+mod slots;
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -26,6 +29,8 @@ use crate::link::Link;
 use crate::metrics as m;
 use crate::protocol::{error_line, ApiError, ErrorCode};
 use crate::supervisor::{ChildSpec, SupervisorMsg};
+
+use self::slots::Slots;
 
 pub use self::commands::ShutdownRequest;
 
@@ -96,7 +101,7 @@ impl Actor for Admin {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
+    let slots = Slots::new(ctx.limits.max_connections);
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -108,11 +113,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::R
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Some(slot) = slots.claim() else {
             let err = ApiError::new(
                 ErrorCode::Overloaded,
                 format!(
-                    "too many admin connections (at most {}); try again later",
+                    "too many admin connections (at most {}, each with a request in flight); \
+                     try again later",
                     ctx.limits.max_connections
                 ),
             );
@@ -130,9 +136,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::R
         let closed = closed.clone();
         tokio::spawn(async move {
             metrics::gauge!(m::ADMIN_CONNECTIONS).increment(1.0);
-            conn::serve(stream, peer, ctx, closed).await;
+            conn::serve(stream, peer, ctx, closed, slot).await;
             metrics::gauge!(m::ADMIN_CONNECTIONS).decrement(1.0);
-            drop(permit);
         });
     }
 }

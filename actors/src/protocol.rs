@@ -39,6 +39,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Too many connections, or the queue is full.
     Overloaded,
+    /// The connection sent no complete line for `[admin] idle_timeout`; it is closed.
+    IdleTimeout,
     /// The node is draining.
     ShuttingDown,
     /// The journal refuses writes (the data dir's disk is full or failing): nothing was
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",

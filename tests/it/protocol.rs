@@ -1132,15 +1132,39 @@ async fn two_mib_line_is_too_large_and_closes() {
     );
 }
 
-/// Ensures that with `max_connections = 2` a third connection gets one `overloaded` line and is
-/// closed, and that a new connection works again once one of the two is closed.
+/// A connection that sent a whole `ping` and half of the next one in one write, and read the
+/// first answer: it has a request in flight (the half is in the node's buffer).
+async fn mid_request(node: &TestNode) -> BufReader<TcpStream> {
+    let mut s = BufReader::new(TcpStream::connect(node.addr()).await.unwrap());
+    let lines = b"{\"cmd\":\"ping\",\"id\":1}\n{\"cmd\":\"ping\",\"id\":";
+    s.get_mut().write_all(lines).await.unwrap();
+    let a = raw_answer(&mut s).await;
+    assert_eq!(
+        (a["ok"].clone(), a["id"].clone()),
+        (json!(true), json!(1)),
+        "{a}"
+    );
+    s
+}
+
+/// The next line read from a raw connection, as JSON.
+async fn raw_answer(s: &mut BufReader<TcpStream>) -> Value {
+    let mut line = String::new();
+    let n = timeout(READ, s.read_line(&mut line))
+        .await
+        .expect("a line")
+        .unwrap();
+    assert!(n > 0, "EOF instead of an answer");
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Ensures that with `max_connections = 2`, both with a request in flight, a third connection
+/// gets one `overloaded` line and is closed, and that the requests in flight are not cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_answers_overloaded() {
     let node = TestNode::start_with(|a| a.admin.max_connections = 2).await;
-    let mut c1 = node.client().await;
-    let mut c2 = node.client().await;
-    still_serves(&mut c1).await;
-    still_serves(&mut c2).await;
+    let mut c1 = mid_request(&node).await;
+    let mut c2 = mid_request(&node).await;
     let mut c3 = node.client().await;
     let a = answer(&mut c3).await;
     let m = error_of(&a, "overloaded");
@@ -1155,18 +1179,42 @@ async fn connection_limit_answers_overloaded() {
         error_of(&a, "overloaded");
         closed_within(&mut c, READ).await;
     }
-    still_serves(&mut c1).await;
-    still_serves(&mut c2).await;
+    for c in [&mut c1, &mut c2] {
+        c.get_mut().write_all(b"2}\n").await.unwrap();
+        let a = raw_answer(c).await;
+        assert_eq!(
+            (a["ok"].clone(), a["id"].clone()),
+            (json!(true), json!(2)),
+            "{a}"
+        );
+    }
+}
 
-    drop(c1);
-    let mut c4 = eventually("a free connection slot", WAIT, || async {
-        let mut c = node.client().await;
-        c.send(&json!({"cmd": "ping"})).await.ok()?;
-        let a = timeout(READ, c.recv()).await.ok()?.ok()?;
-        (a["ok"] == true).then_some(c)
-    })
-    .await;
+/// Ensures that idle connections cannot lock others out: with `max_connections = 2` taken by
+/// idle connections, a new one is served and the longest-idle one is closed with an
+/// `overloaded` line saying why; the other keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_make_room() {
+    let node = TestNode::start_with(|a| a.admin.max_connections = 2).await;
+    let mut c1 = node.client().await;
+    still_serves(&mut c1).await;
+    let mut c2 = node.client().await;
+    still_serves(&mut c2).await;
+    let mut c3 = node.client().await;
+    still_serves(&mut c3).await;
+    let a = answer(&mut c1).await;
+    let m = error_of(&a, "overloaded");
+    assert!(
+        m.contains("make room") && m.contains("max_connections = 2"),
+        "{m}"
+    );
+    closed_within(&mut c1, READ).await;
+    // c3 is now the one idle the longest
+    still_serves(&mut c2).await;
+    let mut c4 = node.client().await;
     still_serves(&mut c4).await;
+    error_of(&answer(&mut c3).await, "overloaded");
+    closed_within(&mut c3, READ).await;
     still_serves(&mut c2).await;
 }
 
@@ -1434,7 +1482,8 @@ async fn client_that_never_reads_is_held_back_and_dropped() {
     drop(wr);
 }
 
-/// Ensures that a connection idle for `idle_timeout` is closed, and one in use is not.
+/// Ensures that a connection idle for `idle_timeout` gets an `idle_timeout` error line naming the
+/// timeout and is closed, and one in use is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_is_closed() {
     let node = TestNode::start_with(|a| a.admin.idle_timeout = Duration::from_millis(300)).await;
@@ -1445,14 +1494,48 @@ async fn idle_connection_is_closed() {
         still_serves(&mut c).await;
     }
     let idle_since = Instant::now();
-    closed_within(&mut c, Duration::from_secs(5)).await;
+    let a = answer(&mut c).await;
     let waited = idle_since.elapsed();
+    let m = error_of(&a, "idle_timeout");
+    assert!(m.contains("idle_timeout = 300ms"), "{m}");
+    closed_within(&mut c, Duration::from_secs(5)).await;
     assert!(
         waited >= Duration::from_millis(150),
         "closed after {waited:?}, before the timeout"
     );
     let mut fresh = node.client().await;
     still_serves(&mut fresh).await;
+}
+
+/// Ensures that `idle_timeout` counts from the last complete line: a line dribbled in a byte
+/// at a time does not keep the connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dribbled_line_does_not_reset_the_idle_timeout() {
+    let node = TestNode::start_with(|a| a.admin.idle_timeout = Duration::from_millis(300)).await;
+    let (rd, mut wr) = TcpStream::connect(node.addr()).await.unwrap().into_split();
+    let dribble = tokio::spawn(async move {
+        for b in br#"{"cmd":"ping","id":"#.iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    timeout(READ, rd.read_line(&mut line))
+        .await
+        .expect("closed within the read bound")
+        .unwrap();
+    let a: Value = serde_json::from_str(&line).unwrap();
+    error_of(&a, "idle_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    dribble.abort();
 }
 
 /// Ensures read-your-writes on one connection: a `status` pipelined right behind a `cancel` or a

@@ -1,0 +1,230 @@
+//! A `warden node` child process as users run it: the embedded default config with only the
+//! data dir and the two listen addresses changed (free loopback ports), its log (stderr, the
+//! default `info` level) appended to a file, and its resource figures read from `/proc`. Used by
+//! `warden bench` and by the soak test.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::client::Client;
+use crate::config::DEFAULT_TOML;
+
+/// A free loopback address: bound to port 0, then released for the child to take.
+pub fn free_addr() -> Result<SocketAddr, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// The embedded default config with `node.data_dir`, `admin.listen` and `metrics.listen` replaced.
+pub fn default_config_with(
+    data_dir: &Path,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+) -> Result<String, String> {
+    let mut doc: toml::Table = DEFAULT_TOML
+        .parse()
+        .map_err(|e| format!("the embedded default config: {e}"))?;
+    let mut set = |section: &str, key: &str, value: String| {
+        let table = doc
+            .get_mut(section)
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| format!("the embedded default config has no [{section}]"))?;
+        table.insert(key.into(), toml::Value::String(value));
+        Ok::<(), String>(())
+    };
+    set("node", "data_dir", data_dir.display().to_string())?;
+    set("admin", "listen", admin.to_string())?;
+    set("metrics", "listen", metrics.to_string())?;
+    toml::to_string(&doc).map_err(|e| format!("writing the config: {e}"))
+}
+
+/// Resource figures of a live process, from `/proc/<pid>/status` and `/proc/<pid>/fd`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Resident set size (`VmRSS`).
+    pub rss_bytes: u64,
+    /// Peak resident set size so far (`VmHWM`).
+    pub peak_rss_bytes: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// OS threads (`Threads`).
+    pub threads: u64,
+}
+
+/// Reads [`Sample`] for `pid`; `None` once the process is gone.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Sample {
+        rss_bytes: field("VmRSS:")? * 1024,
+        peak_rss_bytes: field("VmHWM:")? * 1024,
+        fds,
+        threads: field("Threads:")?,
+    })
+}
+
+/// A running `warden node` child; killed (SIGKILL) when dropped while still running.
+pub struct NodeProcess {
+    exe: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Child,
+    /// The admin port.
+    pub admin: SocketAddr,
+    /// The Prometheus endpoint.
+    pub metrics: SocketAddr,
+}
+
+impl NodeProcess {
+    /// Writes `<dir>/node.toml` (the default config on `<dir>/data` and free ports) and starts
+    /// `exe node --config` on it, its stderr appended to `<dir>/node.log`.
+    pub fn spawn(exe: &Path, dir: &Path) -> Result<NodeProcess, String> {
+        let (admin, metrics) = (free_addr()?, free_addr()?);
+        let config = dir.join("node.toml");
+        let text = default_config_with(&dir.join("data"), admin, metrics)?;
+        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let log = dir.join("node.log");
+        let child = start(exe, &config, &log)?;
+        Ok(NodeProcess {
+            exe: exe.to_owned(),
+            config,
+            log,
+            child,
+            admin,
+            metrics,
+        })
+    }
+
+    /// Starts the node again on the same config and data dir (after [`NodeProcess::kill9`]).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.child = start(&self.exe, &self.config, &self.log)?;
+        Ok(())
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log file (the node's stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The child's resource figures now; `None` once it is gone.
+    pub fn sample(&self) -> Option<Sample> {
+        sample(self.pid())
+    }
+
+    /// The exit status if the child has ended.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>, String> {
+        self.child
+            .try_wait()
+            .map_err(|e| format!("waiting for the node: {e}"))
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill9(&mut self) -> Result<(), String> {
+        self.child
+            .kill()
+            .map_err(|e| format!("killing the node: {e}"))?;
+        self.child
+            .wait()
+            .map_err(|e| format!("reaping the node: {e}"))?;
+        Ok(())
+    }
+
+    /// Waits until the node answers `ping`, up to `timeout`; returns how long that took.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(mut c) = Client::connect_addr(self.admin).await {
+                if let Ok(a) = c.request(&json!({"cmd": "ping"})).await {
+                    if a["ok"] == true {
+                        return Ok(started.elapsed());
+                    }
+                }
+            }
+            if let Some(status) = self.exited()? {
+                return Err(self.ended_early(status));
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "the node did not answer ping on {} within {timeout:?}",
+                    self.admin
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks the node to `shutdown` and waits for it to exit, up to `timeout`.
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus, String> {
+        let mut c = Client::connect_addr(self.admin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = c.request(&json!({"cmd": "shutdown"})).await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the node did not exit within {timeout:?} of shutdown"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Describes an unexpected exit, with the end of the log.
+    pub fn ended_early(&self, status: ExitStatus) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "the node exited ({status}); the end of {}:\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `exe node --config config` with stderr appended to `log`.
+fn start(exe: &Path, config: &Path, log: &Path) -> Result<Child, String> {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    Command::new(exe)
+        .args(["node", "--config"])
+        .arg(config)
+        // The default config's level, whatever the caller's environment says.
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("starting {} node: {e}", exe.display()))
+}
