@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::job::{JobId, JobRecord};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::protocol::{ApiError, SubmitSpec};
 use crate::routing::Router;
 use crate::tasks::TaskResult;
@@ -268,7 +268,13 @@ impl Actor for Dispatcher {
         // A failed write is logged and its changes kept for the next one (see flush_journal).
         let _ = st.flush_journal();
         st.arm_timer(&me);
-        Ok(())
+        // sled cannot write again in this process after an I/O error: fail, so that supervision
+        // restarts the dispatcher (and, if that keeps failing, stops the node with the reason)
+        // rather than keep a node that accepts nothing.
+        match st.journal().admit_writes() {
+            Err(e @ JournalError::Failed { .. }) => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     async fn post_stop(
@@ -284,3 +290,6 @@ impl Actor for Dispatcher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

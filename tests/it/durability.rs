@@ -287,3 +287,102 @@ async fn seen_successes_survive_kill_9() {
         child.wait().unwrap();
     }
 }
+
+/// A small tmpfs for one test, unmounted on drop; `None` where mounting is not permitted.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// Fills the file system of `dir` with `dir/filler` until about `leave` bytes are free (`df`).
+fn fill_up(dir: &Path, leave: u64) {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let avail: u64 = text.lines().nth(1).unwrap().trim().parse().unwrap();
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..avail.saturating_sub(leave) >> 20 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Ensures that a full disk is survived, not just reported: on a real tmpfs with
+/// `min_free_space`, a submit while the disk is (nearly) full is refused with `storage_unavailable`
+/// naming the data dir and leaves nothing queued, `stats` says the journal refuses writes, and
+/// once the space is back the node accepts work again by itself; every job acknowledged before
+/// runs. Skips where a tmpfs cannot be mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_work_and_recovers_by_itself() {
+    let Some(fs) = Tmpfs::mount("64m") else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let node = TestNode::start_in(&data, |a| a.min_free_space = 8 << 20)
+        .await
+        .unwrap();
+    let mut c = node.client().await;
+    req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
+    let before = submit(&mut c, "builtin.noop", json!({})).await;
+
+    // Below `min_free_space`, with room left for what sled writes meanwhile.
+    fill_up(fs.0.path(), 4 << 20);
+    let refused = poll(
+        &mut c,
+        "a submit to be refused",
+        WAIT,
+        json!({"cmd": "submit", "job": "builtin.noop"}),
+        |a| a["ok"] == false,
+    )
+    .await;
+    assert_eq!(refused["error"]["code"], "storage_unavailable", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&data.display().to_string()), "{message}");
+    let stats = req(&mut c, json!({"cmd": "stats"})).await;
+    assert_eq!(stats["journal"]["accepting_writes"], false, "{stats}");
+    let pending = stats["jobs"]["pending"].as_u64().unwrap();
+
+    std::fs::remove_file(fs.0.path().join("filler")).unwrap();
+    let accepted = poll(
+        &mut c,
+        "the node to accept work again",
+        WAIT,
+        json!({"cmd": "submit", "job": "builtin.noop"}),
+        |a| a["ok"] == true,
+    )
+    .await;
+    let stats = req(&mut c, json!({"cmd": "stats"})).await;
+    assert_eq!(stats["journal"]["accepting_writes"], true, "{stats}");
+    assert_eq!(
+        stats["jobs"]["pending"].as_u64().unwrap(),
+        pending + 1,
+        "refused submits left nothing queued: {stats}"
+    );
+    req(&mut c, json!({"cmd": "resume", "pipeline": "builtin"})).await;
+    for id in [before.as_str(), accepted["job_id"].as_str().unwrap()] {
+        assert_eq!(finished(&mut c, id, WAIT).await["status"], "succeeded");
+    }
+    drop(c);
+    node.stop().await.unwrap();
+}

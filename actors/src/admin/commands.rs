@@ -258,7 +258,12 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
                 .iter()
                 .map(|(n, q)| (n.clone(), to_value(q)))
                 .collect();
-            json!({ "jobs": s.jobs, "totals": s.totals, "queues": queues, "uptime_s": ctx.started.elapsed().as_secs() })
+            // Whether the journal takes new work, and why not.
+            let journal = match ctx.journal.admit_writes() {
+                Ok(()) => json!({ "accepting_writes": true }),
+                Err(e) => json!({ "accepting_writes": false, "problem": e.to_string() }),
+            };
+            json!({ "jobs": s.jobs, "totals": s.totals, "queues": queues, "journal": journal, "uptime_s": ctx.started.elapsed().as_secs() })
         }
         Command::Records(r) => {
             let limit = limit_or(r.limit, 100)?;

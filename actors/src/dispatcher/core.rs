@@ -177,12 +177,7 @@ impl DispatcherState {
 
     /// Validates, routes, dedups and journals a batch of submits; all or none.
     pub fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
-        if self.draining {
-            return Err(ApiError::new(
-                ErrorCode::ShuttingDown,
-                "the node is draining and accepts no new work",
-            ));
-        }
+        self.admission_open()?;
         let batch = specs.len() > 1;
         let mut routed = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
@@ -278,6 +273,19 @@ impl DispatcherState {
         }
         self.pump_all();
         Ok(accepted)
+    }
+
+    /// Whether new work may come in: not while draining, nor while the journal refuses writes.
+    pub(super) fn admission_open(&self) -> Result<(), ApiError> {
+        if self.draining {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the node is draining and accepts no new work",
+            ));
+        }
+        self.journal
+            .admit_writes()
+            .map_err(|e| self.storage_refusal(&e, NOTHING_ACCEPTED))
     }
 
     /// `answer`, once its changes are written to the journal; a refusal when they cannot be.

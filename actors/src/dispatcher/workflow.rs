@@ -32,12 +32,7 @@ pub struct WorkflowSpec {
 impl DispatcherState {
     /// Accepts a workflow: every job and the structure, journaled as one batch.
     pub fn submit_workflow(&mut self, spec: WorkflowSpec) -> Result<(Uuid, Vec<JobId>), ApiError> {
-        if self.draining {
-            return Err(ApiError::new(
-                ErrorCode::ShuttingDown,
-                "the node is draining and accepts no new work",
-            ));
-        }
+        self.admission_open()?;
         let all: Vec<(SubmitSpec, String)> = spec
             .jobs
             .into_iter()
