@@ -57,6 +57,8 @@ const MAX_WORKERS: usize = 1024;
 
 /// Lower bound on `admin.max_line_bytes`: a smaller limit would reject ordinary commands.
 const MIN_LINE_BYTES: usize = 1024;
+/// The smallest `[node] cache_size` accepted: sled needs room for its working set.
+const MIN_CACHE_BYTES: u64 = 8 << 20;
 
 /// A whole node config, as parsed and validated by [`Config::from_str`], defaults filled in.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -111,6 +113,8 @@ pub struct NodeSection {
     /// Bytes that must stay free on the data dir's file system for new submits to be accepted;
     /// default 64 MiB, 0 disables the check.
     pub min_free_space: u64,
+    /// sled's page cache bound in bytes; default 256 MiB, at least 8 MiB.
+    pub cache_size: u64,
 }
 
 /// `[admin]`.
@@ -472,6 +476,7 @@ impl Config {
             data_dir: self.node.data_dir,
             shutdown_timeout: self.node.shutdown_timeout,
             min_free_space: self.node.min_free_space,
+            cache_size: self.node.cache_size,
             admin: AdminArgs {
                 listen: self.admin.listen,
                 max_connections: self.admin.max_connections,
@@ -517,6 +522,7 @@ impl Config {
             ));
         }
 
+        at_least("node.cache_size", self.node.cache_size, MIN_CACHE_BYTES)?;
         let admin = &self.admin;
         at_least("admin.max_connections", admin.max_connections, 1)?;
         at_least("admin.max_line_bytes", admin.max_line_bytes, MIN_LINE_BYTES)?;
@@ -728,6 +734,7 @@ impl Default for NodeSection {
             data_dir: PathBuf::from("data"),
             shutdown_timeout: Duration::from_secs(30),
             min_free_space: warden_actors::journal::DEFAULT_MIN_FREE_SPACE,
+            cache_size: warden_actors::journal::DEFAULT_CACHE_BYTES,
         }
     }
 }

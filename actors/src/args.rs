@@ -19,6 +19,8 @@ pub struct NodeArgs {
     /// Bytes that must stay free on the data dir's file system for new writes to be admitted
     /// (see `Journal::admit_writes`); 0 disables the check.
     pub min_free_space: u64,
+    /// sled's page cache bound in bytes.
+    pub cache_size: u64,
     /// The admin port.
     pub admin: AdminArgs,
     /// Queueing, retention and cancellation limits.

@@ -126,6 +126,8 @@ pub struct JournalOptions {
     pub min_free_space: u64,
     /// How long [`Journal::durable`] waits (real time) for its commit.
     pub commit_timeout: Duration,
+    /// sled's page cache bound in bytes (`[node] cache_size`).
+    pub cache_bytes: u64,
 }
 
 impl Default for JournalOptions {
@@ -133,6 +135,7 @@ impl Default for JournalOptions {
         JournalOptions {
             min_free_space: DEFAULT_MIN_FREE_SPACE,
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -580,7 +583,7 @@ impl Journal {
             records,
             meta,
             seq,
-        } = open_checked(dir)?;
+        } = open_checked(dir, options.cache_bytes)?;
         ensure_indexes(dir, &jobs, &meta)?;
 
         let mut committer = Committer::new(db, dir)?;
@@ -1080,7 +1083,7 @@ impl Journal {
 pub fn measure_ceiling(dir: &Path, entries: usize) -> Result<f64, JournalError> {
     fs::create_dir_all(dir)
         .map_err(|source| io_err(format!("create dir {}", dir.display()), source))?;
-    let db = sled_config(dir)
+    let db = sled_config(dir, DEFAULT_CACHE_BYTES)
         .open()
         .map_err(|source| JournalError::Sled {
             what: format!("opening the benchmark database in {}", dir.display()),
@@ -1254,11 +1257,11 @@ impl DbOpened {
 }
 
 /// Takes the data dir's lock, opens sled and reads its commit sequence.
-fn open_db(dir: &Path) -> Result<DbOpened, JournalError> {
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<DbOpened, JournalError> {
     fs::create_dir_all(dir)
         .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
     let lock = take_lock(dir)?;
-    let db = open_sled(dir)?;
+    let db = open_sled(dir, cache_bytes)?;
     let mut opened = DbOpened {
         lock,
         db,
@@ -1282,8 +1285,8 @@ fn open_db(dir: &Path) -> Result<DbOpened, JournalError> {
 /// [`JournalError::RolledBack`] when sled is behind. sled has already zeroed the tail of the
 /// segment where its recovery stopped by then (it does so inside its `open`); failing here
 /// keeps anything more from being written over the damaged log.
-fn open_checked(dir: &Path) -> Result<Opened, JournalError> {
-    let mut opened = open_db(dir)?;
+fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
+    let mut opened = open_db(dir, cache_bytes)?;
     if let Some(e) = opened.seq_error.take() {
         return Err(e);
     }
@@ -1351,23 +1354,24 @@ fn bad_version(version: u8) -> String {
 /// measured on the same engine configuration. 4 MiB segments (sled's default is 512 KiB) mean
 /// fewer sealed log buffers, each written with its own `sync_file_range`, which `warden bench`
 /// showed as a clear gain in no-op throughput (README's Benchmark has the current figures). The
-/// page cache is capped at 256 MiB (sled's default is 1 GiB) so an idle node stays small.
-fn sled_config(dir: &Path) -> sled::Config {
+/// page cache is bounded by `[node] cache_size` (256 MiB by default; sled's own default is
+/// 1 GiB) so that a node's memory is the operator's choice.
+fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
     sled::Config::new()
         .path(dir)
         .mode(sled::Mode::HighThroughput)
         .segment_size(SEGMENT_SIZE)
-        .cache_capacity(CACHE_BYTES)
+        .cache_capacity(cache_bytes)
 }
 
 /// Opens sled in `dir`, whose `warden.lock` we hold. sled takes its own lock on `db`, and a
 /// journal dropped a moment ago in this process may still hold it: sled's IO threads release
 /// their handles on the file only when their last write ends. Since `warden.lock` rules out
 /// another live node, that lock can only be such a predecessor's, so it is retried briefly.
-fn open_sled(dir: &Path) -> Result<sled::Db, JournalError> {
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, JournalError> {
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        match sled_config(dir).open() {
+        match sled_config(dir, cache_bytes).open() {
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && Instant::now() < deadline =>
@@ -1396,8 +1400,8 @@ fn open_sled(dir: &Path) -> Result<sled::Db, JournalError> {
 
 /// sled log segment size (see [`sled_config`]).
 const SEGMENT_SIZE: usize = 4 << 20;
-/// sled page cache bound (see [`sled_config`]).
-const CACHE_BYTES: u64 = 256 << 20;
+/// sled's page cache bound by default (see [`sled_config`]).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// Workflows live in the `jobs` tree too (so a workflow and its jobs are one atomic batch),
 /// under their own prefix, outside the range that job scans walk.

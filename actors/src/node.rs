@@ -94,6 +94,7 @@ impl Node {
             &args.data_dir,
             crate::journal::JournalOptions {
                 min_free_space: args.min_free_space,
+                cache_bytes: args.cache_size,
                 ..Default::default()
             },
         )?;

@@ -36,6 +36,7 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         data_dir: dir.to_path_buf(),
         shutdown_timeout: Duration::from_secs(10),
         min_free_space: 0,
+        cache_size: 64 << 20,
         admin: AdminArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_connections: 32,

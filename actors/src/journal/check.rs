@@ -109,7 +109,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, JournalError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no db file"),
         });
     }
-    let opened = super::open_db(dir)?;
+    let opened = super::open_db(dir, super::DEFAULT_CACHE_BYTES)?;
     let trees = Trees {
         jobs: opened.tree("jobs")?,
         records: opened.tree("records")?,

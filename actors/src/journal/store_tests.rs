@@ -377,6 +377,7 @@ fn durable_times_out_when_the_commit_hangs() {
     let options = JournalOptions {
         min_free_space: 0,
         commit_timeout: Duration::from_millis(300),
+        ..JournalOptions::default()
     };
     let journal = Journal::open_with(dir.path(), options).unwrap();
     let gate = journal.inner.committer.gate.lock().unwrap();
@@ -526,6 +527,7 @@ fn a_full_disk_fails_typed_and_a_restart_recovers() {
     let options = JournalOptions {
         min_free_space: 0,
         commit_timeout: Duration::from_secs(10),
+        ..JournalOptions::default()
     };
     let journal = Journal::open_with(&dir, options).unwrap();
     let (acked, err) = fill(&journal, &rt);
