@@ -21,6 +21,8 @@ const PHASE: Duration = Duration::from_secs(1800);
 /// sled's page cache bound at the default config (`[node] cache_size`).
 const SLED_CACHE_BYTES: u64 = warden_actors::journal::DEFAULT_CACHE_BYTES;
 const RSS_SLACK_BYTES: u64 = 64 << 20;
+/// How long the RSS after the drain may take to settle (see [`settled`]).
+const SETTLE_FOR: Duration = Duration::from_secs(30);
 /// Allowed drift in fds: a few connections may still be closing.
 const FD_SLACK: u64 = 8;
 /// Allowed drift in threads: the journal's `spawn_blocking` threads linger 10 s after a burst
@@ -46,6 +48,24 @@ fn spawn_sampler(samples: Arc<Samples>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// The allocator gives freed pages back to the OS over seconds (jemalloc's decay), so steady
+/// state is read by sampling once a second until RSS is within `bound` or stops falling, for at
+/// most `SETTLE_FOR`; returns the last sample.
+async fn settled(node: &NodeProcess, bound: u64) -> Sample {
+    let until = Instant::now() + SETTLE_FOR;
+    let mut last = now(node);
+    while last.rss_bytes > bound && Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let next = now(node);
+        let falling = next.rss_bytes < last.rss_bytes;
+        last = next;
+        if !falling {
+            break;
+        }
+    }
+    last
 }
 
 fn now(node: &NodeProcess) -> Sample {
@@ -168,7 +188,9 @@ async fn a_million_jobs_twice_across_a_kill() {
     println!("after_continuous_rss_bytes={}", now(&node).rss_bytes);
     drop(c);
     let c = backlog_across_kill(&mut node, &samples, &mut stalls).await;
-    let end = now(&node);
+    let bound = start.rss_bytes + SLED_CACHE_BYTES + RSS_SLACK_BYTES;
+    println!("drained_rss_bytes={}", now(&node).rss_bytes);
+    let end = settled(&node, bound).await;
     sampler.abort();
     let taken = std::mem::take(&mut *samples.taken.lock().expect("sampler lock"));
     let peak = taken.iter().map(|s| s.rss_bytes).max().unwrap_or(0);
@@ -186,7 +208,6 @@ async fn a_million_jobs_twice_across_a_kill() {
     drop(c);
     node.shutdown(PHASE).await.expect("shutdown");
 
-    let bound = start.rss_bytes + SLED_CACHE_BYTES + RSS_SLACK_BYTES;
     assert!(
         stalls.is_empty(),
         "the node failed {} stats requests: {stalls:?}",

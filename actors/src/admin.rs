@@ -52,6 +52,8 @@ pub struct AdminCtx {
     pub started: std::time::Instant,
     /// Where `shutdown` asks the node to stop.
     pub shutdown: watch::Sender<Option<ShutdownRequest>>,
+    /// Tracks the accept loop and the connection tasks, so the node's stop awaits them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The admin actor (stateless shell).
@@ -85,7 +87,8 @@ impl Actor for Admin {
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
         let (closing, closed) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, start.ctx, closed));
+        let tasks = start.ctx.tasks.clone();
+        let accept = tasks.spawn(accept_loop(listener, start.ctx, closed));
         Ok(AdminState { accept, closing })
     }
 
@@ -134,7 +137,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<AdminCtx>, closed: watch::R
         };
         let ctx = ctx.clone();
         let closed = closed.clone();
-        tokio::spawn(async move {
+        let tasks = ctx.tasks.clone();
+        tasks.spawn(async move {
             metrics::gauge!(m::ADMIN_CONNECTIONS).increment(1.0);
             conn::serve(stream, peer, ctx, closed, slot).await;
             metrics::gauge!(m::ADMIN_CONNECTIONS).decrement(1.0);

@@ -78,6 +78,8 @@ pub struct DispatcherArgs {
     pub link: DispatcherLink,
     /// Told of every dead-lettered job.
     pub alerter: crate::alerts::Alerter,
+    /// Tracks compactions, so the node's stop awaits them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Messages the dispatcher accepts.

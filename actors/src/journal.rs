@@ -788,8 +788,19 @@ impl Journal {
     /// read with a cursor that follows the index while the two run in step (dense unfinished
     /// jobs: a sequential scan) and seeks when they do not (sparse ones: one lookup each).
     pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
-        let jobs = &self.inner.jobs;
         let mut out = Vec::new();
+        self.for_each_unfinished(|rec| out.push(rec))?;
+        Ok(out)
+    }
+
+    /// [`Journal::unfinished`], one record at a time: a replay of a million pending jobs never
+    /// holds all their whole records at once. Returns how many there were.
+    pub fn for_each_unfinished(
+        &self,
+        mut each: impl FnMut(JobRecord),
+    ) -> Result<usize, JournalError> {
+        let jobs = &self.inner.jobs;
+        let mut count = 0;
         let mut cursor: Option<sled::Iter> = None;
         for item in jobs.scan_prefix([index::UNFINISHED_PREFIX]).keys() {
             let key = item.map_err(sled_err("walking the unfinished index for replay"))?;
@@ -822,9 +833,10 @@ impl Journal {
                     detail: format!("in the unfinished index but {}", status.as_str()),
                 });
             }
-            out.push(decode_bincode(&record_key, body)?);
+            each(decode_bincode(&record_key, body)?);
+            count += 1;
         }
-        Ok(out)
+        Ok(count)
     }
 
     /// Up to `filter.limit` records matching `filter`, newest first; only jobs strictly older
@@ -1046,12 +1058,6 @@ impl Journal {
                 source,
             })?;
         Ok(())
-    }
-
-    /// How many handles on this journal are alive (this one included). The data dir's lock is
-    /// released when the last one is dropped.
-    pub fn handles(&self) -> usize {
-        Arc::strong_count(&self.inner)
     }
 
     /// The data dir.

@@ -54,7 +54,7 @@ impl<M: Send + 'static> Link<M> {
 
 /// What a child's recipe keeps to follow its incarnations: the [`Link`] others send through,
 /// pointed at each new incarnation when it is up and cleared when it is down (only if it still
-/// points at that one). Shared by the limiter, breaker and alerts recipes.
+/// points at that one). Shared by the limiter, breaker, alerts and worker recipes.
 pub struct Incarnation<M: Send + 'static> {
     link: Link<M>,
     current: Mutex<Option<ActorId>>,
@@ -81,15 +81,16 @@ impl<M: Send + 'static> Incarnation<M> {
         self.link.set(cell.clone().into());
     }
 
-    /// The incarnation is gone (the recipe's `on_down`).
-    pub fn down(&self) {
-        if let Some(id) = self
+    /// The incarnation is gone (the recipe's `on_down`); returns which one, if one was up.
+    pub fn down(&self) -> Option<ActorId> {
+        let gone = self
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+            .take();
+        if let Some(id) = gone {
             self.link.clear_if(id);
         }
+        gone
     }
 }

@@ -28,8 +28,10 @@ use crate::link::Link;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+use tokio_util::task::TaskTracker;
 
-/// How long `stop` waits for the last users of the journal to let go of it.
+/// How long `stop` waits for the tasks that outlive their actors (admin connections, a
+/// compaction) to end.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// Extra time the root gets to stop its children after the drain.
@@ -81,6 +83,8 @@ pub struct Node {
     shutdown_rx: watch::Receiver<Option<ShutdownRequest>>,
     fatal: Arc<Mutex<Option<String>>>,
     shutdown_timeout: Duration,
+    /// Tasks that hold the journal outside any actor: admin connections, compactions.
+    tasks: TaskTracker,
 }
 
 impl Node {
@@ -118,6 +122,7 @@ impl Node {
         let alerter = alerts.as_ref().map_or_else(Alerter::none, |s| s.alerter());
         let alerts_spec = alerts.map(|s| s as Arc<dyn ChildSpec>);
         let scheduler = SchedulerLink::default();
+        let tasks = TaskTracker::new();
         let root_link: Link<SupervisorMsg> = Link::default();
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let fatal = Arc::new(Mutex::new(None));
@@ -142,6 +147,7 @@ impl Node {
                 node_name: args.name.clone(),
                 started: std::time::Instant::now(),
                 shutdown: shutdown_tx.clone(),
+                tasks: tasks.clone(),
             }),
         });
         let dispatcher_spec = Arc::new(DispatcherSpec(DispatcherArgs {
@@ -151,6 +157,7 @@ impl Node {
             router,
             link: dispatcher.clone(),
             alerter: alerter.clone(),
+            tasks: tasks.clone(),
         }));
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
         // no worker keeps waiting on a dead dispatcher; the admin actor starts last, so a command
@@ -199,6 +206,7 @@ impl Node {
             shutdown_rx,
             fatal,
             shutdown_timeout: args.shutdown_timeout,
+            tasks,
         })
     }
 
@@ -258,12 +266,18 @@ impl Node {
             .await;
         let _ = self.root_done.await;
         self.journal.sync_now()?;
-        // Admin connection tasks and blocking compactions may still hold the journal for a
-        // moment after their actors stopped; wait for them (bounded), so that when `stop`
-        // returns the data dir is free for the next node.
-        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
-        while self.journal.handles() > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Admin connections and a compaction may still hold the journal for a moment after
+        // their actors stopped; wait for them (bounded), so that when `stop` returns the data dir
+        // is free for the next node.
+        self.tasks.close();
+        if tokio::time::timeout(RELEASE_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.tasks.len(),
+                "tasks still running after {RELEASE_WAIT:?} at stop"
+            );
         }
         info!("node stopped");
         Ok(())

@@ -13,33 +13,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::job::JobId;
-
-/// Tells a running task that it should stop: cancellation is cooperative first (the task may
-/// clean up and return), and the worker aborts the task after `[jobs] cancel_grace`.
-#[derive(Debug, Clone)]
-pub struct CancelSignal(tokio::sync::watch::Receiver<bool>);
-
-impl CancelSignal {
-    /// A signal and the sender that raises it.
-    pub fn new() -> (tokio::sync::watch::Sender<bool>, CancelSignal) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, CancelSignal(rx))
-    }
-
-    /// True once the job was asked to stop.
-    pub fn is_cancelled(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves when the job is asked to stop (never, if it is not).
-    pub async fn cancelled(&self) {
-        let mut rx = self.0.clone();
-        if rx.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
 
 /// What a task gets to run.
 #[derive(Debug, Clone)]
@@ -52,10 +28,11 @@ pub struct TaskCtx {
     pub params: Value,
     /// This attempt's number, from 1.
     pub attempt: u32,
-    /// Raised when an operator cancels the job.
-    pub cancel: CancelSignal,
+    /// Cancelled when an operator cancels the job: cancellation is cooperative first (the task
+    /// may clean up and return), and the worker aborts the task after `[jobs] cancel_grace`.
+    pub cancel: CancellationToken,
     /// Raised at the job's soft time limit: it may clean up and finish.
-    pub soft_limit: CancelSignal,
+    pub soft_limit: CancellationToken,
 }
 
 /// Why an attempt failed, classified where it happened.
@@ -316,8 +293,8 @@ mod tests {
             name: name.into(),
             params,
             attempt,
-            cancel: CancelSignal::new().1,
-            soft_limit: CancelSignal::new().1,
+            cancel: CancellationToken::new(),
+            soft_limit: CancellationToken::new(),
         }
     }
 
@@ -339,12 +316,12 @@ mod tests {
     /// Ensures that a cancelled `builtin.sleep` ends early with a permanent error.
     #[tokio::test(start_paused = true)]
     async fn sleep_stops_when_cancelled() {
-        let (tx, cancel) = CancelSignal::new();
+        let cancel = CancellationToken::new();
         let mut c = ctx("builtin.sleep", json!({"ms": 3_600_000}), 1);
-        c.cancel = cancel;
+        c.cancel = cancel.clone();
         let run = tokio::spawn(builtin().get("builtin.sleep").unwrap()(c));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        tx.send(true).unwrap();
+        cancel.cancel();
         let r = run.await.unwrap();
         assert!(
             matches!(r, Err(TaskError::Permanent(ref m)) if m.contains("cancelled")),

@@ -21,22 +21,23 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr};
-use tokio::sync::watch;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
 use crate::args::TimeLimits;
 use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
+use crate::link::Incarnation;
 use crate::supervisor::{spawn_child, ChildSpec, REPLACE};
-use crate::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
+use crate::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -137,8 +138,8 @@ pub struct Worker;
 struct Current {
     job_id: JobId,
     _task: AbortOnDrop,
-    cancel: watch::Sender<bool>,
-    soft: watch::Sender<bool>,
+    cancel: CancellationToken,
+    soft: CancellationToken,
 }
 
 /// A worker's state.
@@ -229,7 +230,7 @@ impl Actor for Worker {
                     // Cooperative first: the job sees its cancel signal and may end on its own
                     // within `grace`; then this synthetic result frees the worker, and dropping
                     // the task's guard aborts whatever is left of it.
-                    let _ = c.cancel.send(true);
+                    c.cancel.cancel();
                     me.send_after(grace, move || WorkerMsg::Finished {
                         job_id,
                         outcome: Ok(Err(TaskError::Permanent("cancelled".into()))),
@@ -240,7 +241,7 @@ impl Actor for Worker {
             WorkerMsg::SoftLimit(job_id) => {
                 if let Some(c) = st.current.as_ref().filter(|c| c.job_id == job_id) {
                     debug!(worker = %st.args.path, job_id = %job_id, "soft time limit reached");
-                    let _ = c.soft.send(true);
+                    c.soft.cancel();
                 }
             }
             WorkerMsg::HardLimit(job_id, limit) => {
@@ -310,8 +311,8 @@ impl WorkerState {
 
     fn run(&mut self, me: ActorRef<WorkerMsg>, t: Ticket) {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
-        let (cancel_tx, cancel) = CancelSignal::new();
-        let (soft_tx, soft_limit) = CancelSignal::new();
+        let (cancel, soft_limit) = (CancellationToken::new(), CancellationToken::new());
+        let (cancel_tx, soft_tx) = (cancel.clone(), soft_limit.clone());
         let ctx = TaskCtx {
             job_id: t.job_id,
             name: t.name.clone(),
@@ -426,7 +427,7 @@ pub struct WorkerSpec {
     dispatcher: DispatcherLink,
     tasks: TaskSet,
     limits: Arc<WorkerLimits>,
-    current: Mutex<Option<ActorId>>,
+    incarnation: Incarnation<WorkerMsg>,
 }
 
 impl WorkerSpec {
@@ -444,7 +445,7 @@ impl WorkerSpec {
             dispatcher,
             tasks,
             limits,
-            current: Mutex::new(None),
+            incarnation: Incarnation::default(),
         })
     }
 }
@@ -471,15 +472,10 @@ impl ChildSpec for WorkerSpec {
         spawn_child(Worker, args, supervisor)
     }
     fn on_up(&self, cell: &ActorCell) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(cell.get_id());
+        self.incarnation.up(cell);
     }
     fn on_down(&self, reason: &str) {
-        if let Some(worker) = self
-            .current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(worker) = self.incarnation.down() {
             self.dispatcher.cast(DispatcherMsg::WorkerDown {
                 pipeline: self.pipeline,
                 worker,

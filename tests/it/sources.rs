@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use warden_actors::args::{BreakerArgs, UpstreamArgs};
 use warden_actors::job::JobId;
 use warden_actors::journal::{Journal, StoredRecord};
 use warden_actors::sources::{self, Source};
-use warden_actors::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
+use warden_actors::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
 use warden_actors::upstream::{Blocked, Gate, Hold, OpenGate, Verdict};
 
 use crate::fakes::{self, Failure, FakeUpstream};
@@ -123,8 +124,8 @@ fn ctx(name: &str, params: Value) -> TaskCtx {
         name: name.into(),
         params,
         attempt: 1,
-        cancel: CancelSignal::new().1,
-        soft_limit: CancelSignal::new().1,
+        cancel: CancellationToken::new(),
+        soft_limit: CancellationToken::new(),
     }
 }
 
@@ -843,12 +844,12 @@ async fn cancel_stops_the_wait_for_the_gate() {
         ..RecordingGate::default()
     });
     let yahoo = rig.tasks_with("yahoo", gate, |_| {});
-    let (cancel_tx, cancel) = CancelSignal::new();
+    let cancel = CancellationToken::new();
     let mut job = ctx("yahoo.chart", json!({"ticker": "CHGG"}));
-    job.cancel = cancel;
+    job.cancel = cancel.clone();
     let running = tokio::spawn(yahoo.get("yahoo.chart").unwrap()(job));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    cancel_tx.send(true).unwrap();
+    cancel.cancel();
     let message = permanent(
         tokio::time::timeout(Duration::from_secs(5), running)
             .await

@@ -27,6 +27,9 @@ use crate::routing::Router;
 use crate::tasks::{TaskError, TaskResult, ThrottledBy};
 use crate::worker::{Ticket, WorkerMsg};
 
+/// Requeues written per slice during a replay.
+const REPLAY_FLUSH_EVERY: usize = 10_000;
+
 /// What a refused submit tells the client.
 pub(super) const NOTHING_ACCEPTED: &str = "nothing was accepted; retry later";
 
@@ -78,6 +81,8 @@ pub struct DispatcherState {
     /// Jobs whose whole record was loaded or changed by the message being handled (see
     /// `live.rs`).
     pub(super) touched: Vec<JobId>,
+    /// Tracks compactions (see `DispatcherArgs::tasks`).
+    pub(super) tasks: tokio_util::task::TaskTracker,
 }
 
 impl DispatcherState {
@@ -124,6 +129,7 @@ impl DispatcherState {
             alerter: args.alerter,
             names: Names::default(),
             touched: Vec::new(),
+            tasks: args.tasks,
         }
     }
 
@@ -147,32 +153,52 @@ impl DispatcherState {
                 info!(pipeline = %lane.info.name, "pipeline paused before the restart; it stays paused until `resume`");
             }
         }
+        let journal = self.journal.clone();
         let mut count = 0;
-        for mut rec in self.journal.unfinished()? {
-            let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
-                warn!(job_id = %rec.id, pipeline = %rec.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
-                continue;
-            };
-            count += 1;
-            // A batch parent waiting for its children stays waiting (its count is rebuilt below).
-            let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
-            let workflow_step = rec.workflow_id.is_some();
-            if rec.status == JobStatus::Running && !waiting_parent {
-                rec.status = JobStatus::Pending;
-                self.totals.requeued += 1;
-                self.changes.extend(change(
-                    &mut rec,
-                    EventKind::Requeued,
-                    Some("the node stopped while it ran".into()),
-                ));
+        let mut failed = Ok(());
+        journal.for_each_unfinished(|rec| {
+            count += usize::from(self.replay_one(rec));
+            // A replay of a million interrupted jobs writes its requeues in slices.
+            if self.changes.len() >= REPLAY_FLUSH_EVERY && failed.is_ok() {
+                failed = self.flush_journal();
             }
-            // A waiting batch parent and a workflow step are decided once every job is loaded.
-            self.admit(rec, lane, !waiting_parent && !workflow_step);
-        }
+        })?;
+        failed?;
         self.rebuild_tallies();
         self.resume_workflows();
         self.flush_journal()?;
         Ok(count)
+    }
+
+    /// Takes one unfinished job back into memory; false when its pipeline is not configured.
+    fn replay_one(&mut self, mut rec: JobRecord) -> bool {
+        let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
+            warn!(job_id = %rec.id, pipeline = %rec.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
+            return false;
+        };
+        let id = rec.id;
+        // A batch parent waiting for its children stays waiting (its count is rebuilt later).
+        let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
+        let workflow_step = rec.workflow_id.is_some();
+        let interrupted = rec.status == JobStatus::Running && !waiting_parent;
+        if interrupted {
+            rec.status = JobStatus::Pending;
+            self.totals.requeued += 1;
+            self.changes.extend(change(
+                &mut rec,
+                EventKind::Requeued,
+                Some("the node stopped while it ran".into()),
+            ));
+        }
+        // A waiting batch parent and a workflow step are decided once every job is loaded.
+        self.admit(rec, lane, !waiting_parent && !workflow_step);
+        if !interrupted {
+            // Unchanged: the journal has it, so only its head stays in memory.
+            if let Some(live) = self.live.get_mut(&id) {
+                live.full = None;
+            }
+        }
+        true
     }
 
     /// Validates, routes, dedups and journals a batch of submits; all or none.
@@ -719,8 +745,10 @@ impl DispatcherState {
         }
     }
 
-    /// Sets the queue depth and worker gauges.
+    /// Sets the queue depth and worker gauges, and whether the journal refuses new work.
     pub fn publish_gauges(&self) {
+        let refusing = self.journal.admit_writes().is_err();
+        metrics::gauge!(m::JOURNAL_REFUSING_WRITES).set(f64::from(u8::from(refusing)));
         for l in &self.lanes {
             for p in Priority::ALL {
                 metrics::gauge!(m::QUEUE_DEPTH, "pipeline" => l.info.name.clone(), "priority" => p.as_str())
@@ -753,11 +781,12 @@ impl DispatcherState {
     pub fn compact(&self) {
         let journal = self.journal.clone();
         let cutoff = now_ms() - self.limits.retention.as_millis() as i64;
-        tokio::task::spawn_blocking(move || match journal.compact(cutoff) {
-            Ok(0) => {}
-            Ok(n) => info!(removed = n, "compacted finished jobs past their retention"),
-            Err(e) => error!(error = %e, "journal compaction failed"),
-        });
+        self.tasks
+            .spawn_blocking(move || match journal.compact(cutoff) {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "compacted finished jobs past their retention"),
+                Err(e) => error!(error = %e, "journal compaction failed"),
+            });
     }
 
     /// Counts for `stats`.

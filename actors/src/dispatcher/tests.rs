@@ -80,6 +80,7 @@ fn rig(max_queued: usize) -> Rig {
         router: Router::new(&[]).unwrap(),
         link: Default::default(),
         alerter: crate::alerts::Alerter::none(),
+        tasks: Default::default(),
     });
     st.replay().unwrap();
     Rig { st, _dir: dir }

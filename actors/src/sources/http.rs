@@ -21,7 +21,9 @@ use serde_json::Value;
 
 use crate::args::UpstreamArgs;
 use crate::journal::Journal;
-use crate::tasks::{CancelSignal, TaskError, ThrottledBy};
+use tokio_util::sync::CancellationToken;
+
+use crate::tasks::{TaskError, ThrottledBy};
 use crate::upstream::{Gate, Verdict};
 
 /// The largest body read. SEC's company facts for the biggest filers are a few MiB; anything
@@ -290,7 +292,7 @@ impl Source {
         &self,
         task: &str,
         url: &Url,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<Fetched, TaskError> {
         let request = format!("GET {}", redact_url(url.as_str()));
         if cancel.is_cancelled() {
@@ -411,7 +413,7 @@ impl Source {
         &self,
         task: &str,
         url: &Url,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
         judge: impl FnOnce(&Fetched) -> Judgement<T>,
     ) -> Result<T, TaskError> {
         let fetched = self.get(task, url, cancel).await?;

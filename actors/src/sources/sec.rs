@@ -23,7 +23,9 @@ use tokio::sync::Mutex;
 use super::http::{judge_json, parse_http_url, Fetched, Judgement, Source};
 use super::{is_key_part, param_strings, param_symbol, shown, task};
 use crate::job::now_ms;
-use crate::tasks::{CancelSignal, TaskCtx, TaskError, TaskResult, TaskSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
 
 /// `sec.filings {ticker, forms?, since?}`.
 pub const FILINGS: &str = "sec.filings";
@@ -130,7 +132,12 @@ async fn company_facts(sec: Arc<Sec>, ctx: TaskCtx) -> TaskResult {
 
 impl Sec {
     /// The CIK of `ticker`; an unknown ticker is a permanent error naming it.
-    async fn cik(&self, task: &str, ticker: &str, cancel: &CancelSignal) -> Result<u64, TaskError> {
+    async fn cik(
+        &self,
+        task: &str,
+        ticker: &str,
+        cancel: &CancellationToken,
+    ) -> Result<u64, TaskError> {
         let map = self.ticker_map(task, cancel).await?;
         map.cik(ticker).ok_or_else(|| {
             TaskError::Permanent(format!(
@@ -151,7 +158,7 @@ impl Sec {
     async fn ticker_map(
         &self,
         task: &str,
-        cancel: &CancelSignal,
+        cancel: &CancellationToken,
     ) -> Result<Arc<TickerMap>, TaskError> {
         let mut cached = self.tickers.lock().await;
         let now = now_ms();
