@@ -126,57 +126,13 @@ async fn permanent_failure_is_not_retried() {
     assert_eq!(j["error"], "builtin.fail_permanent: fails on purpose");
 }
 
-/// Ensures that a job that panics is that job's failure: it is retried counted as an attempt and
-/// then succeeds, and its worker is replaced at once (the tree shows the replacement and why)
-/// without spending the restart budget.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_replaces_worker_and_job_is_retried() {
+/// Runs `job` with `{"times": 1}` (it breaks its worker on the first attempt): checks that it
+/// succeeds on attempt 2, waits until the one worker that restarted runs again, and returns that
+/// worker's tree node and the job's event kinds.
+async fn broken_once(job: &str) -> (Value, Vec<String>) {
     let node = TestNode::start().await;
     let mut c = node.client().await;
-    let id = submit(&mut c, "builtin.panic", json!({"times": 1})).await;
-    let j = finished(&mut c, &id, WAIT).await;
-    assert_eq!(j["status"], "succeeded", "{j}");
-    assert_eq!(j["attempts"], 2);
-    let tree = poll(
-        &mut c,
-        "the replaced worker to run",
-        WAIT,
-        json!({"cmd": "tree"}),
-        |t| {
-            restarted_workers(&t["tree"])
-                .iter()
-                .any(|w| w["status"] == "running")
-        },
-    )
-    .await;
-    let replaced = restarted_workers(&tree["tree"]);
-    assert_eq!(replaced.len(), 1, "{tree}");
-    assert!(replaced[0]["last_failure"].is_null(), "{tree}");
-    assert!(
-        replaced[0]["last_replacement"]
-            .as_str()
-            .unwrap()
-            .contains("panicked"),
-        "{tree}"
-    );
-    let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
-    assert!(
-        h["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "retrying"),
-        "{h}"
-    );
-}
-
-/// Ensures that a worker that fails on its own is restarted by its supervisor (the tree shows
-/// the restart), its job goes back to the queue counted as an attempt, and then succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_restarts_worker_and_job_succeeds() {
-    let node = TestNode::start().await;
-    let mut c = node.client().await;
-    let id = submit(&mut c, "builtin.crash", json!({"times": 1})).await;
+    let id = submit(&mut c, job, json!({"times": 1})).await;
     let j = finished(&mut c, &id, WAIT).await;
     assert_eq!(j["status"], "succeeded", "{j}");
     assert_eq!(j["attempts"], 2);
@@ -194,23 +150,37 @@ async fn crash_restarts_worker_and_job_succeeds() {
     .await;
     let restarted = restarted_workers(&tree["tree"]);
     assert_eq!(restarted.len(), 1, "{tree}");
-    assert_eq!(restarted[0]["restarts"], 1);
-    assert!(
-        restarted[0]["last_failure"]
-            .as_str()
-            .unwrap()
-            .contains("worker fault"),
-        "{tree}"
-    );
+    assert_eq!(restarted[0]["restarts"], 1, "{tree}");
     let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
-    assert!(
-        h["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "requeued"),
-        "{h}"
-    );
+    let kinds = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    (restarted[0].clone(), kinds)
+}
+
+/// Ensures that a job that panics is that job's failure: it is retried counted as an attempt and
+/// then succeeds, and its worker is replaced at once (the tree shows the replacement and why)
+/// without spending the restart budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_replaces_worker_and_job_is_retried() {
+    let (worker, kinds) = broken_once("builtin.panic").await;
+    assert!(worker["last_failure"].is_null(), "{worker}");
+    let why = worker["last_replacement"].as_str().unwrap();
+    assert!(why.contains("panicked"), "{worker}");
+    assert!(kinds.iter().any(|k| k == "retrying"), "{kinds:?}");
+}
+
+/// Ensures that a worker that fails on its own is restarted by its supervisor (the tree shows
+/// the restart), its job goes back to the queue counted as an attempt, and then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_restarts_worker_and_job_succeeds() {
+    let (worker, kinds) = broken_once("builtin.crash").await;
+    let why = worker["last_failure"].as_str().unwrap();
+    assert!(why.contains("worker fault"), "{worker}");
+    assert!(kinds.iter().any(|k| k == "requeued"), "{kinds:?}");
 }
 
 fn restarted_workers(tree: &Value) -> Vec<Value> {
