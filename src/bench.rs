@@ -11,8 +11,12 @@
 //!   `latency_done_p50_us` / `_p99_us`: submit until `status` says succeeded, sequentially;
 //! - `drain_jobs_per_s`: N jobs queued on a paused `builtin`, then `resume` until all succeeded;
 //! - the node's RSS at start, with N queued and after the drain (`rss_bytes_per_queued_job`),
-//!   its peak, and its open file descriptors and threads at start and at the end.
+//!   its peak, and its open file descriptors and threads at start and at the end;
+//! - `list_failed_us` / `dlq_us` with a handful of finished jobs and again with 2N + more
+//!   (`history_cost_ratio`), and `restart_with_history_ms`: `kill -9` with all that history
+//!   plus 10,000 pending jobs, until the restarted node answers `ping` (see `history.rs`).
 
+pub mod history;
 pub mod load;
 pub mod process;
 
@@ -28,7 +32,7 @@ use load::{ok, percentiles, wait_succeeded};
 use process::{NodeProcess, Sample};
 
 /// The longest wait for any one phase (all jobs done, the node ready or stopped).
-const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What to measure, and how much.
 #[derive(Args, Debug, Clone)]
@@ -59,6 +63,22 @@ pub async fn run(args: BenchArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The listings' medians early and late, with the finished jobs the late ones ran against.
+fn print_history_costs(early: (u128, u128), late: (u128, u128), finished: usize) {
+    println!("history_finished_jobs_early={}", history::DEAD_LETTERS);
+    println!("history_finished_jobs_late={finished}");
+    println!("list_failed_early_us={}", early.0);
+    println!("list_failed_late_us={}", late.0);
+    println!("dlq_early_us={}", early.1);
+    println!("dlq_late_us={}", late.1);
+    let ratio = |a: u128, b: u128| b as f64 / a.max(1) as f64;
+    println!(
+        "history_cost_ratio_list={:.2} history_cost_ratio_dlq={:.2}",
+        ratio(early.0, late.0),
+        ratio(early.1, late.1)
+    );
 }
 
 fn print_sample(when: &str, s: &Sample) {
@@ -94,12 +114,22 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     let start = node.sample().ok_or("the node is gone")?;
     print_sample("start", &start);
 
-    throughput(&node, &args, ceiling).await?;
     let mut c = Client::connect_addr(node.admin)
         .await
         .map_err(|e| e.to_string())?;
+    history::dead_letters(&mut c).await?;
+    let early = history::listing_us(&mut c).await?;
+    throughput(&node, &args, ceiling).await?;
     latency(&mut c, args.sequential).await?;
     drain(&node, &mut c, &args, start).await?;
+    let late = history::listing_us(&mut c).await?;
+    print_history_costs(early, late, 2 * args.jobs + args.sequential);
+    drop(c);
+    let restart = history::restart_with_history(&mut node).await?;
+    println!("restart_with_history_ms={}", restart.as_millis());
+    let c = Client::connect_addr(node.admin)
+        .await
+        .map_err(|e| e.to_string())?;
 
     let end = node.sample().ok_or("the node is gone")?;
     print_sample("end", &end);
