@@ -381,8 +381,7 @@ impl DispatcherState {
             .next_attempt_at
             .filter(|t| *t > now_ms)
             .map(|t| now + Duration::from_millis((t - now_ms) as u64));
-        self.live
-            .insert(id, Live::new(rec, lane, &mut self.names, now));
+        self.live.insert(id, Live::new(rec, lane, &mut self.names));
         self.touched.push(id);
         match due {
             Some(due) => self.schedule(id, due),
@@ -395,7 +394,6 @@ impl DispatcherState {
         let Some(live) = self.live.get_mut(&id) else {
             return;
         };
-        live.queued_at = now;
         live.due = None;
         let q = &mut self.lanes[live.lane].queue;
         if front {
@@ -480,7 +478,7 @@ impl DispatcherState {
             }
             l.running.insert(worker.get_id(), q.id);
             l.queue_wait
-                .record(now.saturating_duration_since(live.queued_at).as_secs_f64());
+                .record(now.saturating_duration_since(q.since).as_secs_f64());
             let started = now_ms();
             self.transition(q.id, EventKind::Started, None, |rec| {
                 rec.attempts += 1;
@@ -629,7 +627,7 @@ impl DispatcherState {
             return;
         };
         let head = &live.head;
-        if let Some(k) = &head.unique_key {
+        if let Some(k) = head.unique_key() {
             if self.unique.get(k) == Some(&id) {
                 self.unique.remove(k);
             }
@@ -637,7 +635,7 @@ impl DispatcherState {
         if let Some(due) = live.due {
             self.timers.remove(&(due, id));
         }
-        if head.parent_id.is_none() && head.workflow_id.is_none() {
+        if head.parent_id().is_none() && head.workflow_id().is_none() {
             return;
         }
         // Every finish follows a transition, so the whole record is in memory.

@@ -152,7 +152,7 @@ impl DispatcherState {
         else {
             return;
         };
-        let summary = json!({ "total": head.children.len(), "succeeded": t.succeeded, "failed": t.failed, "stored": t.stored });
+        let summary = json!({ "total": head.children().len(), "succeeded": t.succeeded, "failed": t.failed, "stored": t.stored });
         metrics::counter!(m::JOB_EXECUTIONS, "job_name" => head.name.to_string(), "status" => "succeeded").increment(1);
         self.totals.succeeded += 1;
         let done = now_ms();
@@ -169,7 +169,7 @@ impl DispatcherState {
     /// it), then cancels every unfinished child.
     pub(super) fn cancel_children(&mut self, parent: JobId) {
         let kids = match self.live.get(&parent) {
-            Some(l) if !l.head.children.is_empty() => l.head.children.clone(),
+            Some(l) if !l.head.children().is_empty() => l.head.children().to_vec(),
             _ => return,
         };
         self.tallies.remove(&parent);
@@ -186,8 +186,8 @@ impl DispatcherState {
         let parents: Vec<(JobId, Vec<JobId>)> = self
             .live
             .values()
-            .filter(|l| l.head.status == JobStatus::Running && !l.head.children.is_empty())
-            .map(|l| (l.head.id, l.head.children.clone()))
+            .filter(|l| l.head.status == JobStatus::Running && !l.head.children().is_empty())
+            .map(|l| (l.head.id, l.head.children().to_vec()))
             .collect();
         let mut done: HashMap<JobId, Tally> = HashMap::new();
         for (parent, kids) in parents {
@@ -213,7 +213,10 @@ impl DispatcherState {
     /// For `why`: how many children a waiting parent still waits for.
     pub(super) fn children_waiting(&self, parent: JobId) -> Option<(usize, usize)> {
         let t = self.tallies.get(&parent)?;
-        let total = self.live.get(&parent).map_or(0, |l| l.head.children.len());
+        let total = self
+            .live
+            .get(&parent)
+            .map_or(0, |l| l.head.children().len());
         Some((t.waiting, total))
     }
 }

@@ -28,16 +28,28 @@ pub(super) struct JobHead {
     pub(super) status: JobStatus,
     pub(super) attempts: u32,
     pub(super) max_retries: u32,
-    pub(super) unique_key: Option<String>,
     pub(super) next_attempt_at: Option<i64>,
-    pub(super) parent_id: Option<JobId>,
-    pub(super) workflow_id: Option<Uuid>,
-    /// A batch parent's children (empty for every other job).
-    pub(super) children: Vec<JobId>,
+    /// What few jobs have, boxed so that the common head stays small (a million heads live in
+    /// one hash map).
+    links: Option<Box<Links>>,
+}
+
+/// A head's rarely set parts.
+#[derive(Debug, Clone, Default)]
+struct Links {
+    unique_key: Option<String>,
+    parent_id: Option<JobId>,
+    workflow_id: Option<Uuid>,
+    /// A batch parent's children.
+    children: Vec<JobId>,
 }
 
 impl JobHead {
     fn of(rec: &JobRecord, names: &mut Names) -> JobHead {
+        let linked = rec.unique_key.is_some()
+            || rec.parent_id.is_some()
+            || rec.workflow_id.is_some()
+            || !rec.children.is_empty();
         JobHead {
             id: rec.id,
             name: names.intern(&rec.name),
@@ -45,12 +57,36 @@ impl JobHead {
             status: rec.status,
             attempts: rec.attempts,
             max_retries: rec.max_retries,
-            unique_key: rec.unique_key.clone(),
             next_attempt_at: rec.next_attempt_at,
-            parent_id: rec.parent_id,
-            workflow_id: rec.workflow_id,
-            children: rec.children.clone(),
+            links: linked.then(|| {
+                Box::new(Links {
+                    unique_key: rec.unique_key.clone(),
+                    parent_id: rec.parent_id,
+                    workflow_id: rec.workflow_id,
+                    children: rec.children.clone(),
+                })
+            }),
         }
+    }
+
+    /// Its dedup key.
+    pub(super) fn unique_key(&self) -> Option<&String> {
+        self.links.as_ref()?.unique_key.as_ref()
+    }
+
+    /// Its batch parent.
+    pub(super) fn parent_id(&self) -> Option<JobId> {
+        self.links.as_ref()?.parent_id
+    }
+
+    /// Its workflow.
+    pub(super) fn workflow_id(&self) -> Option<Uuid> {
+        self.links.as_ref()?.workflow_id
+    }
+
+    /// A batch parent's children (empty for every other job).
+    pub(super) fn children(&self) -> &[JobId] {
+        self.links.as_ref().map_or(&[], |l| l.children.as_slice())
     }
 }
 
@@ -87,8 +123,6 @@ pub(super) struct Live {
     pub(super) lane: usize,
     /// When it is due, while it waits on the timer.
     pub(super) due: Option<Instant>,
-    /// When it entered its queue.
-    pub(super) queued_at: Instant,
     /// The whole record, while it is needed (see the module doc).
     pub(super) full: Option<Box<JobRecord>>,
     /// Why it waits on the timer after an attempt.
@@ -96,12 +130,11 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(rec: JobRecord, lane: usize, names: &mut Names, now: Instant) -> Live {
+    pub(super) fn new(rec: JobRecord, lane: usize, names: &mut Names) -> Live {
         Live {
             head: JobHead::of(&rec, names),
             lane,
             due: None,
-            queued_at: now,
             full: Some(Box::new(rec)),
             wait: None,
         }
@@ -170,6 +203,14 @@ impl DispatcherState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ensures that a head stays small: a million of them live in one hash map, so every byte
+    /// here is a megabyte there (twice over, at the map's load factor).
+    #[test]
+    fn a_live_job_is_small() {
+        let size = std::mem::size_of::<Live>();
+        assert!(size <= 112, "Live is {size} bytes");
+    }
 
     /// Ensures that interning gives one allocation per distinct name.
     #[test]

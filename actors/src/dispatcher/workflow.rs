@@ -261,7 +261,7 @@ impl DispatcherState {
             .live
             .values()
             .filter(|l| l.due.is_none() && l.head.status == JobStatus::Pending)
-            .filter_map(|l| l.head.workflow_id.map(|w| (l.head.id, w)))
+            .filter_map(|l| l.head.workflow_id().map(|w| (l.head.id, w)))
             .collect();
         let now = Instant::now();
         for (id, wf_id) in held {
@@ -322,7 +322,7 @@ impl DispatcherState {
         if live.head.status != JobStatus::Pending || live.due.is_some() || self.queued(id) {
             return None;
         }
-        let wf = self.workflows.get(&live.head.workflow_id?)?;
+        let wf = self.workflows.get(&live.head.workflow_id()?)?;
         Some(match wf.jobs.iter().position(|j| *j == id) {
             Some(k) if k > 0 => format!(
                 "waits for step {k} of its chain ({}) to succeed",
