@@ -491,6 +491,20 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A tmpfs of `size` and a runtime to await commits on; `None` (the test skips, saying so) where
+/// a tmpfs cannot be mounted.
+fn tmpfs_and_runtime(size: &str) -> Option<(Tmpfs, tokio::runtime::Runtime)> {
+    let Some(fs) = Tmpfs::mount(size) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return None;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some((fs, rt))
+}
+
 /// Submits batches of 100 jobs, each made durable, until a write or commit fails; returns the
 /// jobs acknowledged (durable) and the error.
 fn fill(journal: &Journal, rt: &tokio::runtime::Runtime) -> (Vec<JobId>, JournalError) {
@@ -515,14 +529,9 @@ fn fill(journal: &Journal, rt: &tokio::runtime::Runtime) -> (Vec<JobId>, Journal
 /// cannot be mounted.
 #[test]
 fn a_full_disk_fails_typed_and_a_restart_recovers() {
-    let Some(fs) = Tmpfs::mount("16m") else {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some((fs, rt)) = tmpfs_and_runtime("16m") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = fs.dir.path().join("data");
     let options = JournalOptions {
         min_free_space: 0,
@@ -565,14 +574,9 @@ fn a_full_disk_fails_typed_and_a_restart_recovers() {
 /// write: jobs are admitted until free space drops below 12 MiB, and no write failed by then.
 #[test]
 fn min_free_space_refuses_before_the_disk_is_full() {
-    let Some(fs) = Tmpfs::mount("32m") else {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some((fs, rt)) = tmpfs_and_runtime("32m") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let options = JournalOptions {
         min_free_space: 12 << 20,
         ..JournalOptions::default()
