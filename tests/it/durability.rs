@@ -38,14 +38,38 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
     (path, admin)
 }
 
-fn spawn_node(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_warden"))
+/// A node process, killed and reaped when dropped, so that a failing test leaves no node behind.
+struct NodeChild(Child);
+
+impl std::ops::Deref for NodeChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_node(config: &Path) -> NodeChild {
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["node", "--config"])
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn warden node")
+        .expect("spawn warden node");
+    NodeChild(child)
 }
 
 async fn connect(addr: &str) -> Client {
