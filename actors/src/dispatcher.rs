@@ -189,7 +189,7 @@ impl Actor for Dispatcher {
         // Gauges are published on a timer rather than per message: a handful of registry
         // look-ups per job is measurable at 30k jobs/s, and a scrape is seconds apart anyway.
         me.send_interval(GAUGES_EVERY, || DispatcherMsg::Gauges);
-        st.publish_gauges();
+        st.publish_gauges(st.journal().admit_writes().is_err());
         let _ = me.cast(DispatcherMsg::Compact);
         Ok(st)
     }
@@ -235,8 +235,16 @@ impl Actor for Dispatcher {
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
             DispatcherMsg::Gauges => {
-                st.publish_gauges();
+                let health = st.journal().admit_writes();
+                st.publish_gauges(health.is_err());
                 st.shrink();
+                // sled cannot write again in this process after an I/O error: fail, so that
+                // supervision restarts the dispatcher (and, if that keeps failing, stops the
+                // node with the reason) rather than keep a node that accepts nothing. Checked
+                // on this timer, not per message: the job loop need not ask.
+                if let Err(e @ JournalError::Failed { .. }) = health {
+                    return Err(e.into());
+                }
             }
             DispatcherMsg::Stats(reply) => {
                 let _ = reply.send(st.stats());
@@ -270,13 +278,7 @@ impl Actor for Dispatcher {
         // A failed write is logged and its changes kept for the next one (see flush_journal).
         let _ = st.flush_journal();
         st.arm_timer(&me);
-        // sled cannot write again in this process after an I/O error: fail, so that supervision
-        // restarts the dispatcher (and, if that keeps failing, stops the node with the reason)
-        // rather than keep a node that accepts nothing.
-        match st.journal().admit_writes() {
-            Err(e @ JournalError::Failed { .. }) => Err(e.into()),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     async fn post_stop(

@@ -620,8 +620,6 @@ impl Journal {
             "warden-journal-watchdog",
             Box::new(move || watchdog_loop(&q)),
         )?;
-        metrics::gauge!(crate::metrics::JOURNAL_REFUSING_WRITES).set(0.0);
-
         Ok(Journal {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),

@@ -743,9 +743,9 @@ impl DispatcherState {
         }
     }
 
-    /// Sets the queue depth and worker gauges, and whether the journal refuses new work.
-    pub fn publish_gauges(&self) {
-        let refusing = self.journal.admit_writes().is_err();
+    /// Sets the queue depth and worker gauges, and whether the journal refuses new work (the one
+    /// writer of that gauge).
+    pub fn publish_gauges(&self, refusing: bool) {
         metrics::gauge!(m::JOURNAL_REFUSING_WRITES).set(f64::from(u8::from(refusing)));
         for l in &self.lanes {
             for p in Priority::ALL {

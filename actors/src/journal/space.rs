@@ -43,11 +43,6 @@ impl SpaceGuard {
             _ => {
                 let free = free_bytes(&self.dir)?;
                 let refusing = free < self.min_free;
-                metrics::gauge!(crate::metrics::JOURNAL_REFUSING_WRITES).set(if refusing {
-                    1.0
-                } else {
-                    0.0
-                });
                 if refusing && last.is_none_or(|(_, before)| before >= self.min_free) {
                     tracing::warn!(
                         dir = %self.dir.display(), free, needed = self.min_free,
