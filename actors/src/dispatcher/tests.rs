@@ -104,10 +104,17 @@ fn submit(st: &mut DispatcherState, s: SubmitSpec) -> JobId {
     a[0].job_id
 }
 
-async fn stand_in() -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Ticket>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// A new stand-in worker says it is ready, as a worker does at start: returns it, its ticket
+/// stream and the first ticket it was given.
+async fn hand_out(
+    st: &mut DispatcherState,
+) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Ticket>, Ticket) {
+    let (tx, mut tickets) = mpsc::unbounded_channel();
     let (w, _) = Actor::spawn(None, StandIn, tx).await.unwrap();
-    (w, rx)
+    st.worker_ready(0, w.clone());
+    st.flush_journal().unwrap();
+    let first = tickets.recv().await.unwrap();
+    (w, tickets, first)
 }
 
 /// Ensures that a submitted job waits in its queue with only its head in memory (its params
@@ -158,10 +165,7 @@ async fn the_queue_bound_refuses_with_overloaded() {
 async fn run_fail_retry_then_dead_letter() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.fail", None));
-    let (w, mut tickets) = stand_in().await;
-    r.st.worker_ready(0, w.clone());
-    r.st.flush_journal().unwrap();
-    let t = tickets.recv().await.unwrap();
+    let (w, mut tickets, t) = hand_out(&mut r.st).await;
     assert_eq!(
         (t.job_id, t.attempt, t.params.as_str()),
         (id, 1, r#"{"n":7}"#)
@@ -200,9 +204,7 @@ async fn run_fail_retry_then_dead_letter() {
 async fn a_breaker_hold_is_reported_as_breaker_open() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.noop", None));
-    let (w, mut tickets) = stand_in().await;
-    r.st.worker_ready(0, w.clone());
-    tickets.recv().await.unwrap();
+    let (w, _tickets, _) = hand_out(&mut r.st).await;
     let held = Err(TaskError::Throttled {
         message: "held".into(),
         retry_after: Some(Duration::from_secs(30)),
@@ -222,16 +224,13 @@ async fn a_breaker_hold_is_reported_as_breaker_open() {
 async fn worker_down_requeues_then_success_finishes() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.noop", None));
-    let (w, mut tickets) = stand_in().await;
-    r.st.worker_ready(0, w.clone());
-    tickets.recv().await.unwrap();
+    let (w, _tickets, _) = hand_out(&mut r.st).await;
     r.st.worker_down(0, w.get_id(), "worker fault");
     r.st.flush_journal().unwrap();
     let head = &r.st.live[&id].head;
     assert_eq!((head.status, head.attempts), (JobStatus::Pending, 1));
-    let (w2, mut tickets2) = stand_in().await;
-    r.st.worker_ready(0, w2.clone());
-    assert_eq!(tickets2.recv().await.unwrap().attempt, 2);
+    let (w2, _tickets2, t) = hand_out(&mut r.st).await;
+    assert_eq!(t.attempt, 2);
     r.st.job_done(0, w2.get_id(), id, Ok(json!({"ok": 1})), Duration::ZERO);
     r.st.flush_journal().unwrap();
     assert!(!r.st.live.contains_key(&id));
