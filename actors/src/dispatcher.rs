@@ -181,8 +181,13 @@ impl Actor for Dispatcher {
     ) -> Result<DispatcherState, ActorProcessingErr> {
         let link = args.link.clone();
         let mut st = DispatcherState::new(args);
+        let replaying = std::time::Instant::now();
         let replayed = st.replay()?;
-        info!(actor = "root/dispatcher", replayed, "journal replayed");
+        let took_ms = replaying.elapsed().as_millis() as u64;
+        info!(
+            actor = "root/dispatcher",
+            replayed, took_ms, "journal replayed"
+        );
         link.set(me.clone());
         st.arm_timer(&me);
         me.send_interval(COMPACT_EVERY, || DispatcherMsg::Compact);

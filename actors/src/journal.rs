@@ -84,12 +84,14 @@ use tokio::sync::oneshot;
 use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus, WorkflowRecord};
 
 pub mod check;
+mod head;
 mod index;
 mod space;
 #[cfg(test)]
 mod store_tests;
 mod watermark;
 
+pub use head::UnfinishedHead;
 pub use index::ListFilter;
 
 /// The first byte of every stored value; bump it when an encoding changes.
@@ -108,6 +110,11 @@ const LOCK_FILE: &str = "warden.lock";
 /// the lag only narrows detection: after a power loss, damage to the last second of commits
 /// may go unnoticed. A process crash loses nothing: the page cache still writes it back.
 const WATERMARK_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Records per chunk handed from the replay walker to the replaying thread, and how many chunks
+/// may wait between them (a bound on the memory a replay holds beyond what it keeps).
+const REPLAY_CHUNK: usize = 1024;
+const REPLAY_CHUNKS_AHEAD: usize = 4;
 
 /// How often `measure_ceiling` commits, in entries.
 const CEILING_COMMIT_EVERY: usize = 512;
@@ -273,6 +280,10 @@ pub struct Change {
     bytes: Vec<u8>,
     /// The job's name, for the indexes; `None` for a workflow.
     name: Option<String>,
+    /// What the journal held of the job before, for the indexes.
+    before: index::Before,
+    /// Its unfinished index value ([`head`]); empty for a finished job or a workflow.
+    head: Vec<u8>,
 }
 
 impl Change {
@@ -282,6 +293,12 @@ impl Change {
             key: record_key(record.id).to_vec(),
             bytes: encode_record(record)?,
             name: Some(record.name.clone()),
+            before: index::Before::of(record.history.last().map(|e| e.kind)),
+            head: if record.status.is_finished() {
+                Vec::new()
+            } else {
+                head::encode(record)?
+            },
         })
     }
 
@@ -299,6 +316,8 @@ impl Change {
             key: workflow_key(w.id),
             bytes,
             name: None,
+            before: index::Before::Unknown,
+            head: Vec::new(),
         })
     }
 }
@@ -667,8 +686,9 @@ impl Journal {
     }
 
     /// Applies `changes` as ONE atomic sled batch: one insert per change plus its index changes
-    /// (see [`index`]), derived from the status each job has now (read here: the dispatcher is
-    /// the only writer of job records). Not durable yet: await [`Journal::durable`] before
+    /// (see [`index`]), derived from what the change's own event says the journal held before
+    /// ([`index::Before`]), or, for a record without history, from the status stored now (read
+    /// here: the dispatcher is the only writer of job records). Not durable yet: await [`Journal::durable`] before
     /// acknowledging.
     pub fn write(&self, changes: &[Change]) -> Result<(), JournalError> {
         if changes.is_empty() {
@@ -680,11 +700,21 @@ impl Journal {
             batch.insert(change.key.as_slice(), change.bytes.as_slice());
             let Some(name) = &change.name else { continue };
             let (new, _) = split_record(&change.key, &change.bytes)?;
-            let old = match pending.get(change.key.as_slice()) {
-                Some(&status) => Some(status),
-                None => self.current_status(&change.key)?,
+            let entry = index::Entry {
+                id: &change.key[1..],
+                name,
+                status: new,
+                head: &change.head,
             };
-            index::transition(&mut batch, &change.key[1..], name, old, new);
+            if change.before == index::Before::Unknown {
+                let old = match pending.get(change.key.as_slice()) {
+                    Some(&status) => Some(status),
+                    None => self.current_status(&change.key)?,
+                };
+                index::transition(&mut batch, &entry, old);
+            } else {
+                index::apply(&mut batch, &entry, change.before);
+            }
             if changes.len() > 1 {
                 pending.insert(&change.key, new);
             }
@@ -786,52 +816,75 @@ impl Journal {
     /// read with a cursor that follows the index while the two run in step (dense unfinished
     /// jobs: a sequential scan) and seeks when they do not (sparse ones: one lookup each).
     pub fn unfinished(&self) -> Result<Vec<JobRecord>, JournalError> {
-        let mut out = Vec::new();
-        self.for_each_unfinished(|rec| out.push(rec))?;
-        Ok(out)
+        let mut heads = Vec::new();
+        self.for_each_unfinished(|head| heads.push(head))?;
+        heads
+            .into_iter()
+            .map(|head| {
+                self.get(head.id)?.ok_or_else(|| JournalError::Corrupt {
+                    what: format!("job {}", head.id),
+                    detail: "the unfinished index names a job that has no record".into(),
+                })
+            })
+            .collect()
     }
 
-    /// [`Journal::unfinished`], one record at a time: a replay of a million pending jobs never
-    /// holds all their whole records at once. Returns how many there were.
+    /// The head of every unfinished job, oldest first, read from the unfinished index alone
+    /// ([`head`]): a replay of a million pending jobs reads neither their params nor their
+    /// histories. Returns how many there were.
+    ///
+    /// The walk and the decoding run on a thread of their own, handing heads over in chunks,
+    /// while `each` runs on the caller's: at a million pending jobs the two halves cost about
+    /// the same, and a restart is the time both take.
     pub fn for_each_unfinished(
         &self,
-        mut each: impl FnMut(JobRecord),
+        mut each: impl FnMut(UnfinishedHead),
     ) -> Result<usize, JournalError> {
-        let jobs = &self.inner.jobs;
+        let (send, receive) =
+            std::sync::mpsc::sync_channel::<Vec<UnfinishedHead>>(REPLAY_CHUNKS_AHEAD);
+        std::thread::scope(|scope| {
+            let walker = std::thread::Builder::new()
+                .name("warden-replay".into())
+                .spawn_scoped(scope, || {
+                    let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+                    let count = self.walk_unfinished(|rec| {
+                        chunk.push(rec);
+                        if chunk.len() == REPLAY_CHUNK {
+                            // A closed channel means the caller stopped; the walk ends with it.
+                            let _ = send.send(std::mem::replace(
+                                &mut chunk,
+                                Vec::with_capacity(REPLAY_CHUNK),
+                            ));
+                        }
+                    })?;
+                    let _ = send.send(chunk);
+                    drop(send);
+                    Ok::<usize, JournalError>(count)
+                })
+                .map_err(|e| io_err("starting the replay thread".into(), e))?;
+            for chunk in receive {
+                chunk.into_iter().for_each(&mut each);
+            }
+            walker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Walks the unfinished index in id order, decoding each head.
+    fn walk_unfinished(&self, mut each: impl FnMut(UnfinishedHead)) -> Result<usize, JournalError> {
         let mut count = 0;
-        let mut cursor: Option<sled::Iter> = None;
-        for item in jobs.scan_prefix([index::UNFINISHED_PREFIX]).keys() {
-            let key = item.map_err(sled_err("walking the unfinished index for replay"))?;
-            let record_key = [&[RECORD_PREFIX][..], &key[1..]].concat();
-            let next = |cursor: &mut sled::Iter| {
-                cursor
-                    .next()
-                    .transpose()
-                    .map_err(sled_err("reading a job record for replay"))
-            };
-            let mut found = match cursor.as_mut() {
-                Some(c) => next(c)?.filter(|(k, _)| *k == record_key),
-                None => None,
-            };
-            if found.is_none() {
-                let mut seek = jobs.range(record_key.as_slice()..);
-                found = next(&mut seek)?.filter(|(k, _)| *k == record_key);
-                cursor = Some(seek);
-            }
-            let Some((_, value)) = found else {
-                return Err(JournalError::Corrupt {
+        for item in self.inner.jobs.scan_prefix([index::UNFINISHED_PREFIX]) {
+            let (key, value) = item.map_err(sled_err("walking the unfinished index for replay"))?;
+            let id = key
+                .get(1..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map(|b| JobId(uuid::Uuid::from_bytes(b)))
+                .ok_or_else(|| JournalError::Corrupt {
                     what: describe_job_key(&key),
-                    detail: "the unfinished index names a job that has no record".into(),
-                });
-            };
-            let (status, body) = split_record(&record_key, &value)?;
-            if status.is_finished() {
-                return Err(JournalError::Corrupt {
-                    what: describe_job_key(&record_key),
-                    detail: format!("in the unfinished index but {}", status.as_str()),
-                });
-            }
-            each(decode_bincode(&record_key, body)?);
+                    detail: "malformed unfinished index key".into(),
+                })?;
+            each(head::decode(id, &key, &value)?);
             count += 1;
         }
         Ok(count)
@@ -1359,14 +1412,21 @@ fn bad_version(version: u8) -> String {
 /// fewer sealed log buffers, each written with its own `sync_file_range`, which `warden bench`
 /// showed as a clear gain in no-op throughput (README's Benchmark has the current figures). The
 /// page cache is bounded by `[node] cache_size` (256 MiB by default; sled's own default is
-/// 1 GiB) so that a node's memory is the operator's choice.
+/// 1 GiB) so that a node's memory is the operator's choice: see [`SLED_CACHE_SHARE`].
 fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
     sled::Config::new()
         .path(dir)
         .mode(sled::Mode::HighThroughput)
         .segment_size(SEGMENT_SIZE)
-        .cache_capacity(cache_bytes)
+        .cache_capacity(cache_bytes / SLED_CACHE_SHARE)
 }
+
+/// sled 0.34 counts a cached page by its serialized size, but holds it in memory as a tree node
+/// of several allocations: with a million jobs drained, the node's RSS after the drain stood at
+/// about 2.3 times sled's `cache_capacity` above the rest (674 MB at 256 MiB, 224 MB at 64 MiB).
+/// So `[node] cache_size` is the memory the cache may take, and sled is given a third of it as
+/// its own (serialized) bound.
+pub const SLED_CACHE_SHARE: u64 = 3;
 
 /// Opens sled in `dir`, whose `warden.lock` we hold. sled takes its own lock on `db`, and a
 /// journal dropped a moment ago in this process may still hold it: sled's IO threads release

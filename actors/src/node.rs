@@ -94,6 +94,7 @@ impl Node {
             dir: args.data_dir.clone(),
             source,
         })?;
+        let opening = std::time::Instant::now();
         let journal = Journal::open_with(
             &args.data_dir,
             crate::journal::JournalOptions {
@@ -102,6 +103,7 @@ impl Node {
                 ..Default::default()
             },
         )?;
+        info!(data_dir = %args.data_dir.display(), took_ms = opening.elapsed().as_millis() as u64, "journal opened");
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
         let listener =
             std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind {

@@ -10,7 +10,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::live::{Live, Names, Wait};
+use super::live::{JobHead, Live, Names, Wait};
 use super::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
     WorkersView,
@@ -19,7 +19,7 @@ use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
 use crate::backoff::{random_unit, retry_delay};
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
-use crate::journal::{Change, Journal};
+use crate::journal::{Change, Journal, UnfinishedHead};
 use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
@@ -59,7 +59,9 @@ pub struct DispatcherState {
     pub(super) link: DispatcherLink,
     pub(super) lanes: Vec<Lane>,
     pub(super) lane_by_name: HashMap<String, usize>,
-    pub(super) live: HashMap<JobId, Live>,
+    /// Keyed with a fast hash: ids are made here (UUID v7), never chosen by a client, and this
+    /// map takes a million inserts in a replay.
+    pub(super) live: HashMap<JobId, Live, foldhash::fast::RandomState>,
     pub(super) unique: HashMap<String, JobId>,
     pub(super) timers: BTreeSet<(Instant, JobId)>,
     pub(super) armed: Option<Instant>,
@@ -114,7 +116,7 @@ impl DispatcherState {
             link: args.link,
             lanes,
             lane_by_name,
-            live: HashMap::new(),
+            live: HashMap::default(),
             unique: HashMap::new(),
             timers: BTreeSet::new(),
             armed: None,
@@ -156,8 +158,14 @@ impl DispatcherState {
         let journal = self.journal.clone();
         let mut count = 0;
         let mut failed = Ok(());
-        journal.for_each_unfinished(|rec| {
-            count += usize::from(self.replay_one(rec));
+        journal.for_each_unfinished(|head| {
+            if failed.is_err() {
+                return;
+            }
+            match self.replay_one(head) {
+                Ok(replayed) => count += usize::from(replayed),
+                Err(e) => failed = Err(e),
+            }
             // A replay of a million interrupted jobs writes its requeues in slices.
             if self.changes.len() >= REPLAY_FLUSH_EVERY && failed.is_ok() {
                 failed = self.flush_journal();
@@ -170,13 +178,35 @@ impl DispatcherState {
         Ok(count)
     }
 
-    /// Takes one unfinished job back into memory; false when its pipeline is not configured.
-    fn replay_one(&mut self, mut rec: JobRecord) -> bool {
-        let Some(&lane) = self.lane_by_name.get(&rec.pipeline) else {
-            warn!(job_id = %rec.id, pipeline = %rec.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
-            return false;
+    /// Takes one unfinished job back into memory from its head; false when its pipeline is not
+    /// configured. Only a job that was running, a batch parent or a workflow step has its whole
+    /// record read: the rest of a million-job backlog is admitted from the index alone.
+    fn replay_one(&mut self, head: UnfinishedHead) -> Result<bool, crate::journal::JournalError> {
+        let Some(&lane) = self.lane_by_name.get(&head.pipeline) else {
+            warn!(job_id = %head.id, pipeline = %head.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
+            return Ok(false);
         };
-        let id = rec.id;
+        let needs_record =
+            head.status == JobStatus::Running || head.has_children || head.workflow_id.is_some();
+        if !needs_record {
+            let head = JobHead::of_unfinished(head, &mut self.names);
+            self.admit_cold(head, lane, true);
+            return Ok(true);
+        }
+        let id = head.id;
+        let rec = self
+            .journal
+            .get(id)?
+            .ok_or_else(|| crate::journal::JournalError::Corrupt {
+                what: format!("job {id}"),
+                detail: "the unfinished index names a job that has no record".into(),
+            })?;
+        self.replay_record(rec, lane);
+        Ok(true)
+    }
+
+    /// Takes back a job whose whole record replay needs (see [`DispatcherState::replay_one`]).
+    fn replay_record(&mut self, mut rec: JobRecord, lane: usize) {
         // A batch parent waiting for its children stays waiting (its count is rebuilt later).
         let waiting_parent = rec.status == JobStatus::Running && !rec.children.is_empty();
         let workflow_step = rec.workflow_id.is_some();
@@ -191,14 +221,14 @@ impl DispatcherState {
             ));
         }
         // A waiting batch parent and a workflow step are decided once every job is loaded.
-        self.admit(rec, lane, !waiting_parent && !workflow_step);
-        if !interrupted {
+        let may_run = !waiting_parent && !workflow_step;
+        if interrupted {
+            self.admit(rec, lane, may_run);
+        } else {
             // Unchanged: the journal has it, so only its head stays in memory.
-            if let Some(live) = self.live.get_mut(&id) {
-                live.full = None;
-            }
+            let head = JobHead::of(&rec, &mut self.names);
+            self.admit_cold(head, lane, may_run);
         }
-        true
     }
 
     /// Validates, routes, dedups and journals a batch of submits; all or none.
@@ -372,17 +402,32 @@ impl DispatcherState {
     /// the future, else into its queue when `may_run` (a held job waits for something else: its
     /// turn in a workflow, or, for a batch parent, its children).
     pub(super) fn admit(&mut self, rec: JobRecord, lane: usize, may_run: bool) {
+        let live = Live::new(JobHead::of(&rec, &mut self.names), lane);
+        self.admit_live(live, Some(rec), may_run);
+    }
+
+    /// [`DispatcherState::admit`] of a job whose record the journal already has as it is (a
+    /// replayed job): only its head is kept.
+    fn admit_cold(&mut self, head: JobHead, lane: usize, may_run: bool) {
+        self.admit_live(Live::new(head, lane), None, may_run);
+    }
+
+    fn admit_live(&mut self, mut live: Live, full: Option<JobRecord>, may_run: bool) {
         let (now, now_ms) = (Instant::now(), now_ms());
-        let id = rec.id;
-        if let Some(k) = &rec.unique_key {
+        let id = live.head.id;
+        if let Some(k) = live.head.unique_key() {
             self.unique.insert(k.clone(), id);
         }
-        let due = rec
+        let due = live
+            .head
             .next_attempt_at
             .filter(|t| *t > now_ms)
             .map(|t| now + Duration::from_millis((t - now_ms) as u64));
-        self.live.insert(id, Live::new(rec, lane, &mut self.names));
-        self.touched.push(id);
+        if let Some(rec) = full {
+            live.full = Some(Box::new(rec));
+            self.touched.push(id);
+        }
+        self.live.insert(id, live);
         match due {
             Some(due) => self.schedule(id, due),
             None if may_run => self.enqueue(id, now, false),
@@ -724,7 +769,9 @@ impl DispatcherState {
 
     /// Gives memory back once a backlog has drained (maps and queues keep their capacity).
     pub fn shrink(&mut self) {
-        fn shrink_map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+        fn shrink_map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+            m: &mut HashMap<K, V, S>,
+        ) {
             if m.capacity() > 4 * m.len() + crate::queue::SHRINK_SLACK {
                 m.shrink_to(2 * m.len());
             }

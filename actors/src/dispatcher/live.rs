@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::core::{change, DispatcherState};
 use crate::job::{EventKind, JobId, JobRecord, JobStatus, Priority};
+use crate::journal::UnfinishedHead;
 
 /// The part of an unfinished job's record the dispatcher keeps in memory.
 #[derive(Debug, Clone)]
@@ -45,7 +46,29 @@ struct Links {
 }
 
 impl JobHead {
-    fn of(rec: &JobRecord, names: &mut Names) -> JobHead {
+    /// The head of an unfinished job as the journal's index holds it.
+    pub(super) fn of_unfinished(h: UnfinishedHead, names: &mut Names) -> JobHead {
+        let linked = h.unique_key.is_some() || h.parent_id.is_some() || h.workflow_id.is_some();
+        JobHead {
+            id: h.id,
+            name: names.intern(&h.name),
+            priority: h.priority,
+            status: h.status,
+            attempts: h.attempts,
+            max_retries: h.max_retries,
+            next_attempt_at: h.next_attempt_at,
+            links: linked.then(|| {
+                Box::new(Links {
+                    unique_key: h.unique_key,
+                    parent_id: h.parent_id,
+                    workflow_id: h.workflow_id,
+                    children: Vec::new(),
+                })
+            }),
+        }
+    }
+
+    pub(super) fn of(rec: &JobRecord, names: &mut Names) -> JobHead {
         let linked = rec.unique_key.is_some()
             || rec.parent_id.is_some()
             || rec.workflow_id.is_some()
@@ -130,12 +153,13 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(rec: JobRecord, lane: usize, names: &mut Names) -> Live {
+    /// A job known by its head (the caller keeps its whole record when it is needed).
+    pub(super) fn new(head: JobHead, lane: usize) -> Live {
         Live {
-            head: JobHead::of(&rec, names),
+            head,
             lane,
             due: None,
-            full: Some(Box::new(rec)),
+            full: None,
             wait: None,
         }
     }

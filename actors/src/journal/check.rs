@@ -234,11 +234,12 @@ fn check_jobs(jobs: &sled::Tree, report: &mut CheckReport) -> Result<(), Journal
     Ok(())
 }
 
-/// Checks that every index entry points at a record in the state it claims.
+/// Checks that every index entry points at a record in the state it claims, and that an
+/// unfinished entry holds that record's head as it is.
 fn check_index(jobs: &sled::Tree, report: &mut CheckReport) -> Result<(), JournalError> {
     for prefix in [UNFINISHED_PREFIX, FINISHED_PREFIX] {
         for item in jobs.scan_prefix([prefix]) {
-            let (key, _) = item.map_err(super::sled_err("scanning the indexes"))?;
+            let (key, head) = item.map_err(super::sled_err("scanning the indexes"))?;
             report.index_entries += 1;
             let Some(id) = key.len().checked_sub(16).map(|at| &key[at..]) else {
                 report.problem(format!("{}: too short", super::describe_job_key(&key)));
@@ -251,6 +252,8 @@ fn check_index(jobs: &sled::Tree, report: &mut CheckReport) -> Result<(), Journa
             let matches = stored.as_deref().is_some_and(|value| {
                 decode_record(&record_key, value).is_ok_and(|record| {
                     index::expected_key(record.status, &record.name, id) == key.as_ref()
+                        && (record.status.is_finished()
+                            || super::head::encode(&record).is_ok_and(|h| h == head.as_ref()))
                 })
             });
             if !matches {

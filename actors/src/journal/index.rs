@@ -4,17 +4,18 @@
 //! Two kinds of keys beside the records, always written in the same [`sled::Batch`] as the
 //! record they describe (so a crash never leaves an index out of step with its record):
 //!
-//! - `b'u' ++ id(16)` → the job's name, while the job is unfinished (pending, running,
-//!   retrying). Replay walks these; a listing of unfinished jobs filters on the name stored in
+//! - `b'u' ++ id(16)` → the job's head ([`super::head`]: name, pipeline, priority, status,
+//!   attempts, due time, links), while the job is unfinished (pending, running, retrying).
+//!   Replay reads only these; a listing of unfinished jobs filters on the name at the start of
 //!   the value and reads the record's status byte, decoding only the matches.
 //! - `b'f' ++ status ++ len(u16 BE) ++ name ++ id(16)` → empty, while the job is finished in that
 //!   status. A listing by status and/or name walks one range per (status, name) and merges them
 //!   newest first; a glob is expanded to the names present by skipping from name to name.
 //!
-//! A job costs one `u` insert at submit, nothing while it moves between unfinished states, and
-//! a `u` removal plus an `f` insert when it finishes: measured cheaper than a key per status
-//! (which would cost a removal and an insert on every transition). Job names never change, so
-//! the name in a key is the name in the record.
+//! A job costs one `u` insert at submit, a `u` rewrite (same key) on each move between
+//! unfinished states, and a `u` removal plus an `f` insert when it finishes: cheaper than a key
+//! per status (a removal and an insert on every transition). Job names never change, so the
+//! name in a key is the name in the record.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -22,15 +23,16 @@ use std::ops::Bound;
 use globset::GlobMatcher;
 
 use super::{sled_err, split_record, JournalError, RECORD_PREFIX};
-use crate::job::{JobId, JobStatus};
+use crate::job::{EventKind, JobId, JobStatus};
 
 /// Prefix of the unfinished index.
 pub(super) const UNFINISHED_PREFIX: u8 = b'u';
 /// Prefix of the finished index.
 pub(super) const FINISHED_PREFIX: u8 = b'f';
 /// The layout version of the indexes, kept in the meta tree under [`INDEX_VERSION_KEY`]; a data
-/// dir without it (written before indexes existed) gets its indexes built on open.
-pub(super) const INDEX_VERSION: u8 = 1;
+/// dir without it (written before indexes existed) or with an older one (1: `u` values held only
+/// the name) gets its indexes rebuilt on open.
+pub(super) const INDEX_VERSION: u8 = 2;
 /// Meta key holding [`INDEX_VERSION`].
 pub(super) const INDEX_VERSION_KEY: &str = "index_version";
 /// Index entries per batch while rebuilding.
@@ -63,34 +65,83 @@ pub(super) fn finished_key(status: JobStatus, name: &str, id: &[u8]) -> Vec<u8> 
     key
 }
 
-/// Adds to `batch` the index changes of a job going from `old` (None: a new job) to `new`.
-pub(super) fn transition(
-    batch: &mut sled::Batch,
-    id: &[u8],
-    name: &str,
-    old: Option<JobStatus>,
-    new: JobStatus,
-) {
-    match old {
-        Some(old) if old == new => {}
-        Some(old) if !old.is_finished() && !new.is_finished() => {}
-        Some(old) => {
-            if old.is_finished() {
-                batch.remove(finished_key(old, name, id));
-            } else {
-                batch.remove(unfinished_key(id));
-            }
-            add(batch, id, name, new);
+/// What the journal holds of a job before a change, as the change's own event tells it: the
+/// writer then needs no read of the stored record (a read per write cost a sled lookup and a
+/// copy of the old record on every transition of every job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Before {
+    /// A new job (its last event is `Submitted`): no index key yet.
+    Nothing,
+    /// Unfinished: every event but `Submitted` and `Retried` happens to an unfinished job
+    /// (finished jobs are neither cancelled, started nor requeued).
+    Unfinished,
+    /// A failed or cancelled job an operator sent back (`Retried`): one of the finished keys.
+    Finished,
+    /// A record without history (written by tests and tools): read the stored status.
+    Unknown,
+}
+
+impl Before {
+    /// What the journal held before a record whose latest event is `last`.
+    pub(super) fn of(last: Option<EventKind>) -> Before {
+        match last {
+            None => Before::Unknown,
+            Some(EventKind::Submitted) => Before::Nothing,
+            Some(EventKind::Retried) => Before::Finished,
+            Some(_) => Before::Unfinished,
         }
-        None => add(batch, id, name, new),
     }
 }
 
-fn add(batch: &mut sled::Batch, id: &[u8], name: &str, status: JobStatus) {
-    if status.is_finished() {
-        batch.insert(finished_key(status, name, id), &[][..]);
+/// What the index keys of one job change derive from.
+pub(super) struct Entry<'a> {
+    /// The job id's 16 bytes.
+    pub(super) id: &'a [u8],
+    /// Its name.
+    pub(super) name: &'a str,
+    /// Its status after the change.
+    pub(super) status: JobStatus,
+    /// Its `u` value after the change ([`super::head`]; empty when it is finished).
+    pub(super) head: &'a [u8],
+}
+
+/// Adds to `batch` the index changes of a job whose journal entry was `before` and is now
+/// `new`. Every step is idempotent, so writing the same change twice (a batch retried after a
+/// failed write) leaves the same keys.
+pub(super) fn apply(batch: &mut sled::Batch, entry: &Entry<'_>, before: Before) {
+    let (id, name) = (entry.id, entry.name);
+    match before {
+        Before::Nothing | Before::Unknown => {}
+        Before::Unfinished if entry.status.is_finished() => batch.remove(unfinished_key(id)),
+        Before::Unfinished => {}
+        Before::Finished => {
+            for status in JobStatus::ALL.into_iter().filter(|s| s.is_finished()) {
+                batch.remove(finished_key(status, name, id));
+            }
+        }
+    }
+    add(batch, entry);
+}
+
+/// Adds to `batch` the index changes of a job going from `old` (None: a new job) to the entry's
+/// status. An unfinished job's `u` value is rewritten on every change (its head moved).
+pub(super) fn transition(batch: &mut sled::Batch, entry: &Entry<'_>, old: Option<JobStatus>) {
+    match old {
+        Some(old) if old == entry.status && old.is_finished() => {}
+        Some(old) if old.is_finished() => {
+            batch.remove(finished_key(old, entry.name, entry.id));
+        }
+        Some(_) if entry.status.is_finished() => batch.remove(unfinished_key(entry.id)),
+        Some(_) | None => {}
+    }
+    add(batch, entry);
+}
+
+fn add(batch: &mut sled::Batch, entry: &Entry<'_>) {
+    if entry.status.is_finished() {
+        batch.insert(finished_key(entry.status, entry.name, entry.id), &[][..]);
     } else {
-        batch.insert(unfinished_key(id), name.as_bytes());
+        batch.insert(unfinished_key(entry.id), entry.head);
     }
 }
 
@@ -122,7 +173,18 @@ pub(super) fn rebuild(jobs: &sled::Tree) -> Result<usize, JournalError> {
         let (key, value) = item.map_err(sled_err("scanning records to build indexes"))?;
         let (status, _) = split_record(&key, &value)?;
         let record = super::decode_record(&key, &value)?;
-        add(&mut batch, &key[1..], &record.name, status);
+        let head = if status.is_finished() {
+            Vec::new()
+        } else {
+            super::head::encode(&record)?
+        };
+        let entry = Entry {
+            id: &key[1..],
+            name: &record.name,
+            status,
+            head: &head,
+        };
+        add(&mut batch, &entry);
         pending += 1;
         total += 1;
         if pending == REBUILD_BATCH {
@@ -194,7 +256,13 @@ pub(super) fn candidates<'a>(
             .range((start, end))
             .rev()
             .filter_map(move |item| match item {
-                Ok((key, name)) => filter.name_matches(&name).then(|| id_of(&key)),
+                Ok((key, head)) => match super::head::name_of(&head) {
+                    Some(name) => filter.name_matches(name).then(|| id_of(&key)),
+                    None => Some(Err(JournalError::Corrupt {
+                        what: super::describe_job_key(&key),
+                        detail: "malformed unfinished index entry".into(),
+                    })),
+                },
                 Err(e) => Some(Err(sled_err("walking the unfinished index")(e))),
             });
         sources.push(Box::new(walk));

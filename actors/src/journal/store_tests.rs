@@ -53,8 +53,9 @@ fn bulk(journal: &Journal, name: &str, status: JobStatus, n: usize) -> Vec<JobId
     out
 }
 
-/// Ensures that a job has exactly one index key at every step: the unfinished key from submit
-/// through running and retrying, then the finished key of its final status, moved back to the
+/// Ensures that a job has exactly one index key at every step of its life, told by the event
+/// each change records: the unfinished key (holding the job's current head) from submit through
+/// running and retrying, then the finished key of its final status, moved back to the
 /// unfinished index when an operator retries it.
 #[test]
 fn each_transition_keeps_exactly_one_index_key() {
@@ -62,24 +63,65 @@ fn each_transition_keeps_exactly_one_index_key() {
     let journal = Journal::open(dir.path()).unwrap();
     let mut rec = record(JobStatus::Pending);
     let id = rec.id.as_bytes().to_vec();
-    let step = |rec: &mut JobRecord, status: JobStatus| {
+    let step = |rec: &mut JobRecord, status: JobStatus, kind: EventKind| {
         rec.status = status;
-        journal.write(&[change(rec, EventKind::Started)]).unwrap();
+        journal.write(&[change(rec, kind)]).unwrap();
         (keys(&journal, b'u'), keys(&journal, b'f'))
     };
     let unfinished = |_: ()| (vec![index::unfinished_key(&id)], Vec::<Vec<u8>>::new());
-    for status in [JobStatus::Pending, JobStatus::Running, JobStatus::Retrying] {
-        assert_eq!(step(&mut rec, status), unfinished(()), "{status:?}");
+    let life = [
+        (JobStatus::Pending, EventKind::Submitted),
+        (JobStatus::Running, EventKind::Started),
+        (JobStatus::Retrying, EventKind::Retrying),
+        (JobStatus::Running, EventKind::Started),
+    ];
+    for (status, kind) in life {
+        assert_eq!(step(&mut rec, status, kind), unfinished(()), "{status:?}");
+        let stored = journal.unfinished().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            (stored[0].status, stored[0].attempts),
+            (status, rec.attempts)
+        );
     }
     let failed = index::finished_key(JobStatus::Failed, &rec.name, &id);
-    assert_eq!(step(&mut rec, JobStatus::Failed), (vec![], vec![failed]));
+    assert_eq!(
+        step(&mut rec, JobStatus::Failed, EventKind::DeadLettered),
+        (vec![], vec![failed])
+    );
+    assert_eq!(
+        step(&mut rec, JobStatus::Pending, EventKind::Retried),
+        unfinished(())
+    );
     let cancelled = index::finished_key(JobStatus::Cancelled, &rec.name, &id);
     assert_eq!(
-        step(&mut rec, JobStatus::Cancelled),
+        step(&mut rec, JobStatus::Cancelled, EventKind::Cancelled),
         (vec![], vec![cancelled])
     );
-    assert_eq!(step(&mut rec, JobStatus::Pending), unfinished(()));
+    assert_eq!(
+        step(&mut rec, JobStatus::Pending, EventKind::Retried),
+        unfinished(())
+    );
     assert!(check::check_open(&journal).unwrap().ok());
+}
+
+/// Ensures that a record written without history (by a tool or a test) still gets its index
+/// from the status stored before it, read back: a finished record moved to another finished
+/// status keeps one key.
+#[test]
+fn a_change_without_history_reads_the_stored_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let mut rec = record(JobStatus::Failed);
+    let id = rec.id.as_bytes().to_vec();
+    journal.write(&[Change::new(&rec).unwrap()]).unwrap();
+    rec.status = JobStatus::Cancelled;
+    journal.write(&[Change::new(&rec).unwrap()]).unwrap();
+    assert!(keys(&journal, b'u').is_empty());
+    assert_eq!(
+        keys(&journal, b'f'),
+        [index::finished_key(JobStatus::Cancelled, &rec.name, &id)]
+    );
 }
 
 /// Ensures that two changes of one job in one batch leave the index of the last one, and that
