@@ -83,6 +83,8 @@ pub struct DispatcherState {
     /// Jobs whose whole record was loaded or changed by the message being handled (see
     /// `live.rs`).
     pub(super) touched: Vec<JobId>,
+    /// A `Flush` is in the mailbox (see `DispatcherMsg::is_job_loop`).
+    pub(super) flush_scheduled: bool,
     /// Tracks compactions (see `DispatcherArgs::tasks`).
     pub(super) tasks: tokio_util::task::TaskTracker,
 }
@@ -131,6 +133,7 @@ impl DispatcherState {
             alerter: args.alerter,
             names: Names::default(),
             touched: Vec::new(),
+            flush_scheduled: false,
             tasks: args.tasks,
         }
     }

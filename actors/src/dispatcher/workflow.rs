@@ -136,12 +136,16 @@ impl DispatcherState {
     }
 
     /// The final record of `id`: `just` when it is the one that just ended, else the journal's.
-    fn ended(&self, id: JobId, just: &JobRecord) -> Option<JobRecord> {
+    fn ended(&mut self, id: JobId, just: &JobRecord) -> Option<JobRecord> {
         if id == just.id {
             return Some(just.clone());
         }
         if self.live.contains_key(&id) {
             return None;
+        }
+        // Its end may still be among the job loop's gathered changes: write them first.
+        if !self.changes.is_empty() {
+            let _ = self.flush_journal();
         }
         self.journal.get(id).ok().flatten()
     }
