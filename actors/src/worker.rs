@@ -37,7 +37,7 @@ use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::link::Incarnation;
 use crate::supervisor::{spawn_child, ChildSpec, REPLACE};
-use crate::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
+use crate::tasks::{TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -129,6 +129,8 @@ pub struct WorkerArgs {
     pub tasks: TaskSet,
     /// Time limits and recycling.
     pub limits: Arc<WorkerLimits>,
+    /// The record store and progress board its tasks get.
+    pub env: TaskEnv,
 }
 
 /// The worker actor.
@@ -147,6 +149,15 @@ pub struct WorkerState {
     args: WorkerArgs,
     current: Option<Current>,
     jobs_done: u64,
+}
+
+/// Marks the attempt's progress ended when its task finishes or is aborted.
+struct AttemptEnd(crate::progress::Progress);
+
+impl Drop for AttemptEnd {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// Aborts the job's task when dropped, so a killed worker never leaves its job running.
@@ -313,6 +324,8 @@ impl WorkerState {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
         let (cancel, soft_limit) = (CancellationToken::new(), CancellationToken::new());
         let (cancel_tx, soft_tx) = (cancel.clone(), soft_limit.clone());
+        let progress = self.args.env.progress.attempt(t.job_id, t.attempt);
+        let ended = AttemptEnd(progress.clone());
         let ctx = TaskCtx {
             job_id: t.job_id,
             name: t.name.clone(),
@@ -320,6 +333,8 @@ impl WorkerState {
             attempt: t.attempt,
             cancel,
             soft_limit,
+            records: self.args.env.records.clone(),
+            progress,
         };
         if let Some(split) = self.args.tasks.split(&t.name) {
             // A batch job only names its children: that takes no I/O, so it runs right here
@@ -356,6 +371,7 @@ impl WorkerState {
         let task_me = me.clone();
         let task = tokio::spawn(
             async move {
+                let _ended = ended;
                 let started = Instant::now();
                 let outcome = match body {
                     Some(body) => AssertUnwindSafe(body(ctx))
@@ -427,6 +443,7 @@ pub struct WorkerSpec {
     dispatcher: DispatcherLink,
     tasks: TaskSet,
     limits: Arc<WorkerLimits>,
+    env: TaskEnv,
     incarnation: Incarnation<WorkerMsg>,
 }
 
@@ -438,6 +455,7 @@ impl WorkerSpec {
         dispatcher: DispatcherLink,
         tasks: TaskSet,
         limits: Arc<WorkerLimits>,
+        env: TaskEnv,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: format!("worker-{n}"),
@@ -445,6 +463,7 @@ impl WorkerSpec {
             dispatcher,
             tasks,
             limits,
+            env,
             incarnation: Incarnation::default(),
         })
     }
@@ -468,6 +487,7 @@ impl ChildSpec for WorkerSpec {
             dispatcher: self.dispatcher.clone(),
             tasks: self.tasks.clone(),
             limits: self.limits.clone(),
+            env: self.env.clone(),
         };
         spawn_child(Worker, args, supervisor)
     }
