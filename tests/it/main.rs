@@ -33,3 +33,6 @@ mod batches;
 mod alerts;
 // workflows: chains and groups with `then`, durable across a restart
 mod workflows;
+// exec tasks with real processes: protocol, exit codes, crashes, limits and cancel killing the
+// process group, garbage on stdout, 100 jobs, the start-time check through the binary
+mod exec;
