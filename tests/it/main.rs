@@ -36,3 +36,5 @@ mod workflows;
 // exec tasks with real processes: protocol, exit codes, crashes, limits and cancel killing the
 // process group, garbage on stdout, 100 jobs, the start-time check through the binary
 mod exec;
+// the seed's chain on config/demo.toml: sec.filings -> filing.analyze -> report.generate (Python)
+mod chain;
