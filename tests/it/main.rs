@@ -38,3 +38,5 @@ mod workflows;
 mod exec;
 // the seed's chain on config/demo.toml: sec.filings -> filing.analyze -> report.generate (Python)
 mod chain;
+// the Rust task API: examples/custom_task.rs on a node built with warden::Node::builder
+mod custom;
