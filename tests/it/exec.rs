@@ -546,3 +546,41 @@ async fn unrunnable_tasks_stop_the_node_at_start() {
         );
     }
 }
+
+/// Ensures that `warden submit --wait` on an exec job shows the task's progress while it runs
+/// (its live line) and at the end (the job's `progress` row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_wait_shows_progress() {
+    let s = Scripts::new();
+    let task = s.python(
+        "steps",
+        "for i in range(1, 4):\n    say(progress={'done': i, 'total': 3, 'message': f'step {i}'})\n    \
+         time.sleep(0.3)\nsay(result='ok')",
+    );
+    let node = TestNode::start_with(|a| ext(a, 1, vec![task])).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "submit",
+            "ext.steps",
+            "--wait",
+            "--addr",
+            &node.addr().to_string(),
+        ])
+        .env_remove("WARDEN_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("progress:") && stdout.contains("3/3 (100 %) · step 3"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("running · attempt 1/4"),
+        "the live line: {stderr}"
+    );
+}
