@@ -402,4 +402,51 @@ mod tests {
         assert!(name_problem("a b").is_some());
         assert!(name_problem("x*").is_some());
     }
+
+    /// Ensures that an exec task reaches the pipeline it names (started with defaults), its
+    /// paths resolved against the config file's directory, its limits and its route set.
+    #[test]
+    fn exec_tasks_reach_their_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("jobs")).unwrap();
+        std::fs::write(dir.path().join("jobs/run.sh"), "exit 0\n").unwrap();
+        let file = dir.path().join("node.toml");
+        let text = "[tasks.\"filing.analyze\"]\npipeline = \"analysis\"\n\
+                    command = [\"sh\", \"run.sh\"]\ncwd = \"jobs\"\ntime_limit = \"1m\"\n";
+        std::fs::write(&file, text).unwrap();
+        let args = Config::from_file(&file)
+            .unwrap()
+            .into_args("t", &|v| std::env::var(v).ok())
+            .unwrap();
+        let p = args
+            .pipelines
+            .iter()
+            .find(|p| p.name == "analysis")
+            .unwrap();
+        assert_eq!(p.workers, 4, "started with the defaults");
+        let t = &p.exec[0];
+        assert_eq!(t.cwd, dir.path().join("jobs"));
+        assert!(Path::new(&t.command[0]).is_absolute(), "{:?}", t.command);
+        assert_eq!(
+            p.task_limits["filing.analyze"].hard,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(args.routes[0].pattern, "filing.analyze");
+        assert_eq!(args.routes[0].pipeline.as_deref(), Some("analysis"));
+    }
+
+    /// Ensures that a task on an unconfigured upstream pipeline is refused, naming it.
+    #[test]
+    fn upstream_pipelines_need_their_section() {
+        let config =
+            Config::from_str("[tasks.\"sec.extra\"]\ncommand = [\"true\"]\n", "t").unwrap();
+        let e = config
+            .into_args("t", &|v| std::env::var(v).ok())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pipelines.sec: tasks run on the sec pipeline, which is not configured"),
+            "{e}"
+        );
+    }
 }
