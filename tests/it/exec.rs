@@ -584,3 +584,42 @@ async fn cli_wait_shows_progress() {
         "the live line: {stderr}"
     );
 }
+
+/// Ensures that a node stopping gracefully lets a running exec task go on for
+/// `shutdown_timeout`, then kills its whole process group: nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_kills_the_process_group_after_its_timeout() {
+    let s = Scripts::new();
+    let pid_file = s.path("pids");
+    let task = s.python(
+        "lingers",
+        &format!(
+            r#"signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kid = subprocess.Popen(["sleep", "300"])
+open({pid_file:?}, "w").write(f"{{os.getpid()}}\n{{kid.pid}}\n")
+time.sleep(300)"#
+        ),
+    );
+    let node = TestNode::start_with(|a| {
+        ext(a, 1, vec![task]);
+        a.shutdown_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = node.client().await;
+    let id = submit(&mut c, "ext.lingers", json!({})).await;
+    until_running(&mut c, &id).await;
+    let procs = pids(&pid_file, 2).await;
+    drop(c);
+    let stopping = Instant::now();
+    node.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(400),
+        "it drained first"
+    );
+    eventually(
+        "the task's group to be gone",
+        Duration::from_secs(5),
+        || async { procs.iter().all(|p| gone(*p)).then_some(()) },
+    )
+    .await;
+}
