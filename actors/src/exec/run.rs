@@ -273,3 +273,74 @@ fn signal_name(sig: i32) -> &'static str {
         _ => "a signal",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(raw: i32, asked: Option<Asked>, tail: Option<&str>) -> Ending<'static> {
+        Ending {
+            name: "t.x",
+            status: ExitStatus::from_raw(raw),
+            asked,
+            tail: tail.map(String::from),
+            pipes_held: false,
+        }
+    }
+
+    fn said(result: Option<Value>) -> Said {
+        Said {
+            result,
+            ..Said::default()
+        }
+    }
+
+    /// Ensures that each exit status maps to its error class, with the stderr tail appended.
+    #[test]
+    fn exit_statuses_are_classified() {
+        let ok = end(0, None, None).classify(Some(Ok(())), said(Some(json!(1))));
+        assert_eq!(ok, Ok(json!(1)));
+        assert_eq!(
+            end(0, None, None).classify(Some(Ok(())), said(None)),
+            Ok(Value::Null)
+        );
+        let r = end(75 << 8, None, Some("busy")).classify(Some(Ok(())), said(None));
+        assert_eq!(
+            r,
+            Err(TaskError::Transient(
+                "t.x: exited with 75 (EX_TEMPFAIL: retried)\n--- stderr (tail) ---\nbusy".into()
+            ))
+        );
+        let r = end(65 << 8, None, None).classify(Some(Ok(())), said(None));
+        assert!(
+            matches!(r, Err(TaskError::Permanent(ref m)) if m.contains("EX_DATAERR")),
+            "{r:?}"
+        );
+        let r = end(3 << 8, None, None).classify(Some(Ok(())), said(Some(json!(1))));
+        assert_eq!(
+            r,
+            Err(TaskError::Crash("t.x: crashed: exited with code 3".into()))
+        );
+        let r = end(15, Some(Asked::SoftLimit), None).classify(Some(Ok(())), said(None));
+        assert_eq!(
+            r,
+            Err(TaskError::Crash(
+                "t.x: crashed: killed by signal 15 (SIGTERM) after its soft time limit".into()
+            ))
+        );
+    }
+
+    /// Ensures that a protocol error wins over a clean exit, and a store error stays transient.
+    #[test]
+    fn protocol_and_store_errors_win() {
+        let broke = Broke::Protocol(ProtocolError("stdout line 1 is bad".into()));
+        let r = end(0, None, None).classify(Some(Err(broke)), said(Some(json!(1))));
+        assert_eq!(
+            r,
+            Err(TaskError::Permanent("t.x: stdout line 1 is bad".into()))
+        );
+        let store = Broke::Store(TaskError::Transient("disk".into()));
+        let r = end(0, None, None).classify(Some(Err(store)), said(None));
+        assert_eq!(r, Err(TaskError::Transient("disk".into())));
+    }
+}
