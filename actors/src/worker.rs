@@ -18,9 +18,12 @@
 //! Without limits or recycling a finished job is reported straight from its task to the
 //! dispatcher, skipping a hop through this actor's mailbox (measured: the hot path of no-op
 //! jobs); with them, the report goes through the worker, which must see the end of every job.
+//! A cancel also sends the end of its job through the worker (`Route` decides, once, which of
+//! the task and the cancel came first).
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +145,45 @@ struct Current {
     _task: AbortOnDrop,
     cancel: CancellationToken,
     soft: CancellationToken,
+    route: Arc<Route>,
+}
+
+/// Who reports the end of an unwatched job, decided once between its task and a `Cancel`: the
+/// task straight to the dispatcher (the hot path), or, once a cancel came first, the worker,
+/// which must then see the end so that its synthetic "cancelled" result cannot land after the
+/// worker took its next job (it would free that job's slot in the dispatcher and the next
+/// `Run` would abort it).
+#[derive(Debug, Default)]
+struct Route(AtomicU8);
+
+impl Route {
+    const OPEN: u8 = 0;
+    const DIRECT: u8 = 1;
+    const VIA_WORKER: u8 = 2;
+
+    /// The task's side: true when it may report straight to the dispatcher.
+    fn take_direct(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::DIRECT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The cancel's side: true when the job had not reported yet (it will go via the worker).
+    fn take_via_worker(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::VIA_WORKER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
 }
 
 /// A worker's state.
@@ -238,6 +280,11 @@ impl Actor for Worker {
             }
             WorkerMsg::Cancel { job_id, grace } => {
                 if let Some(c) = st.current.as_ref().filter(|c| c.job_id == job_id) {
+                    if !c.route.take_via_worker() {
+                        // It ended and reported already: nothing is left to stop.
+                        st.current = None;
+                        return Ok(());
+                    }
                     // Cooperative first: the job sees its cancel signal and may end on its own
                     // within `grace`; then this synthetic result frees the worker, and dropping
                     // the task's guard aborts whatever is left of it.
@@ -369,6 +416,8 @@ impl WorkerState {
         let limits = self.args.limits.of(&t.name);
         let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
         let task_me = me.clone();
+        let route = Arc::new(Route::default());
+        let task_route = route.clone();
         let task = tokio::spawn(
             async move {
                 let _ended = ended;
@@ -386,14 +435,16 @@ impl WorkerState {
                 let elapsed = started.elapsed();
                 match outcome {
                     // The hot path skips a hop through the worker's mailbox (see the module doc).
-                    Ok(outcome) if !watched => dispatcher.cast(DispatcherMsg::JobDone {
-                        pipeline,
-                        worker: task_me,
-                        job_id,
-                        outcome,
-                        elapsed,
-                        ready: true,
-                    }),
+                    Ok(outcome) if !watched && task_route.take_direct() => {
+                        dispatcher.cast(DispatcherMsg::JobDone {
+                            pipeline,
+                            worker: task_me,
+                            job_id,
+                            outcome,
+                            elapsed,
+                            ready: true,
+                        })
+                    }
                     // A crash is decided by the worker actor (it is replaced or fails), so it
                     // goes through its mailbox.
                     outcome => {
@@ -418,6 +469,7 @@ impl WorkerState {
             _task: AbortOnDrop(task.abort_handle()),
             cancel: cancel_tx,
             soft: soft_tx,
+            route,
         });
     }
 }

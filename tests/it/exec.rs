@@ -623,3 +623,40 @@ time.sleep(300)"#
     )
     .await;
 }
+
+/// Ensures that a cancelled exec job that stops at once on SIGTERM ends cancelled, and that the
+/// worker it freed runs the next jobs to their end (the late "cancelled" of the first one
+/// touches none of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polite_cancel_frees_the_worker_for_the_next_jobs() {
+    let s = Scripts::new();
+    let polite = s.python(
+        "polite",
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nsay(progress={'done': 0})\ntime.sleep(300)",
+    );
+    let quick = s.python("quick", "time.sleep(0.1)\nsay(result='done')");
+    let node = TestNode::start_with(|a| ext(a, 1, vec![polite, quick])).await;
+    let mut c = node.client().await;
+    for _ in 0..3 {
+        let id = submit(&mut c, "ext.polite", json!({})).await;
+        poll(
+            &mut c,
+            "the task to report",
+            WAIT,
+            json!({"cmd": "status", "job_id": id}),
+            |a| a["job"]["progress"].is_object(),
+        )
+        .await;
+        let a = req(&mut c, json!({"cmd": "cancel", "job_id": id})).await;
+        assert_eq!(a["ok"], true, "{a}");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(submit(&mut c, "ext.quick", json!({})).await);
+        }
+        for q in &ids {
+            assert_eq!(finished(&mut c, q, WAIT).await["status"], "succeeded");
+        }
+        assert_eq!(status(&mut c, &id).await["status"], "cancelled");
+    }
+    assert_no_failures(&mut c).await;
+}
