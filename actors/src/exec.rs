@@ -97,3 +97,66 @@ pub fn task(args: ExecTaskArgs, env: NodeEnv) -> TaskFn {
         Box::pin(async move { run::attempt(&spec, ctx).await })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Ensures that an attempt's environment holds the inherited variables the node has, the
+    /// task's `inherit_env`, the job's `WARDEN_*` and the task's `env` last, and nothing else.
+    #[test]
+    fn the_environment_is_minimal_and_ordered() {
+        let node = NodeEnv {
+            admin_addr: "127.0.0.1:7070".parse().unwrap(),
+            admin_token: Some("s3cret".into()),
+            inherited: [
+                ("HOME", "/root"),
+                ("AWS_PROFILE", "prod"),
+                ("SECRET", "no"),
+                ("LANG", "C"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let task = ExecTaskArgs {
+            name: "t.x".into(),
+            command: vec!["/bin/true".into()],
+            cwd: "/".into(),
+            env: [("LANG".to_string(), "de_DE.UTF-8".to_string())].into(),
+            inherit_env: vec!["AWS_PROFILE".into(), "MISSING".into()],
+            max_line_bytes: 1024,
+            stderr_tail_bytes: 1024,
+        };
+        let ctx = TaskCtx::detached("t.x", json!({}), 2);
+        let env = node.for_attempt(&task, &ctx);
+        let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "AWS_PROFILE",
+                "HOME",
+                "LANG",
+                "PATH",
+                "PYTHONUNBUFFERED",
+                "WARDEN_ADDR",
+                "WARDEN_ADMIN_TOKEN",
+                "WARDEN_ATTEMPT",
+                "WARDEN_JOB_ID",
+                "WARDEN_JOB_NAME"
+            ]
+        );
+        assert_eq!(env["LANG"], "de_DE.UTF-8", "the task's env wins");
+        assert_eq!(
+            env["PATH"],
+            check::DEFAULT_PATH,
+            "a PATH even when the node has none"
+        );
+        assert_eq!(
+            (env["WARDEN_ATTEMPT"].as_str(), env["WARDEN_ADDR"].as_str()),
+            ("2", "127.0.0.1:7070")
+        );
+    }
+}

@@ -394,6 +394,40 @@ mod tests {
         );
     }
 
+    /// Ensures that each rule of a task section is checked, naming the key.
+    #[test]
+    fn task_sections_are_validated() {
+        let err = |text: &str| {
+            Config::from_str(text, "t.toml")
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = err("[tasks.\"a b\"]\ncommand = [\"true\"]\n");
+        assert!(
+            e.starts_with("t.toml: tasks.\"a b\": expected a job name"),
+            "{e}"
+        );
+        let e = err("[tasks.\"x.y\"]\ncommand = []\n");
+        assert!(
+            e.starts_with("t.toml: tasks.\"x.y\".command: expected a program"),
+            "{e}"
+        );
+        let e = err("[tasks.\"x.y\"]\ncommand = [\"true\"]\nenv = { \"A=B\" = \"1\" }\n");
+        assert!(e.starts_with("t.toml: tasks.\"x.y\".env: "), "{e}");
+        let e = err("[tasks.\"x.y\"]\ncommand = [\"true\"]\nmax_line_bytes = 10\n");
+        assert!(
+            e.contains("tasks.\"x.y\".max_line_bytes: expected 1024 ..= 67108864, got 10"),
+            "{e}"
+        );
+        let e = err("[tasks.\"x.y\"]\ncommand = [\"true\"]\ntime_limit = \"1s\"\nsoft_time_limit = \"2s\"\n");
+        assert!(
+            e.contains("tasks.\"x.y\".soft_time_limit: expected less than time_limit"),
+            "{e}"
+        );
+        let e = err("[tasks.\"x.y\"]\ncommand = [\"true\"]\nshell = true\n");
+        assert!(e.contains("unknown field `shell`"), "{e}");
+    }
+
     /// Ensures that task names are checked.
     #[test]
     fn names_are_checked() {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
+use tracing::debug;
 
 use super::group::{ProcessGroup, Sig};
 use super::lines::{Line, LineReader};
@@ -65,6 +66,7 @@ pub async fn attempt(spec: &ExecSpec, ctx: TaskCtx) -> TaskResult {
         ))
     })?;
     let group = ProcessGroup::led_by(child.id());
+    debug!(job_id = %ctx.job_id, job_name = %ctx.name, attempt = ctx.attempt, pid = child.id(), "task process started");
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
         return Err(TaskError::Transient(format!(
@@ -130,6 +132,7 @@ pub async fn attempt(spec: &ExecSpec, ctx: TaskCtx) -> TaskResult {
     let status = status.map_err(|e| {
         TaskError::Transient(format!("{}: waiting for the process failed: {e}", ctx.name))
     })?;
+    debug!(job_id = %ctx.job_id, job_name = %ctx.name, attempt = ctx.attempt, %status, records = said.records, stored = said.stored, "task process ended");
     let end = Ending {
         name: &ctx.name,
         status,
