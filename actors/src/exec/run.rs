@@ -6,13 +6,15 @@
 //! aborts the attempt (hard limit, cancel grace, node stop) the pipes, the child handle and the
 //! [`ProcessGroup`] guard are dropped together and the whole group gets SIGKILL.
 
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWriteExt};
-use tokio::process::{ChildStdin, Command};
+use tokio::process::{Child, ChildStdin, Command};
 use tracing::debug;
 
 use super::group::{ProcessGroup, Sig};
@@ -69,10 +71,8 @@ pub async fn attempt(spec: &ExecSpec, ctx: TaskCtx) -> TaskResult {
     debug!(job_id = %ctx.job_id, job_name = %ctx.name, attempt = ctx.attempt, pid = child.id(), "task process started");
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
-        return Err(TaskError::Transient(format!(
-            "{}: the child's pipes are missing",
-            ctx.name
-        )));
+        let why = format!("{}: the child's pipes are missing", ctx.name);
+        return Err(TaskError::Transient(why));
     };
     let job = json!({"job_id": ctx.job_id, "attempt": ctx.attempt, "name": ctx.name, "params": ctx.params});
     let id = ctx.job_id.to_string();
@@ -81,54 +81,27 @@ pub async fn attempt(spec: &ExecSpec, ctx: TaskCtx) -> TaskResult {
         job_name: &ctx.name,
         attempt: ctx.attempt,
     };
-    let mut said = Said::default();
-    let mut tail = Tail::new(spec.args.stderr_tail_bytes);
-    let mut out = Box::pin(read_stdout(
-        stdout,
-        spec.args.max_line_bytes,
-        &ctx,
-        &mut said,
-    ));
-    let mut err = Box::pin(stderr::drain(stderr, who, &mut tail));
-    let mut feed = Box::pin(feed_stdin(stdin, job));
-    let (mut out_end, mut err_done, mut fed) = (None, false, false);
-    let mut asked = None;
-    let status = loop {
-        tokio::select! {
-            r = &mut out, if out_end.is_none() => {
-                let broke = r.is_err();
-                out_end = Some(r);
-                if broke {
-                    // Nothing it says next can be trusted: stop it now, read no more.
-                    group.signal(Sig::Kill);
-                }
-            }
-            () = &mut err, if !err_done => err_done = true,
-            () = &mut feed, if !fed => fed = true,
-            s = child.wait() => break s,
-            () = ctx.cancel.cancelled(), if asked.is_none() => {
-                asked = Some(Asked::Cancel);
-                group.signal(Sig::Term);
-            }
-            () = ctx.soft_limit.cancelled(), if asked.is_none() => {
-                asked = Some(Asked::SoftLimit);
-                group.signal(Sig::Term);
-            }
-        }
+    let (mut said, mut tail) = (Said::default(), Tail::new(spec.args.stderr_tail_bytes));
+    let mut io = Streams {
+        out: Box::pin(read_stdout(
+            stdout,
+            spec.args.max_line_bytes,
+            &ctx,
+            &mut said,
+        )),
+        err: Box::pin(stderr::drain(stderr, who, &mut tail)),
+        feed: Box::pin(feed_stdin(stdin, job)),
+        out_end: None,
+        err_done: false,
+        fed: false,
     };
+    let (status, asked) = io.until_exit(&mut child, &group, &ctx).await;
     // The leader is gone: whatever it left behind in its group goes too, which also closes
     // the pipes those processes held.
     group.signal(Sig::Kill);
-    let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
-        if out_end.is_none() {
-            out_end = Some((&mut out).await);
-        }
-        if !err_done {
-            (&mut err).await;
-        }
-    })
-    .await;
-    drop((out, err, feed));
+    let pipes_held = !io.drain().await;
+    let out_end = io.out_end.take();
+    drop(io);
     let status = status.map_err(|e| {
         TaskError::Transient(format!("{}: waiting for the process failed: {e}", ctx.name))
     })?;
@@ -138,9 +111,72 @@ pub async fn attempt(spec: &ExecSpec, ctx: TaskCtx) -> TaskResult {
         status,
         asked,
         tail: tail.text(),
-        pipes_held: drained.is_err(),
+        pipes_held,
     };
     end.classify(out_end, said)
+}
+
+/// A boxed future borrowing the attempt's state.
+type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The three pipes of a running attempt, each served by its own future, polled together.
+struct Streams<'a> {
+    out: Fut<'a, Result<(), Broke>>,
+    err: Fut<'a, ()>,
+    feed: Fut<'a, ()>,
+    out_end: Option<Result<(), Broke>>,
+    err_done: bool,
+    fed: bool,
+}
+
+impl Streams<'_> {
+    /// Serves the pipes until the leader exits, passing the cancel and the soft limit on as
+    /// SIGTERM; a protocol error kills the group at once.
+    async fn until_exit(
+        &mut self,
+        child: &mut Child,
+        group: &ProcessGroup,
+        ctx: &TaskCtx,
+    ) -> (std::io::Result<ExitStatus>, Option<Asked>) {
+        let mut asked = None;
+        loop {
+            tokio::select! {
+                r = &mut self.out, if self.out_end.is_none() => {
+                    if r.is_err() {
+                        // Nothing it says next can be trusted: stop it now, read no more.
+                        group.signal(Sig::Kill);
+                    }
+                    self.out_end = Some(r);
+                }
+                () = &mut self.err, if !self.err_done => self.err_done = true,
+                () = &mut self.feed, if !self.fed => self.fed = true,
+                s = child.wait() => return (s, asked),
+                () = ctx.cancel.cancelled(), if asked.is_none() => {
+                    asked = Some(Asked::Cancel);
+                    group.signal(Sig::Term);
+                }
+                () = ctx.soft_limit.cancelled(), if asked.is_none() => {
+                    asked = Some(Asked::SoftLimit);
+                    group.signal(Sig::Term);
+                }
+            }
+        }
+    }
+
+    /// Reads what is left in stdout and stderr, for at most [`DRAIN_AFTER_EXIT`]; false when
+    /// they stayed open (a process outside the group holds them).
+    async fn drain(&mut self) -> bool {
+        tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            if self.out_end.is_none() {
+                self.out_end = Some((&mut self.out).await);
+            }
+            if !self.err_done {
+                (&mut self.err).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// The command line, environment and pipes of an attempt.
