@@ -29,7 +29,8 @@ fmt:
 bench:
     cargo run --release -- bench
 
-# The offline demo: fake upstreams, a node on config/demo.toml, a batch of jobs, the results.
+# The offline demo: fake upstreams, a node on config/demo.toml, a batch of jobs, the results, then
+# the chain sec.filings -> filing.analyze -> report.generate (Python jobs in examples/jobs/).
 demo:
     cargo run --example demo
 

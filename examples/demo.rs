@@ -1,6 +1,8 @@
 //! The offline demo: starts fake SEC, Yahoo and Alpha Vantage servers on loopback, a node on
 //! `config/demo.toml` (the same `Node::start` the binary uses), submits a batch of ingestion jobs
-//! for a handful of tickers, waits for them and shows the results, the records and the tree.
+//! for a handful of tickers, waits for them and shows the results, the records and the tree;
+//! then runs the chain `sec.filings -> filing.analyze -> report.generate` (the last two are the
+//! Python jobs of `examples/jobs/`) for each ticker and prints the reports.
 //!
 //! Run with `cargo run --example demo` (or `just demo`). While it runs, the node also answers
 //! `warden --addr 127.0.0.1:7171 <command>` from another terminal.
@@ -139,7 +141,63 @@ async fn main() -> Result<(), String> {
             compact(&p["breaker"])
         );
     }
+    chains(&mut c).await?;
     node.stop(true).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Runs the ingest -> analysis -> report chain for every ticker and prints the reports.
+async fn chains(c: &mut Client) -> Result<(), String> {
+    println!("\nchains sec.filings -> filing.analyze -> report.generate (examples/jobs/*.py):");
+    let started = Instant::now();
+    let mut workflows = Vec::new();
+    for t in TICKERS {
+        let a = c
+            .request(&json!({"cmd": "submit_workflow", "kind": "chain", "jobs": [
+                {"job": "sec.filings", "params": {"ticker": t}},
+                {"job": "filing.analyze"},
+                {"job": "report.generate"}]}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = a["workflow_id"]
+            .as_str()
+            .ok_or(format!("submit failed: {a}"))?;
+        workflows.push(id.to_string());
+    }
+    for id in &workflows {
+        let w = loop {
+            let w = c
+                .request(&json!({"cmd": "workflow", "workflow_id": id}))
+                .await
+                .map_err(|e| e.to_string())?;
+            if w["workflow"]["status"] != "running" {
+                break w["workflow"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let last = &w["jobs"][2];
+        println!(
+            "  chain {} {}",
+            w["status"].as_str().unwrap_or(""),
+            last["result"]["key"]
+        );
+        if let Some(key) = last["result"]["key"].as_str() {
+            let r = c
+                .request(&json!({"cmd": "records", "prefix": key, "limit": 1}))
+                .await
+                .map_err(|e| e.to_string())?;
+            for line in r["records"][0]["value"]["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("    {}", line.as_str().unwrap_or(""));
+            }
+        } else {
+            println!("    {}", last["error"].as_str().unwrap_or("(no report)"));
+        }
+    }
+    println!("chains finished in {:.1?}", started.elapsed());
     Ok(())
 }
 

@@ -14,8 +14,10 @@
 //!   its peak, and its open file descriptors and threads at start and at the end;
 //! - `list_failed_us` / `dlq_us` with a handful of finished jobs and again with 2N + more
 //!   (`history_cost_ratio`), and `restart_with_history_ms`: `kill -9` with all that history
-//!   plus 10,000 pending jobs, until the restarted node answers `ping` (see `history.rs`).
+//!   plus 10,000 pending jobs, until the restarted node answers `ping` (see `history.rs`);
+//! - `exec_*_jobs_per_s`: trivial exec tasks on a node of their own (see `exec.rs`).
 
+pub mod exec;
 pub mod history;
 pub mod load;
 pub mod process;
@@ -137,7 +139,7 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     drop(c);
     let status = node.shutdown(PHASE_TIMEOUT).await?;
     println!("node_exit_code={}", status.code().unwrap_or(-1));
-    Ok(())
+    exec::measure(&exe, dir.path()).await
 }
 
 /// Batches over several connections, from the first submit until every job succeeded.

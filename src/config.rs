@@ -26,13 +26,16 @@ use warden_actors::args::{
     AdminArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy, RouteArgs, TimeLimits,
 };
 use warden_actors::job::Priority;
+use warden_actors::tasks::TaskSet;
 
 #[cfg(test)]
 mod defaults_test;
 mod extras;
+mod tasks;
 mod upstream;
 
 pub use self::extras::{AlertsSection, ScheduleSection, UniverseSection};
+pub use self::tasks::TaskSection;
 pub use self::upstream::BreakerSection;
 use self::upstream::UpstreamKeys;
 
@@ -48,8 +51,9 @@ pub const TOKEN_ENV: &str = "WARDEN_ADMIN_TOKEN";
 /// The pipeline every node runs, configured or not.
 pub const BUILTIN_PIPELINE: &str = "builtin";
 
-/// Pipelines this build can run: the built-in one and the three upstream sources of
-/// docs/upstreams.md. Any other name is an error, not silently ignored.
+/// Pipelines built into this build: the built-in one and the three upstream sources of
+/// docs/upstreams.md. Any other pipeline runs exec or Rust tasks (`config/tasks.rs`) and is an
+/// error when none names it, not silently started empty.
 pub const KNOWN_PIPELINES: &[&str] = &[BUILTIN_PIPELINE, "sec", "yahoo", "alphavantage"];
 
 /// Upper bound on `workers`: more than this is a typo, not a plan.
@@ -97,6 +101,13 @@ pub struct Config {
     /// `[[routes]]`: routing rules, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// `[tasks."<name>"]`: exec tasks (docs/tasks.md).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskSection>,
+    /// The directory relative paths of `[tasks]` start from: the config file's, set by
+    /// [`Config::from_file`]; `None` (the working directory) for a config from text.
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
 }
 
 /// `[node]`.
@@ -414,7 +425,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_str(&text, &path.display().to_string())
+        let mut config = Config::from_str(&text, &path.display().to_string())?;
+        config.base_dir = Some(path.parent().unwrap_or(Path::new(".")).to_path_buf());
+        Ok(config)
     }
 
     /// The embedded [`DEFAULT_TOML`], parsed.
@@ -436,24 +449,55 @@ impl Config {
     /// [`ConfigError::Invalid`] naming `origin` and the key when an environment variable a
     /// pipeline needs is not set.
     pub fn into_args(
-        mut self,
+        self,
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<NodeArgs, ConfigError> {
+        self.into_args_with(origin, env, TaskSet::default())
+    }
+
+    /// [`Config::into_args`] with Rust tasks of an embedding program (`warden::Node::builder`)
+    /// placed into their pipelines beside the exec tasks of `[tasks]`; each task goes to the
+    /// pipeline routing sends its name to, started with defaults when it has no section. A
+    /// pipeline left with no task at all (not `builtin`, no upstream) is an error: most likely a
+    /// misspelt name.
+    ///
+    /// # Errors
+    /// Those of [`Config::into_args`], and [`ConfigError::Invalid`] for an exec task whose
+    /// paths do not check (naming the task and the path) or a pipeline without tasks.
+    pub fn into_args_with(
+        mut self,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        custom: TaskSet,
+    ) -> Result<NodeArgs, ConfigError> {
         ensure_builtin(&mut self.pipelines);
+        let invalid = |Problem { key, message }| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        };
+        let own = self.own_tasks(env, custom).map_err(invalid)?;
         let token = env(TOKEN_ENV)
             .filter(|t| !t.is_empty())
             .or(self.admin.token);
         let mut pipelines = Vec::with_capacity(self.pipelines.len());
         for (name, p) in self.pipelines {
             let key = format!("pipelines.{name}");
-            let upstream = upstream::resolve(&name, &p.upstream_keys(), &key, env).map_err(
-                |Problem { key, message }| ConfigError::Invalid {
-                    origin: origin.to_owned(),
-                    key,
-                    message,
-                },
-            )?;
+            let upstream =
+                upstream::resolve(&name, &p.upstream_keys(), &key, env).map_err(invalid)?;
+            let mut task_limits: BTreeMap<String, TimeLimits> = p
+                .tasks
+                .iter()
+                .map(|(k, v)| (k.clone(), (*v).into()))
+                .collect();
+            let mine = own.pipelines.get(&name);
+            let (exec, custom) = mine
+                .map(|m| (m.exec.clone(), m.custom.clone()))
+                .unwrap_or_default();
+            for (task, limits) in mine.map(|m| m.limits.clone()).unwrap_or_default() {
+                task_limits.insert(task, limits);
+            }
             pipelines.push(PipelineArgs {
                 name,
                 workers: p.workers,
@@ -464,14 +508,20 @@ impl Config {
                     soft: p.soft_time_limit,
                     hard: p.time_limit,
                 },
-                task_limits: p
-                    .tasks
-                    .iter()
-                    .map(|(k, v)| (k.clone(), (*v).into()))
-                    .collect(),
+                task_limits,
                 max_jobs_per_worker: p.max_jobs_per_worker,
+                exec,
+                custom,
             });
         }
+        let routes = own
+            .routes
+            .into_iter()
+            .chain(self.routes.into_iter().map(|r| RouteArgs {
+                pattern: r.pattern,
+                pipeline: r.pipeline,
+                priority: r.priority,
+            }));
         Ok(NodeArgs {
             name: self.node.name,
             data_dir: self.node.data_dir,
@@ -493,15 +543,7 @@ impl Config {
             },
             restart: self.supervisor.restart.into(),
             pipelines,
-            routes: self
-                .routes
-                .into_iter()
-                .map(|r| RouteArgs {
-                    pattern: r.pattern,
-                    pipeline: r.pipeline,
-                    priority: r.priority,
-                })
-                .collect(),
+            routes: routes.collect(),
             schedules: extras::resolve_schedules(self.schedules, &self.universe),
             alerts: self.alerts.map(extras::resolve_alerts),
         })
@@ -568,14 +610,8 @@ impl Config {
         self.supervisor.restart.validate("supervisor.restart")?;
 
         for (name, pipeline) in &self.pipelines {
-            if !KNOWN_PIPELINES.contains(&name.as_str()) {
-                return Err(Problem::new(
-                    format!("pipelines.{name}"),
-                    format!(
-                        "unknown pipeline, expected one of {}, got {name:?}",
-                        KNOWN_PIPELINES.join(", ")
-                    ),
-                ));
+            if let Some(why) = pipeline_name_problem(name) {
+                return Err(Problem::new(format!("pipelines.{name}"), why));
             }
             pipeline.validate(&format!("pipelines.{name}"))?;
             upstream::validate(
@@ -585,6 +621,9 @@ impl Config {
             )?;
         }
 
+        for (name, task) in &self.tasks {
+            tasks::validate(name, task, &self.routes)?;
+        }
         extras::validate_schedules(&self.schedules, &self.universe)?;
         if let Some(alerts) = &self.alerts {
             extras::validate_alerts(alerts)?;
@@ -829,6 +868,7 @@ impl Default for PipelineSection {
 // ===== Helpers =====
 
 /// A broken rule: the key path and what was expected and what came.
+#[derive(Debug)]
 struct Problem {
     key: String,
     message: String,
@@ -855,6 +895,21 @@ fn at_least<T: Copy + PartialOrd + fmt::Display>(
         ));
     }
     Ok(())
+}
+
+/// Why `name` cannot name a pipeline, if it cannot: lowercase letters, digits, `_` and `-`.
+fn pipeline_name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    (!ok).then(|| {
+        format!(
+            "expected a pipeline name of lowercase letters, digits, '_' and '-' like \"analysis\", \
+             got {name:?}"
+        )
+    })
 }
 
 fn ensure_builtin(pipelines: &mut BTreeMap<String, PipelineSection>) {
@@ -1235,14 +1290,26 @@ mod tests {
         assert_eq!(config.log.format, LogFormat::Json);
     }
 
-    /// Ensures that an unknown pipeline name fails, naming it and listing the known ones.
+    /// Ensures that a pipeline no task runs on (a misspelt name) fails, naming it and listing
+    /// the built-in ones, and that a malformed pipeline name is refused as it is parsed.
     #[test]
     fn unknown_pipeline_is_named() {
-        let err = parse_err("[pipelines.edgar]\nworkers = 2\n");
-        assert_eq!(
-            err,
-            "config/test.toml: pipelines.edgar: unknown pipeline, expected one of builtin, sec, \
-             yahoo, alphavantage, got \"edgar\""
+        let err = parse("[pipelines.edgar]\nworkers = 2\n")
+            .unwrap()
+            .into_args("config/test.toml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config/test.toml: pipelines.edgar: no tasks run on it: expected one of the \
+                 built-in pipelines (builtin, sec, yahoo, alphavantage)"
+            ),
+            "{err}"
+        );
+        let err = parse_err("[pipelines.\"Ed gar\"]\nworkers = 2\n");
+        assert!(
+            err.starts_with("config/test.toml: pipelines.Ed gar: expected a pipeline name"),
+            "{err}"
         );
     }
 

@@ -54,6 +54,8 @@ pub struct AdminCtx {
     pub shutdown: watch::Sender<Option<ShutdownRequest>>,
     /// Tracks the accept loop and the connection tasks, so the node's stop awaits them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Running and recently ended jobs' progress, shown in job objects.
+    pub progress: crate::progress::ProgressBoard,
 }
 
 /// The admin actor (stateless shell).

@@ -164,6 +164,37 @@ pub struct PipelineArgs {
     pub task_limits: std::collections::BTreeMap<String, TimeLimits>,
     /// A worker is replaced after this many jobs (between jobs), when set.
     pub max_jobs_per_worker: Option<u64>,
+    /// Exec tasks this pipeline runs (`[tasks."<name>"]` of the config).
+    pub exec: Vec<ExecTaskArgs>,
+    /// Tasks written in Rust and registered by an embedding program (`warden::Node::builder`).
+    pub custom: crate::tasks::TaskSet,
+}
+
+/// One exec task: a program run once per attempt, speaking JSON lines (docs/tasks.md). The root
+/// crate resolves and checks every path before the node starts ([`crate::exec::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecTaskArgs {
+    /// The job name it serves, `filing.analyze`.
+    pub name: String,
+    /// The program and its arguments; no shell. The program is an absolute path once resolved.
+    pub command: Vec<String>,
+    /// The working directory, absolute once resolved.
+    pub cwd: PathBuf,
+    /// Variables added to the minimal environment the process gets.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Variables passed through from the node's own environment when set there.
+    pub inherit_env: Vec<String>,
+    /// Longest stdout line accepted, in bytes; a longer one is a protocol error.
+    pub max_line_bytes: usize,
+    /// Bytes of stderr kept per attempt (its tail), put in the job's error when it fails.
+    pub stderr_tail_bytes: usize,
+}
+
+impl ExecTaskArgs {
+    /// Default of `max_line_bytes`: 1 MiB, room for a large record.
+    pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+    /// Default of `stderr_tail_bytes`: 64 KiB.
+    pub const DEFAULT_STDERR_TAIL_BYTES: usize = 64 << 10;
 }
 
 /// How long a job may run.
@@ -251,7 +282,7 @@ pub struct BreakerArgs {
 }
 
 /// Routes job names matching `pattern` (a glob such as `sec.*`) to a pipeline and priority.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteArgs {
     /// Glob over job names.
     pub pattern: String,

@@ -23,11 +23,14 @@ use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
 use crate::alerts::{Alerter, AlertsSpec};
 use crate::args::NodeArgs;
 use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
+use crate::exec::NodeEnv;
 use crate::journal::{Journal, JournalError};
 use crate::link::Link;
+use crate::progress::ProgressBoard;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::tasks::{Records, TaskEnv};
 use tokio_util::task::TaskTracker;
 
 /// How long `stop` waits for the tasks that outlive their actors (admin connections, a
@@ -129,10 +132,18 @@ impl Node {
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let fatal = Arc::new(Mutex::new(None));
 
+        let progress = ProgressBoard::default();
+        let shared = crate::pipeline::Shared {
+            node: NodeEnv::from_process(admin_addr, args.admin.token.clone()),
+            tasks: TaskEnv {
+                records: Records::new(journal.clone()),
+                progress: progress.clone(),
+            },
+        };
         let mut infos = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         for (i, p) in args.pipelines.iter().enumerate() {
-            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher, &alerter)
+            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher, &alerter, &shared)
                 .map_err(NodeError::Invalid)?;
             infos.push(a.info);
             pipeline_specs.push(a.spec);
@@ -150,6 +161,7 @@ impl Node {
                 started: std::time::Instant::now(),
                 shutdown: shutdown_tx.clone(),
                 tasks: tasks.clone(),
+                progress,
             }),
         });
         let dispatcher_spec = Arc::new(DispatcherSpec(DispatcherArgs {

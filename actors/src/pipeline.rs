@@ -15,12 +15,13 @@ use crate::alerts::Alerter;
 use crate::args::PipelineArgs;
 use crate::breaker::{BreakerSpec, BreakerStateChange, CircuitState};
 use crate::dispatcher::{DispatcherLink, DispatcherMsg, PipelineInfo, StateView};
+use crate::exec::{self, NodeEnv};
 use crate::gate::PipelineGate;
 use crate::journal::Journal;
 use crate::limiter::LimiterSpec;
 use crate::sources::{self, Source};
 use crate::supervisor::{ChildSpec, SupervisorArgs, SupervisorSpec};
-use crate::tasks::{self, TaskSet};
+use crate::tasks::{self, TaskEnv, TaskSet};
 use crate::worker::{WorkerLimits, WorkerSpec};
 
 /// What the node needs of one pipeline: how the dispatcher sees it and its supervisor's recipe.
@@ -31,25 +32,32 @@ pub struct Assembled {
     pub spec: Arc<dyn ChildSpec>,
 }
 
+/// What every pipeline's tasks share: the node's facts for exec tasks, the record store and the
+/// progress board.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// For exec tasks' environment.
+    pub node: NodeEnv,
+    /// For every task's context.
+    pub tasks: TaskEnv,
+}
+
 /// Builds pipeline number `index` (its place in the dispatcher). Errors name the pipeline and
-/// what is missing (a pipeline this build does not have, a source that cannot be configured).
+/// what is missing (a pipeline this build does not have, a source that cannot be configured, an
+/// exec task whose paths do not check, a pipeline with no task at all).
 pub fn assemble(
     index: usize,
     p: &PipelineArgs,
     journal: &Journal,
     dispatcher: &DispatcherLink,
     alerter: &Alerter,
+    shared: &Shared,
 ) -> Result<Assembled, String> {
     let mut front: Vec<Arc<dyn ChildSpec>> = Vec::new();
     let (mut limiter_view, mut breaker_view): (Option<StateView>, Option<StateView>) = (None, None);
     let tasks: TaskSet = match &p.upstream {
         None if p.name == "builtin" => tasks::builtin(),
-        None => {
-            return Err(format!(
-                "pipelines.{}: no upstream configured for it",
-                p.name
-            ))
-        }
+        None => TaskSet::default(),
         Some(up) => {
             let limiter = LimiterSpec::new(
                 p.name.clone(),
@@ -79,6 +87,9 @@ pub fn assemble(
             tasks
         }
     };
+    let tasks = own_tasks(p, shared)
+        .and_then(|own| tasks.merge(own))
+        .map_err(|e| format!("pipelines.{}: {e}", p.name))?;
     let info = PipelineInfo {
         name: p.name.clone(),
         retry: p.retry,
@@ -88,8 +99,36 @@ pub fn assemble(
     };
     Ok(Assembled {
         info,
-        spec: supervisor_spec(index, p, tasks, front, dispatcher.clone()),
+        spec: supervisor_spec(
+            index,
+            p,
+            tasks,
+            front,
+            dispatcher.clone(),
+            shared.tasks.clone(),
+        ),
     })
+}
+
+/// The pipeline's exec tasks (paths checked again: the arguments may not come from a config
+/// file) and the embedding program's Rust tasks. A pipeline without upstream, built-in or own
+/// tasks would accept nothing: an error, most likely a misspelt pipeline name.
+fn own_tasks(p: &PipelineArgs, shared: &Shared) -> Result<TaskSet, String> {
+    let mut own = p.custom.clone();
+    for t in &p.exec {
+        exec::check::verify(t).map_err(|e| e.to_string())?;
+        let one = TaskSet::default().with(&t.name, exec::task(t.clone(), shared.node.clone()));
+        own = own.merge(one)?;
+    }
+    if own.is_empty() && p.upstream.is_none() && p.name != "builtin" {
+        return Err(format!(
+            "no tasks: an upstream pipeline is one of sec, yahoo, alphavantage; any other \
+             pipeline needs at least one task ([tasks.\"<name>\"] with pipeline = {:?}, or a \
+             Rust task registered with warden::Node::builder)",
+            p.name
+        ));
+    }
+    Ok(own)
 }
 
 fn supervisor_spec(
@@ -98,6 +137,7 @@ fn supervisor_spec(
     tasks: TaskSet,
     front: Vec<Arc<dyn ChildSpec>>,
     dispatcher: DispatcherLink,
+    env: TaskEnv,
 ) -> Arc<dyn ChildSpec> {
     let limits = Arc::new(WorkerLimits {
         limits: p.limits,
@@ -105,7 +145,10 @@ fn supervisor_spec(
         max_jobs: p.max_jobs_per_worker,
     });
     let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
-        .map(|n| WorkerSpec::new(n, index, dispatcher.clone(), tasks.clone(), limits.clone()))
+        .map(|n| {
+            let (d, l) = (dispatcher.clone(), limits.clone());
+            WorkerSpec::new(n, index, d, tasks.clone(), l, env.clone())
+        })
         .collect();
     let down = workers.clone();
     let mut children = front;

@@ -668,6 +668,20 @@ pub struct JobView {
     pub parent_id: Option<String>,
     /// Workflow.
     pub workflow_id: Option<String>,
+    /// The latest progress its task reported, when the node knows one (kept in memory only:
+    /// absent after a restart until the task reports again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::progress::ProgressView>,
+}
+
+impl JobView {
+    /// The view with the job's progress from `board`, when there is one.
+    pub fn with_progress(mut self, board: &crate::progress::ProgressBoard) -> Self {
+        if let Ok(id) = self.job_id.parse() {
+            self.progress = board.get(id);
+        }
+        self
+    }
 }
 
 impl From<&JobRecord> for JobView {
@@ -692,6 +706,7 @@ impl From<&JobRecord> for JobView {
                 .and_then(|s| serde_json::from_str(s).ok()),
             parent_id: r.parent_id.map(|p| p.to_string()),
             workflow_id: r.workflow_id.map(|w| w.to_string()),
+            progress: None,
         }
     }
 }

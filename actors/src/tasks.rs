@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::JobId;
+use crate::journal::Journal;
+use crate::progress::Progress;
 
 /// What a task gets to run.
 #[derive(Debug, Clone)]
@@ -33,6 +35,76 @@ pub struct TaskCtx {
     pub cancel: CancellationToken,
     /// Raised at the job's soft time limit: it may clean up and finish.
     pub soft_limit: CancellationToken,
+    /// Where the task stores its records: the same store and dedup as the built-in sources.
+    pub records: Records,
+    /// Where the task reports how far it is (`status` shows the latest report).
+    pub progress: Progress,
+}
+
+impl TaskCtx {
+    /// A context for running a task outside a node (tests, tools): fresh signals, no record
+    /// store, progress kept nowhere.
+    pub fn detached(name: &str, params: Value, attempt: u32) -> TaskCtx {
+        let job_id = JobId::new();
+        TaskCtx {
+            job_id,
+            name: name.to_string(),
+            params,
+            attempt,
+            cancel: CancellationToken::new(),
+            soft_limit: CancellationToken::new(),
+            records: Records::detached(),
+            progress: Progress::detached(job_id),
+        }
+    }
+}
+
+/// What the node gives every task besides its job: the record store and the progress board.
+#[derive(Debug, Clone, Default)]
+pub struct TaskEnv {
+    /// The record store.
+    pub records: Records,
+    /// Where progress reports go.
+    pub progress: crate::progress::ProgressBoard,
+}
+
+/// A task's handle on the node's record store (the `records` tree of the journal).
+#[derive(Clone, Default)]
+pub struct Records(Option<Journal>);
+
+impl Records {
+    /// Records go to `journal`.
+    pub fn new(journal: Journal) -> Records {
+        Records(Some(journal))
+    }
+
+    /// A handle with no store: every `put` fails (a task run outside a node).
+    pub fn detached() -> Records {
+        Records(None)
+    }
+
+    /// Stores `value` under `key`; true when it was new or changed, false when the same value
+    /// was there already (a re-run stores nothing new). A store failure is transient.
+    pub fn put(&self, key: &str, value: &Value) -> Result<bool, TaskError> {
+        let Some(journal) = &self.0 else {
+            return Err(TaskError::Permanent(format!(
+                "record {key:?}: this task runs without a record store"
+            )));
+        };
+        journal
+            .put_record(key, value)
+            .map_err(|e| TaskError::Transient(format!("storing record {key:?}: {e}")))
+    }
+}
+
+impl std::fmt::Debug for Records {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Records(journal)"
+        } else {
+            "Records(detached)"
+        })
+    }
 }
 
 /// Why an attempt failed, classified where it happened.
@@ -50,6 +122,10 @@ pub enum TaskError {
     /// The task panicked: retried like a transient error (its worker is replaced).
     #[error("{0}")]
     Panic(String),
+    /// The task's process crashed (an exec task killed by a signal or exiting with an
+    /// unexpected code): retried like a transient error, counted as a crash.
+    #[error("{0}")]
+    Crash(String),
     /// The upstream asked us to slow down, or the pipeline's gate held the request back: wait,
     /// and do not count the attempt.
     #[error("{message}")]
@@ -112,6 +188,26 @@ impl TaskSet {
     /// The batch task for a job name.
     pub fn split(&self, name: &str) -> Option<&SplitFn> {
         self.splits.get(name)
+    }
+
+    /// Whether this set serves `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.contains_key(name) || self.splits.contains_key(name)
+    }
+
+    /// This set and `other` together; a name both serve is an error naming it.
+    pub fn merge(mut self, other: TaskSet) -> Result<TaskSet, String> {
+        if let Some(dup) = other.names().find(|n| self.contains(n)) {
+            return Err(format!("task {dup:?} is defined twice"));
+        }
+        self.tasks.extend(other.tasks);
+        self.splits.extend(other.splits);
+        Ok(self)
+    }
+
+    /// True when it serves no job name.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.splits.is_empty()
     }
 
     /// Every job name this set serves.
@@ -288,14 +384,7 @@ mod tests {
     use super::*;
 
     fn ctx(name: &str, params: Value, attempt: u32) -> TaskCtx {
-        TaskCtx {
-            job_id: JobId::new(),
-            name: name.into(),
-            params,
-            attempt,
-            cancel: CancellationToken::new(),
-            soft_limit: CancellationToken::new(),
-        }
+        TaskCtx::detached(name, params, attempt)
     }
 
     /// Ensures that `builtin.fail` fails its first N attempts with a transient error, then succeeds.

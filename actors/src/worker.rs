@@ -18,9 +18,12 @@
 //! Without limits or recycling a finished job is reported straight from its task to the
 //! dispatcher, skipping a hop through this actor's mailbox (measured: the hot path of no-op
 //! jobs); with them, the report goes through the worker, which must see the end of every job.
+//! A cancel also sends the end of its job through the worker (`Route` decides, once, which of
+//! the task and the cancel came first).
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +40,7 @@ use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::link::Incarnation;
 use crate::supervisor::{spawn_child, ChildSpec, REPLACE};
-use crate::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
+use crate::tasks::{TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -129,6 +132,8 @@ pub struct WorkerArgs {
     pub tasks: TaskSet,
     /// Time limits and recycling.
     pub limits: Arc<WorkerLimits>,
+    /// The record store and progress board its tasks get.
+    pub env: TaskEnv,
 }
 
 /// The worker actor.
@@ -140,6 +145,45 @@ struct Current {
     _task: AbortOnDrop,
     cancel: CancellationToken,
     soft: CancellationToken,
+    route: Arc<Route>,
+}
+
+/// Who reports the end of an unwatched job, decided once between its task and a `Cancel`: the
+/// task straight to the dispatcher (the hot path), or, once a cancel came first, the worker,
+/// which must then see the end so that its synthetic "cancelled" result cannot land after the
+/// worker took its next job (it would free that job's slot in the dispatcher and the next
+/// `Run` would abort it).
+#[derive(Debug, Default)]
+struct Route(AtomicU8);
+
+impl Route {
+    const OPEN: u8 = 0;
+    const DIRECT: u8 = 1;
+    const VIA_WORKER: u8 = 2;
+
+    /// The task's side: true when it may report straight to the dispatcher.
+    fn take_direct(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::DIRECT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The cancel's side: true when the job had not reported yet (it will go via the worker).
+    fn take_via_worker(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::VIA_WORKER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
 }
 
 /// A worker's state.
@@ -147,6 +191,15 @@ pub struct WorkerState {
     args: WorkerArgs,
     current: Option<Current>,
     jobs_done: u64,
+}
+
+/// Marks the attempt's progress ended when its task finishes or is aborted.
+struct AttemptEnd(crate::progress::Progress);
+
+impl Drop for AttemptEnd {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 /// Aborts the job's task when dropped, so a killed worker never leaves its job running.
@@ -227,6 +280,11 @@ impl Actor for Worker {
             }
             WorkerMsg::Cancel { job_id, grace } => {
                 if let Some(c) = st.current.as_ref().filter(|c| c.job_id == job_id) {
+                    if !c.route.take_via_worker() {
+                        // It ended and reported already: nothing is left to stop.
+                        st.current = None;
+                        return Ok(());
+                    }
                     // Cooperative first: the job sees its cancel signal and may end on its own
                     // within `grace`; then this synthetic result frees the worker, and dropping
                     // the task's guard aborts whatever is left of it.
@@ -313,6 +371,8 @@ impl WorkerState {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
         let (cancel, soft_limit) = (CancellationToken::new(), CancellationToken::new());
         let (cancel_tx, soft_tx) = (cancel.clone(), soft_limit.clone());
+        let progress = self.args.env.progress.attempt(t.job_id, t.attempt);
+        let ended = AttemptEnd(progress.clone());
         let ctx = TaskCtx {
             job_id: t.job_id,
             name: t.name.clone(),
@@ -320,6 +380,8 @@ impl WorkerState {
             attempt: t.attempt,
             cancel,
             soft_limit,
+            records: self.args.env.records.clone(),
+            progress,
         };
         if let Some(split) = self.args.tasks.split(&t.name) {
             // A batch job only names its children: that takes no I/O, so it runs right here
@@ -354,8 +416,11 @@ impl WorkerState {
         let limits = self.args.limits.of(&t.name);
         let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
         let task_me = me.clone();
+        let route = Arc::new(Route::default());
+        let task_route = route.clone();
         let task = tokio::spawn(
             async move {
+                let _ended = ended;
                 let started = Instant::now();
                 let outcome = match body {
                     Some(body) => AssertUnwindSafe(body(ctx))
@@ -370,14 +435,16 @@ impl WorkerState {
                 let elapsed = started.elapsed();
                 match outcome {
                     // The hot path skips a hop through the worker's mailbox (see the module doc).
-                    Ok(outcome) if !watched => dispatcher.cast(DispatcherMsg::JobDone {
-                        pipeline,
-                        worker: task_me,
-                        job_id,
-                        outcome,
-                        elapsed,
-                        ready: true,
-                    }),
+                    Ok(outcome) if !watched && task_route.take_direct() => {
+                        dispatcher.cast(DispatcherMsg::JobDone {
+                            pipeline,
+                            worker: task_me,
+                            job_id,
+                            outcome,
+                            elapsed,
+                            ready: true,
+                        })
+                    }
                     // A crash is decided by the worker actor (it is replaced or fails), so it
                     // goes through its mailbox.
                     outcome => {
@@ -402,6 +469,7 @@ impl WorkerState {
             _task: AbortOnDrop(task.abort_handle()),
             cancel: cancel_tx,
             soft: soft_tx,
+            route,
         });
     }
 }
@@ -427,6 +495,7 @@ pub struct WorkerSpec {
     dispatcher: DispatcherLink,
     tasks: TaskSet,
     limits: Arc<WorkerLimits>,
+    env: TaskEnv,
     incarnation: Incarnation<WorkerMsg>,
 }
 
@@ -438,6 +507,7 @@ impl WorkerSpec {
         dispatcher: DispatcherLink,
         tasks: TaskSet,
         limits: Arc<WorkerLimits>,
+        env: TaskEnv,
     ) -> Arc<Self> {
         Arc::new(Self {
             name: format!("worker-{n}"),
@@ -445,6 +515,7 @@ impl WorkerSpec {
             dispatcher,
             tasks,
             limits,
+            env,
             incarnation: Incarnation::default(),
         })
     }
@@ -468,6 +539,7 @@ impl ChildSpec for WorkerSpec {
             dispatcher: self.dispatcher.clone(),
             tasks: self.tasks.clone(),
             limits: self.limits.clone(),
+            env: self.env.clone(),
         };
         spawn_child(Worker, args, supervisor)
     }

@@ -89,9 +89,14 @@ impl NodeProcess {
     /// Writes `<dir>/node.toml` (the default config on `<dir>/data` and free ports) and starts
     /// `exe node --config` on it, its stderr appended to `<dir>/node.log`.
     pub fn spawn(exe: &Path, dir: &Path) -> Result<NodeProcess, String> {
+        Self::spawn_with(exe, dir, "")
+    }
+
+    /// [`NodeProcess::spawn`] with `extra` TOML (new sections only) appended to the config.
+    pub fn spawn_with(exe: &Path, dir: &Path, extra: &str) -> Result<NodeProcess, String> {
         let (admin, metrics) = (free_addr()?, free_addr()?);
         let config = dir.join("node.toml");
-        let text = default_config_with(&dir.join("data"), admin, metrics)?;
+        let text = default_config_with(&dir.join("data"), admin, metrics)? + extra;
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
         let log = dir.join("node.log");
         let child = start(exe, &config, &log)?;

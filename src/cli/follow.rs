@@ -1,5 +1,6 @@
 //! `warden submit`, and with `--wait` following the job to its end: `status` is polled every
-//! [`POLL`] while a live line on stderr shows status, attempts and elapsed time.
+//! [`POLL`] while a live line on stderr shows status, attempts, elapsed time and the task's
+//! progress.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -83,11 +84,16 @@ impl LiveLine {
     fn show(&mut self, job: &Value, elapsed: Duration) {
         let status = job["status"].as_str().unwrap_or("?").to_string();
         let attempts = job["attempts"].as_u64().unwrap_or(0);
-        let text = format!(
+        let mut text = format!(
             "{status} · attempt {attempts}/{} · {:.1}s",
             job["max_retries"].as_u64().unwrap_or(0) + 1,
             elapsed.as_secs_f64()
         );
+        // The task's own report of how far it is, when it gives one (exec and Rust tasks).
+        if let Some(p) = render::progress(&job["progress"]) {
+            text.push_str(" · ");
+            text.push_str(&p);
+        }
         let mut err = std::io::stderr().lock();
         if self.tty {
             // Padding to the widest line so far wipes what a longer earlier line left behind.

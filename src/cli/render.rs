@@ -95,13 +95,29 @@ pub(super) fn job(a: &Value) -> String {
         .collect();
     let width = keys.iter().map(|k| k.len() + 1).max().unwrap_or(0);
     let line = |k: &&str| {
-        format!(
-            "{:<width$} {}",
-            format!("{k}:"),
-            text(&fields.get(*k).cloned().unwrap_or_default())
-        )
+        let value = fields.get(*k).cloned().unwrap_or_default();
+        let shown = match *k {
+            "progress" => progress(&value).unwrap_or_else(|| text(&value)),
+            _ => text(&value),
+        };
+        format!("{:<width$} {shown}", format!("{k}:"))
     };
     keys.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+/// A job's `progress` for people: `10/27 (37 %) · message`, or `10 · message` without a total.
+pub(super) fn progress(p: &Value) -> Option<String> {
+    let done = p["done"].as_u64()?;
+    let mut out = match p["total"].as_u64() {
+        Some(total) if total > 0 => format!("{done}/{total} ({} %)", done * 100 / total),
+        Some(total) => format!("{done}/{total}"),
+        None => done.to_string(),
+    };
+    if let Some(m) = p["message"].as_str().filter(|m| !m.is_empty()) {
+        out.push_str(" · ");
+        out.push_str(m);
+    }
+    Some(out)
 }
 
 /// `history`: one line per event, oldest first, with the time since the first one.
@@ -395,6 +411,18 @@ mod tests {
     use super::*;
 
     /// Ensures that the tree is drawn with branches, kinds, statuses, restarts and failures.
+    /// Ensures that progress reads as done/total with a percentage and the message.
+    #[test]
+    fn progress_is_readable() {
+        let p = |v: Value| progress(&v);
+        assert_eq!(
+            p(json!({"done": 10, "total": 40, "message": "page 10"})).as_deref(),
+            Some("10/40 (25 %) · page 10")
+        );
+        assert_eq!(p(json!({"done": 3, "total": null})).as_deref(), Some("3"));
+        assert_eq!(p(Value::Null), None);
+    }
+
     #[test]
     fn tree_is_drawn_with_branches() {
         let leaf = |name: &str, restarts: u64| json!({"name": name, "path": "", "kind": "worker", "status": "running", "restarts": restarts, "children": []});

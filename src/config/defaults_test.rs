@@ -151,6 +151,38 @@ fn examples_show_the_optional_sections() {
     );
 }
 
+/// Ensures that the examples show an exec task that sets every key of `[tasks."<name>"]`.
+#[test]
+fn examples_show_an_exec_task() {
+    let config = with_examples();
+    let [(name, task)] = Vec::from_iter(&config.tasks)[..] else {
+        panic!("expected one exec task example, got {:?}", config.tasks)
+    };
+    let TaskSection {
+        pipeline,
+        command,
+        cwd,
+        env,
+        inherit_env,
+        max_line_bytes,
+        stderr_tail_bytes,
+        time_limit,
+        soft_time_limit,
+    } = task;
+    assert_eq!(name, "filing.analyze");
+    assert!(pipeline.is_some() && !command.is_empty() && cwd.is_some());
+    assert!(!env.is_empty() && !inherit_env.is_empty());
+    assert_eq!(
+        (*max_line_bytes, *stderr_tail_bytes),
+        (
+            Some(warden_actors::args::ExecTaskArgs::DEFAULT_MAX_LINE_BYTES),
+            Some(warden_actors::args::ExecTaskArgs::DEFAULT_STDERR_TAIL_BYTES)
+        ),
+        "the examples show the defaults"
+    );
+    assert!(time_limit.is_some() && soft_time_limit.is_some());
+}
+
 /// Ensures that the example detector takes keys and headers and leaves prose alone.
 #[test]
 fn examples_are_told_from_prose() {

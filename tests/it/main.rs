@@ -33,3 +33,10 @@ mod batches;
 mod alerts;
 // workflows: chains and groups with `then`, durable across a restart
 mod workflows;
+// exec tasks with real processes: protocol, exit codes, crashes, limits and cancel killing the
+// process group, garbage on stdout, 100 jobs, the start-time check through the binary
+mod exec;
+// the seed's chain on config/demo.toml: sec.filings -> filing.analyze -> report.generate (Python)
+mod chain;
+// the Rust task API: examples/custom_task.rs on a node built with warden::Node::builder
+mod custom;

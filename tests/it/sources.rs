@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use warden_actors::args::{BreakerArgs, UpstreamArgs};
-use warden_actors::job::JobId;
 use warden_actors::journal::{Journal, StoredRecord};
 use warden_actors::sources::{self, Source};
 use warden_actors::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
@@ -119,14 +118,7 @@ impl Gate for RecordingGate {
 }
 
 fn ctx(name: &str, params: Value) -> TaskCtx {
-    TaskCtx {
-        job_id: JobId::new(),
-        name: name.into(),
-        params,
-        attempt: 1,
-        cancel: CancellationToken::new(),
-        soft_limit: CancellationToken::new(),
-    }
+    TaskCtx::detached(name, params, 1)
 }
 
 /// Runs the task `name` of `set` once, as a worker would.

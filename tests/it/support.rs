@@ -64,6 +64,8 @@ pub fn test_args(dir: &Path) -> NodeArgs {
             limits: Default::default(),
             task_limits: Default::default(),
             max_jobs_per_worker: None,
+            exec: vec![],
+            custom: Default::default(),
         }],
         routes: vec![],
         schedules: vec![],
@@ -104,6 +106,8 @@ pub fn add(a: &mut NodeArgs, name: &str, workers: usize, max_retries: u32, up: U
         limits: Default::default(),
         task_limits: Default::default(),
         max_jobs_per_worker: None,
+        exec: vec![],
+        custom: Default::default(),
     });
 }
 

@@ -204,7 +204,7 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
                 .get(r.job_id)
                 .map_err(journal_err)?
                 .ok_or_else(|| no_job(r.job_id))?;
-            json!({ "job": JobView::from(&rec) })
+            json!({ "job": JobView::from(&rec).with_progress(&ctx.progress) })
         }
         Command::History(r) => {
             ctx.journal
@@ -305,7 +305,10 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
                 }
             }
             let status = workflow_status(&jobs);
-            let views: Vec<JobView> = jobs.iter().map(JobView::from).collect();
+            let views: Vec<JobView> = jobs
+                .iter()
+                .map(|j| JobView::from(j).with_progress(&ctx.progress))
+                .collect();
             json!({ "workflow": { "workflow_id": wf.id, "kind": wf.kind.as_str(), "status": status, "jobs": views } })
         }
         Command::Why(r) => {
@@ -415,5 +418,8 @@ fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
         .journal
         .list(&filter)
         .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?;
-    Ok(recs.iter().map(JobView::from).collect())
+    Ok(recs
+        .iter()
+        .map(|r| JobView::from(r).with_progress(&ctx.progress))
+        .collect())
 }

@@ -568,6 +568,7 @@ impl DispatcherState {
             Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
             Err(TaskError::Timeout(msg)) => self.retry_or_dead_letter(id, msg, "timeout"),
             Err(TaskError::Panic(msg)) => self.retry_or_dead_letter(id, msg, "panic"),
+            Err(TaskError::Crash(msg)) => self.retry_or_dead_letter(id, msg, "crash"),
             Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
             Err(TaskError::Throttled {
                 message,
