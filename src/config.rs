@@ -124,7 +124,7 @@ pub struct NodeSection {
     /// Bytes that must stay free on the data dir's file system for new submits to be accepted;
     /// default 64 MiB, 0 disables the check.
     pub min_free_space: u64,
-    /// Memory the journal's page cache may take (sled gets a third of it, see
+    /// Memory the journal's page cache may take (sled gets a fifth of it, see
     /// `journal::SLED_CACHE_SHARE`); default 256 MiB, at least 8 MiB.
     pub cache_size: u64,
 }

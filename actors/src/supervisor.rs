@@ -26,11 +26,47 @@ use crate::args::RestartPolicy;
 use crate::backoff::{random_unit, RestartBudget, RestartDecision};
 use crate::metrics as m;
 
-/// A child that stops with a reason starting with this asks to be replaced at once: recycling
-/// after `max_jobs_per_worker`, or a worker whose job hit its hard time limit. It is started
-/// again without backoff and without spending the restart budget (it did not fail), and the
-/// replacement is counted in the tree's `restarts`.
-pub const REPLACE: &str = "replace:";
+/// Why a child asks to be replaced at once. It is started again without backoff and without
+/// spending the restart budget (it did not fail), and the replacement is counted in the tree's
+/// `restarts`. ractor carries a stop reason only as a string, so the request travels as one
+/// written by [`Replacement::stop_reason`] and read only by [`Replacement::described_in`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    /// Recycled after `max_jobs_per_worker` jobs.
+    Recycled {
+        /// Jobs it ran.
+        jobs: u64,
+    },
+    /// Its job hit its hard time limit: the task was aborted, its state may be anything.
+    HardTimeLimit,
+    /// Its job panicked (the description names the job and the panic).
+    JobPanicked(String),
+}
+
+impl Replacement {
+    /// What a stop reason carrying a replacement request starts with.
+    const TAG: &'static str = "replace:";
+
+    /// The stop reason that asks the supervisor for this replacement.
+    pub fn stop_reason(&self) -> String {
+        format!("{} {self}", Self::TAG)
+    }
+
+    /// The description of the replacement a stop reason asks for; `None` for any other stop.
+    pub fn described_in(reason: &str) -> Option<&str> {
+        reason.strip_prefix(Self::TAG).map(str::trim)
+    }
+}
+
+impl std::fmt::Display for Replacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replacement::Recycled { jobs } => write!(f, "recycled after {jobs} jobs"),
+            Replacement::HardTimeLimit => f.write_str("a job hit its hard time limit"),
+            Replacement::JobPanicked(why) => f.write_str(why),
+        }
+    }
+}
 
 /// How long a supervisor waits for a child supervisor's subtree when drawing the tree.
 const TREE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -148,7 +184,7 @@ struct Child {
     expected_exit: Option<ActorId>,
     /// Waits for this earlier sibling's restart before it starts again.
     waiting_on: Option<usize>,
-    /// Incarnations replaced on their own request (see [`REPLACE`]).
+    /// Incarnations replaced on their own request (see [`Replacement`]).
     replaced: u64,
     /// Why the last one asked to be replaced.
     last_replacement: Option<String>,
@@ -236,7 +272,7 @@ impl SupervisorState {
         }
     }
 
-    /// Starts child `i` again at once: it stopped asking to be replaced (see [`REPLACE`]).
+    /// Starts child `i` again at once: it stopped asking to be replaced (see [`Replacement`]).
     async fn replace(
         &mut self,
         me: &ActorRef<SupervisorMsg>,
@@ -247,7 +283,7 @@ impl SupervisorState {
         let child = &mut self.children[i];
         child.cell = None;
         child.replaced += 1;
-        child.last_replacement = Some(why.trim_start_matches(REPLACE).trim().to_string());
+        child.last_replacement = Some(why.to_string());
         child.spec.on_down(why);
         info!(actor = %path, pipeline = %self.pipeline, restarts = child.budget.total() + child.replaced, backoff_ms = 0u64, reason = %why, "replaced");
         metrics::counter!(m::ACTOR_RESTARTS, "actor_kind" => child.spec.kind(), "pipeline" => self.pipeline.clone()).increment(1);
@@ -401,7 +437,7 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 if let (Some(why), Some(i)) = (
-                    reason.as_deref().filter(|r| r.starts_with(REPLACE)),
+                    reason.as_deref().and_then(Replacement::described_in),
                     st.index_of(id),
                 ) {
                     return st.replace(&me, i, why).await;

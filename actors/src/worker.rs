@@ -39,7 +39,7 @@ use crate::args::TimeLimits;
 use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::link::Incarnation;
-use crate::supervisor::{spawn_child, ChildSpec, REPLACE};
+use crate::supervisor::{spawn_child, ChildSpec, Replacement};
 use crate::tasks::{TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
@@ -269,7 +269,7 @@ impl Actor for Worker {
                             elapsed,
                             false,
                         );
-                        me.stop(Some(format!("{REPLACE} {why}")));
+                        me.stop(Some(Replacement::JobPanicked(why).stop_reason()));
                     }
                     Err(Crash::WorkerFault(fault)) => {
                         return Err(
@@ -311,7 +311,7 @@ impl Actor for Worker {
                     info!(worker = %st.args.path, job_id = %job_id, reason = %why, "job aborted at its hard time limit; replacing the worker");
                     st.current = None; // aborts the task
                     st.send_done(&me, job_id, Err(TaskError::Timeout(why)), limit, false);
-                    me.stop(Some(format!("{REPLACE} a job hit its hard time limit")));
+                    me.stop(Some(Replacement::HardTimeLimit.stop_reason()));
                 }
             }
         }
@@ -342,10 +342,8 @@ impl WorkerState {
         self.send_done(me, job_id, outcome, elapsed, !recycle);
         if recycle {
             info!(worker = %self.args.path, jobs = self.jobs_done, "recycling after max_jobs_per_worker");
-            me.stop(Some(format!(
-                "{REPLACE} recycled after {} jobs",
-                self.jobs_done
-            )));
+            let jobs = self.jobs_done;
+            me.stop(Some(Replacement::Recycled { jobs }.stop_reason()));
         }
     }
 
