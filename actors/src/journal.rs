@@ -1437,24 +1437,20 @@ pub const SLED_CACHE_SHARE: u64 = 5;
 /// ([`await_sled_lock`]): sled reports a held lock only as text.
 fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, JournalError> {
     await_sled_lock(&dir.join("db"), Instant::now() + Duration::from_secs(5))?;
-    {
-        match sled_config(dir, cache_bytes).open() {
-            Err(sled::Error::Corruption { .. }) => {
-                return Err(JournalError::Corrupt {
-                    what: format!("the database {}", dir.join("db").display()),
-                    detail: format!(
-                        "sled found corrupted data while recovering it; restore the data dir \
-                         from a backup (`warden check --data-dir {}` tells what is readable)",
-                        dir.display()
-                    ),
-                })
-            }
-            other => other.map_err(|source| JournalError::Sled {
-                what: format!("opening the database in {}", dir.display()),
-                source,
-            }),
-        }
-    }
+    sled_config(dir, cache_bytes).open().map_err(|e| match e {
+        sled::Error::Corruption { .. } => JournalError::Corrupt {
+            what: format!("the database {}", dir.join("db").display()),
+            detail: format!(
+                "sled found corrupted data while recovering it; restore the data dir \
+                 from a backup (`warden check --data-dir {}` tells what is readable)",
+                dir.display()
+            ),
+        },
+        source => JournalError::Sled {
+            what: format!("opening the database in {}", dir.display()),
+            source,
+        },
+    })
 }
 
 /// Waits until no open file description holds a lock on sled's `db` file (sled takes an
