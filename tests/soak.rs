@@ -141,6 +141,12 @@ async fn backlog_across_kill(
     let ran_early = succeeded(&mut c).await.expect("stats");
     assert_eq!(ran_early, 0, "the pause survived the restart");
     println!("restart_to_ping_ms={}", restart_to_ping.as_millis());
+    let log = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+    println!(
+        "restart_journal_open_ms={} restart_replay_ms={}",
+        last_took_ms(&log, "journal opened"),
+        last_took_ms(&log, "journal replayed")
+    );
     println!(
         "restarted_rss_bytes={} ran_before_pause={ran_early}",
         now(node).rss_bytes
@@ -231,4 +237,26 @@ async fn a_million_jobs_twice_across_a_kill() {
         end.rss_bytes,
         start.rss_bytes
     );
+}
+
+/// The `took_ms` field of the last log line with `message` ("?" when absent); the log may carry
+/// ANSI colour codes between a field's name and its value.
+fn last_took_ms(log: &str, message: &str) -> String {
+    let Some(line) = log.lines().rev().find(|l| l.contains(message)) else {
+        return "?".into();
+    };
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split("took_ms=")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_else(|| "?".into())
 }
