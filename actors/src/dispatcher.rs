@@ -10,6 +10,7 @@
 //! On start (the node's boot, or a restart by the root supervisor) it replays the journal:
 //! pending, retrying and running jobs go back to their queues.
 
+mod admission;
 mod core;
 mod fanout;
 mod live;

@@ -10,6 +10,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::admission::NewJob;
 use super::live::{JobHead, Live, Names, Wait};
 use super::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
@@ -255,17 +256,7 @@ impl DispatcherState {
                     .is_none_or(|k| !self.unique.contains_key(k))
             })
             .count();
-        if self.live.len() + fresh > self.limits.max_queued {
-            return Err(ApiError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "the queue is full: {} unfinished jobs, {} more asked, [jobs] max_queued = {}; retry later",
-                    self.live.len(),
-                    fresh,
-                    self.limits.max_queued
-                ),
-            ));
-        }
+        self.check_capacity(fresh)?;
         let now_ms = now_ms();
         let mut accepted = Vec::with_capacity(specs.len());
         let mut changes = Vec::with_capacity(specs.len());
@@ -281,33 +272,19 @@ impl DispatcherState {
                     continue;
                 }
             }
-            let id = JobId::new();
-            if let Some(k) = &spec.unique_key {
-                batch_keys.insert(k.clone(), id);
-            }
-            let mut rec = JobRecord {
-                id,
-                pipeline: self.lanes[lane].info.name.clone(),
-                params: spec.params.to_string(),
-                priority: spec.priority.unwrap_or(priority),
-                status: JobStatus::Pending,
-                attempts: 0,
-                max_retries: spec
-                    .max_retries
-                    .unwrap_or(self.lanes[lane].info.retry.max_retries),
-                unique_key: spec.unique_key,
-                created_at: now_ms,
-                started_at: None,
-                completed_at: None,
-                next_attempt_at: spec.run_at.filter(|t| *t > now_ms),
-                error: None,
-                result: None,
+            let priority = spec.priority.unwrap_or(priority);
+            let new = NewJob {
+                lane,
+                spec,
+                priority,
                 parent_id: None,
                 workflow_id: None,
-                children: Vec::new(),
-                name: spec.name,
-                history: Vec::new(),
             };
+            let mut rec = self.pending_record(new, now_ms);
+            let id = rec.id;
+            if let Some(k) = &rec.unique_key {
+                batch_keys.insert(k.clone(), id);
+            }
             let Some(c) = change(&mut rec, EventKind::Submitted, None) else {
                 return Err(ApiError::internal(format!(
                     "cannot encode job {id}; nothing was accepted"

@@ -10,6 +10,7 @@ use ractor::ActorId;
 use serde_json::{json, Value};
 use tracing::info;
 
+use super::admission::NewJob;
 use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
@@ -75,27 +76,22 @@ impl DispatcherState {
         let priority = self.live[&parent].head.priority;
         let mut kids = Vec::with_capacity(specs.len());
         for (spec, (kid_lane, _)) in specs.into_iter().zip(routed) {
-            let mut rec = JobRecord {
-                id: JobId::new(),
-                pipeline: self.lanes[kid_lane].info.name.clone(),
-                params: spec.params.to_string(),
-                priority,
-                status: JobStatus::Pending,
-                attempts: 0,
-                max_retries: self.lanes[kid_lane].info.retry.max_retries,
+            // A child runs at its parent's priority with its pipeline's retries.
+            let spec = SubmitSpec {
+                priority: None,
+                max_retries: None,
                 unique_key: None,
-                created_at: now_ms,
-                started_at: None,
-                completed_at: None,
-                next_attempt_at: None,
-                error: None,
-                result: None,
+                run_at: None,
+                ..spec
+            };
+            let new = NewJob {
+                lane: kid_lane,
+                spec,
+                priority,
                 parent_id: Some(parent),
                 workflow_id: None,
-                children: Vec::new(),
-                history: Vec::new(),
-                name: spec.name,
             };
+            let mut rec = self.pending_record(new, now_ms);
             self.changes.extend(change(
                 &mut rec,
                 EventKind::Submitted,

@@ -158,6 +158,35 @@ async fn the_queue_bound_refuses_with_overloaded() {
     assert_eq!(e.code, ErrorCode::Overloaded);
 }
 
+/// Ensures that a workflow meets the same queue bound, refused with the same words as a submit,
+/// and that its steps get their pipeline's retries and no delay (the one pending-record
+/// constructor).
+#[tokio::test]
+async fn a_workflow_meets_the_same_admission_as_a_submit() {
+    let mut r = rig(3);
+    submit(&mut r.st, spec("builtin.noop", None));
+    let workflow = |n: usize| super::workflow::WorkflowSpec {
+        kind: crate::job::WorkflowKind::Chain,
+        jobs: (0..n).map(|_| spec("builtin.noop", None)).collect(),
+        then: None,
+        allow_failures: false,
+    };
+    let refused = r.st.submit_workflow(workflow(3)).unwrap_err();
+    let submit_refused =
+        r.st.submit(vec![spec("builtin.noop", None); 3])
+            .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Overloaded);
+    assert_eq!(refused.message, submit_refused.message);
+    let (_, ids) = r.st.submit_workflow(workflow(2)).unwrap();
+    r.st.flush_journal().unwrap();
+    for id in ids {
+        let rec = r.st.journal().get(id).unwrap().unwrap();
+        assert_eq!(rec.max_retries, 1, "the pipeline's retries");
+        assert_eq!(rec.next_attempt_at, None);
+        assert!(rec.workflow_id.is_some());
+    }
+}
+
 /// Ensures that a ready worker gets the job with its params read back from the journal, that a
 /// transient failure schedules a retry (`why`: retry_backoff) and that the retry spent makes
 /// the next failure a dead letter.

@@ -11,10 +11,11 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::admission::NewJob;
 use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, WorkflowKind, WorkflowRecord};
 use crate::journal::Change;
-use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::protocol::{ApiError, SubmitSpec};
 
 /// A workflow as submitted, validated.
 #[derive(Debug, Clone)]
@@ -44,44 +45,27 @@ impl DispatcherState {
         for (s, at) in &all {
             routed.push(self.route(&s.name, at)?);
         }
-        if self.live.len() + all.len() > self.limits.max_queued {
-            return Err(ApiError::new(
-                ErrorCode::Overloaded,
-                format!(
-                    "the queue is full: {} unfinished jobs, [jobs] max_queued = {}",
-                    self.live.len(),
-                    self.limits.max_queued
-                ),
-            ));
-        }
+        self.check_capacity(all.len())?;
         let id = Uuid::now_v7();
         let now_ms = now_ms();
         let has_then = spec_then_present(&all);
         let mut recs: Vec<(JobRecord, usize)> = Vec::with_capacity(all.len());
         for ((s, _), (lane, priority)) in all.into_iter().zip(routed) {
-            let rec = JobRecord {
-                id: JobId::new(),
-                pipeline: self.lanes[lane].info.name.clone(),
-                params: s.params.to_string(),
-                priority: s.priority.unwrap_or(priority),
-                status: JobStatus::Pending,
-                attempts: 0,
-                max_retries: s
-                    .max_retries
-                    .unwrap_or(self.lanes[lane].info.retry.max_retries),
+            // A step's dedup key and delay do not apply: the workflow decides when it runs.
+            let priority = s.priority.unwrap_or(priority);
+            let spec = SubmitSpec {
                 unique_key: None,
-                created_at: now_ms,
-                started_at: None,
-                completed_at: None,
-                next_attempt_at: None,
-                error: None,
-                result: None,
+                run_at: None,
+                ..s
+            };
+            let new = NewJob {
+                lane,
+                spec,
+                priority,
                 parent_id: None,
                 workflow_id: Some(id),
-                children: Vec::new(),
-                history: Vec::new(),
-                name: s.name,
             };
+            let rec = self.pending_record(new, now_ms);
             recs.push((rec, lane));
         }
         let then = if has_then {
