@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::AdminCtx;
 use crate::dispatcher::{DispatcherMsg, PipelineView};
-use crate::job::{now_ms, rfc3339_ms, JobStatus};
+use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
 use crate::protocol::{
     error_line, limit_or, ok_line, parse_request, ApiError, Command, JobView, ListReq, SubmitReq,
@@ -181,150 +181,194 @@ async fn submit(
 }
 
 async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
-    let journal_err =
-        |e: crate::journal::JournalError| ApiError::internal(format!("journal read failed: {e}"));
-    Ok(match cmd {
-        Command::Ping => json!({
-            "pong": true,
-            "version": env!("CARGO_PKG_VERSION"),
-            "node": ctx.node_name,
-            "uptime_s": ctx.started.elapsed().as_secs(),
-        }),
+    match cmd {
+        Command::Ping => Ok(ping(ctx)),
         Command::Submit(req) => {
             let a = submit(ctx, vec![req], false).await?;
-            json!({ "job_id": a[0].job_id, "deduplicated": a[0].deduplicated })
+            Ok(json!({ "job_id": a[0].job_id, "deduplicated": a[0].deduplicated }))
         }
         Command::SubmitBatch(b) => {
             let a = submit(ctx, b.jobs, true).await?;
-            json!({ "job_ids": a.iter().map(|a| a.job_id).collect::<Vec<_>>() })
+            Ok(json!({ "job_ids": a.iter().map(|a| a.job_id).collect::<Vec<_>>() }))
         }
-        Command::Status(r) => {
-            let rec = ctx
-                .journal
-                .get(r.job_id)
-                .map_err(journal_err)?
-                .ok_or_else(|| no_job(r.job_id))?;
-            json!({ "job": JobView::from(&rec).with_progress(&ctx.progress) })
-        }
-        Command::History(r) => {
-            ctx.journal
-                .get(r.job_id)
-                .map_err(journal_err)?
-                .ok_or_else(|| no_job(r.job_id))?;
-            let events: Vec<Value> = ctx
-                .journal
-                .events(r.job_id)
-                .map_err(journal_err)?
-                .into_iter()
-                .map(|e| json!({ "at": rfc3339_ms(e.at), "kind": e.kind.as_str(), "attempt": e.attempt, "detail": e.detail }))
-                .collect();
-            json!({ "events": events })
-        }
-        Command::List(r) => json!({ "jobs": list(ctx, r)? }),
-        Command::Dlq(r) => {
-            let req = ListReq {
-                status: Some(JobStatus::Failed),
-                limit: r.limit,
-                ..Default::default()
-            };
-            json!({ "jobs": list(ctx, req)? })
-        }
-        Command::Cancel(r) => {
-            json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Cancel(r.job_id, p)).await??) })
-        }
-        Command::Retry(r) => {
-            json!({ "job": JobView::from(&call(ctx, |p| DispatcherMsg::Retry(r.job_id, p)).await??) })
-        }
-        Command::Tree => {
-            let root: ActorRef<SupervisorMsg> = ctx
-                .root
-                .get()
-                .ok_or_else(|| ApiError::internal("the root supervisor is not running"))?;
-            json!({ "tree": to_value(settle(root.call(SupervisorMsg::Tree, Some(CALL_TIMEOUT)).await, "root supervisor")?) })
-        }
+        Command::Status(r) => status(ctx, r.job_id),
+        Command::History(r) => history(ctx, r.job_id),
+        Command::List(r) => Ok(json!({ "jobs": list(ctx, r)? })),
+        Command::Dlq(r) => dlq(ctx, r.limit),
+        Command::Cancel(r) => job_answer(call(ctx, |p| DispatcherMsg::Cancel(r.job_id, p)).await?),
+        Command::Retry(r) => job_answer(call(ctx, |p| DispatcherMsg::Retry(r.job_id, p)).await?),
+        Command::Tree => tree(ctx).await,
         Command::Pipelines => {
-            json!({ "pipelines": to_value(call(ctx, DispatcherMsg::Pipelines).await?) })
+            Ok(json!({ "pipelines": to_value(call(ctx, DispatcherMsg::Pipelines).await?) }))
         }
-        Command::Pause(r) => {
-            pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, true, p)).await??)
-        }
-        Command::Resume(r) => {
-            pipeline(call(ctx, |p| DispatcherMsg::SetPaused(r.pipeline, false, p)).await??)
-        }
-        Command::Stats => {
-            let s = call(ctx, DispatcherMsg::Stats).await?;
-            let queues: serde_json::Map<String, Value> = s
-                .queues
-                .iter()
-                .map(|(n, q)| (n.clone(), to_value(q)))
-                .collect();
-            // Whether the journal takes new work, and why not.
-            let journal = match ctx.journal.admit_writes() {
-                Ok(()) => json!({ "accepting_writes": true }),
-                Err(e) => json!({ "accepting_writes": false, "problem": e.to_string() }),
-            };
-            json!({ "jobs": s.jobs, "totals": s.totals, "queues": queues, "journal": journal, "uptime_s": ctx.started.elapsed().as_secs() })
-        }
-        Command::Records(r) => {
-            let limit = limit_or(r.limit, 100)?;
-            let records: Vec<Value> = ctx
-                .journal
-                .records(&r.prefix, r.after.as_deref(), limit)
-                .map_err(journal_err)?
-                .into_iter()
-                .map(|s| json!({ "key": s.key, "value": s.value, "updated_at": rfc3339_ms(s.updated_at) }))
-                .collect();
-            json!({ "records": records })
-        }
-        Command::SubmitWorkflow(w) => {
-            let spec = workflow_spec(w)?;
-            let (id, ids) = call(ctx, |p| DispatcherMsg::SubmitWorkflow(spec, p)).await??;
-            if let Err(e) = visible(ctx).await {
-                if let Some(d) = ctx.dispatcher.get() {
-                    let _ = d.cast(DispatcherMsg::Withdraw(ids));
-                }
-                return Err(e);
-            }
-            json!({ "workflow_id": id, "job_ids": ids })
-        }
-        Command::Workflow(r) => {
-            let wf = ctx
-                .journal
-                .get_workflow(r.workflow_id)
-                .map_err(journal_err)?
-                .ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "workflow_id: no workflow with id {}",
-                        r.workflow_id
-                    ))
-                })?;
-            let mut jobs = Vec::new();
-            for id in wf.jobs.iter().chain(wf.then.iter()) {
-                if let Some(rec) = ctx.journal.get(*id).map_err(journal_err)? {
-                    jobs.push(rec);
-                }
-            }
-            let status = workflow_status(&jobs);
-            let views: Vec<JobView> = jobs
-                .iter()
-                .map(|j| JobView::from(j).with_progress(&ctx.progress))
-                .collect();
-            json!({ "workflow": { "workflow_id": wf.id, "kind": wf.kind.as_str(), "status": status, "jobs": views } })
-        }
+        Command::Pause(r) => set_paused(ctx, r.pipeline, true).await,
+        Command::Resume(r) => set_paused(ctx, r.pipeline, false).await,
+        Command::Stats => stats(ctx).await,
+        Command::Records(r) => records(ctx, r),
+        Command::SubmitWorkflow(w) => submit_workflow(ctx, w).await,
+        Command::Workflow(r) => workflow(ctx, r.workflow_id),
         Command::Why(r) => {
             let b = call(ctx, |p| DispatcherMsg::Why(r.job_id, p)).await??;
-            json!({ "blocker": to_value(b) })
+            Ok(json!({ "blocker": to_value(b) }))
         }
-        Command::Schedules => match &ctx.scheduler {
-            Some(link) => json!({ "schedules": to_value(crate::scheduler::list(link).await?) }),
-            None => json!({ "schedules": [] }),
-        },
+        Command::Schedules => schedules(ctx).await,
         Command::Shutdown(r) => {
             let _ = ctx
                 .shutdown
                 .send(Some(super::ShutdownRequest { drain: r.drain }));
-            json!({ "draining": true })
+            Ok(json!({ "draining": true }))
         }
+    }
+}
+
+/// A journal read that failed, as an answer.
+fn journal_err(e: crate::journal::JournalError) -> ApiError {
+    ApiError::internal(format!("journal read failed: {e}"))
+}
+
+/// `ping`: the node's name, version and uptime.
+fn ping(ctx: &AdminCtx) -> Value {
+    json!({
+        "pong": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": ctx.node_name,
+        "uptime_s": ctx.started.elapsed().as_secs(),
+    })
+}
+
+/// The journaled record of `id`, or `not_found`.
+fn record_of(ctx: &AdminCtx, id: JobId) -> Result<JobRecord, ApiError> {
+    ctx.journal
+        .get(id)
+        .map_err(journal_err)?
+        .ok_or_else(|| no_job(id))
+}
+
+/// `status`: the job with its progress.
+fn status(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
+    let rec = record_of(ctx, id)?;
+    Ok(json!({ "job": JobView::from(&rec).with_progress(&ctx.progress) }))
+}
+
+/// `history`: the job's events, oldest first, from one read of its record.
+fn history(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
+    let events: Vec<Value> = record_of(ctx, id)?
+        .history
+        .into_iter()
+        .map(|e| json!({ "at": rfc3339_ms(e.at), "kind": e.kind.as_str(), "attempt": e.attempt, "detail": e.detail }))
+        .collect();
+    Ok(json!({ "events": events }))
+}
+
+/// `dlq`: the newest failed jobs.
+fn dlq(ctx: &AdminCtx, limit: Option<usize>) -> Result<Value, ApiError> {
+    let req = ListReq {
+        status: Some(JobStatus::Failed),
+        limit,
+        ..Default::default()
+    };
+    Ok(json!({ "jobs": list(ctx, req)? }))
+}
+
+/// The answer of `cancel` and `retry`: the job as the dispatcher left it.
+fn job_answer(answer: Result<JobRecord, ApiError>) -> Result<Value, ApiError> {
+    Ok(json!({ "job": JobView::from(&answer?) }))
+}
+
+/// `tree`: the supervision tree, from the root supervisor.
+async fn tree(ctx: &AdminCtx) -> Result<Value, ApiError> {
+    let root: ActorRef<SupervisorMsg> = ctx
+        .root
+        .get()
+        .ok_or_else(|| ApiError::internal("the root supervisor is not running"))?;
+    let tree = settle(
+        root.call(SupervisorMsg::Tree, Some(CALL_TIMEOUT)).await,
+        "root supervisor",
+    )?;
+    Ok(json!({ "tree": to_value(tree) }))
+}
+
+/// `pause` and `resume`.
+async fn set_paused(ctx: &AdminCtx, name: String, paused: bool) -> Result<Value, ApiError> {
+    Ok(pipeline(
+        call(ctx, |p| DispatcherMsg::SetPaused(name, paused, p)).await??,
+    ))
+}
+
+/// `stats`: the dispatcher's counts, and whether the journal takes new work (and why not).
+async fn stats(ctx: &AdminCtx) -> Result<Value, ApiError> {
+    let s = call(ctx, DispatcherMsg::Stats).await?;
+    let queues: serde_json::Map<String, Value> = s
+        .queues
+        .iter()
+        .map(|(n, q)| (n.clone(), to_value(q)))
+        .collect();
+    let journal = match ctx.journal.admit_writes() {
+        Ok(()) => json!({ "accepting_writes": true }),
+        Err(e) => json!({ "accepting_writes": false, "problem": e.to_string() }),
+    };
+    Ok(
+        json!({ "jobs": s.jobs, "totals": s.totals, "queues": queues, "journal": journal, "uptime_s": ctx.started.elapsed().as_secs() }),
+    )
+}
+
+/// `records`: stored pipeline records by key prefix, paged by key.
+fn records(ctx: &AdminCtx, r: crate::protocol::RecordsReq) -> Result<Value, ApiError> {
+    let limit = limit_or(r.limit, 100)?;
+    let records: Vec<Value> = ctx
+        .journal
+        .records(&r.prefix, r.after.as_deref(), limit)
+        .map_err(journal_err)?
+        .into_iter()
+        .map(|s| json!({ "key": s.key, "value": s.value, "updated_at": rfc3339_ms(s.updated_at) }))
+        .collect();
+    Ok(json!({ "records": records }))
+}
+
+/// `submit_workflow`: accepted once durable; withdrawn when it could not be made durable.
+async fn submit_workflow(
+    ctx: &AdminCtx,
+    w: crate::protocol::SubmitWorkflowReq,
+) -> Result<Value, ApiError> {
+    let spec = workflow_spec(w)?;
+    let (id, ids) = call(ctx, |p| DispatcherMsg::SubmitWorkflow(spec, p)).await??;
+    if let Err(e) = visible(ctx).await {
+        if let Some(d) = ctx.dispatcher.get() {
+            let _ = d.cast(DispatcherMsg::Withdraw(ids));
+        }
+        return Err(e);
+    }
+    Ok(json!({ "workflow_id": id, "job_ids": ids }))
+}
+
+/// `workflow`: its structure, its jobs and its status.
+fn workflow(ctx: &AdminCtx, id: uuid::Uuid) -> Result<Value, ApiError> {
+    let wf = ctx
+        .journal
+        .get_workflow(id)
+        .map_err(journal_err)?
+        .ok_or_else(|| ApiError::not_found(format!("workflow_id: no workflow with id {id}")))?;
+    let mut jobs = Vec::new();
+    for job in wf.jobs.iter().chain(wf.then.iter()) {
+        if let Some(rec) = ctx.journal.get(*job).map_err(journal_err)? {
+            jobs.push(rec);
+        }
+    }
+    let status = workflow_status(&jobs);
+    let views: Vec<JobView> = jobs
+        .iter()
+        .map(|j| JobView::from(j).with_progress(&ctx.progress))
+        .collect();
+    Ok(
+        json!({ "workflow": { "workflow_id": wf.id, "kind": wf.kind.as_str(), "status": status, "jobs": views } }),
+    )
+}
+
+/// `schedules`: each schedule's next and last fire.
+async fn schedules(ctx: &AdminCtx) -> Result<Value, ApiError> {
+    Ok(match &ctx.scheduler {
+        Some(link) => json!({ "schedules": to_value(crate::scheduler::list(link).await?) }),
+        None => json!({ "schedules": [] }),
     })
 }
 
