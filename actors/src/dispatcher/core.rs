@@ -238,16 +238,7 @@ impl DispatcherState {
     /// Validates, routes, dedups and journals a batch of submits; all or none.
     pub fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
         self.admission_open()?;
-        let batch = specs.len() > 1;
-        let mut routed = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            let at = if batch {
-                format!("jobs[{i}].job")
-            } else {
-                "job".to_string()
-            };
-            routed.push(self.route(&spec.name, &at)?);
-        }
+        let routed = self.route_submits(&specs)?;
         let fresh = specs
             .iter()
             .filter(|s| {
@@ -263,14 +254,16 @@ impl DispatcherState {
         let mut recs = Vec::with_capacity(specs.len());
         let mut batch_keys: HashMap<String, JobId> = HashMap::new();
         for (spec, (lane, priority)) in specs.into_iter().zip(routed) {
-            if let Some(k) = &spec.unique_key {
-                if let Some(&id) = self.unique.get(k).or_else(|| batch_keys.get(k)) {
-                    accepted.push(Accepted {
-                        job_id: id,
-                        deduplicated: true,
-                    });
-                    continue;
-                }
+            let known = spec
+                .unique_key
+                .as_ref()
+                .and_then(|k| self.unique.get(k).or_else(|| batch_keys.get(k)).copied());
+            if let Some(job_id) = known {
+                accepted.push(Accepted {
+                    job_id,
+                    deduplicated: true,
+                });
+                continue;
             }
             let priority = spec.priority.unwrap_or(priority);
             let new = NewJob {
@@ -281,22 +274,43 @@ impl DispatcherState {
                 workflow_id: None,
             };
             let mut rec = self.pending_record(new, now_ms);
-            let id = rec.id;
+            let job_id = rec.id;
             if let Some(k) = &rec.unique_key {
-                batch_keys.insert(k.clone(), id);
+                batch_keys.insert(k.clone(), job_id);
             }
-            let Some(c) = change(&mut rec, EventKind::Submitted, None) else {
-                return Err(ApiError::internal(format!(
-                    "cannot encode job {id}; nothing was accepted"
-                )));
-            };
-            changes.push(c);
+            changes.push(change(&mut rec, EventKind::Submitted, None).ok_or_else(|| {
+                ApiError::internal(format!("cannot encode job {job_id}; nothing was accepted"))
+            })?);
             recs.push(rec);
             accepted.push(Accepted {
-                job_id: id,
+                job_id,
                 deduplicated: false,
             });
         }
+        self.accept(changes, recs)?;
+        Ok(accepted)
+    }
+
+    /// The lane and route priority of each submit, naming the one at fault (`jobs[3].job` in a
+    /// batch).
+    fn route_submits(&self, specs: &[SubmitSpec]) -> Result<Vec<(usize, Priority)>, ApiError> {
+        let batch = specs.len() > 1;
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let at = if batch {
+                    format!("jobs[{i}].job")
+                } else {
+                    "job".to_string()
+                };
+                self.route(&spec.name, &at)
+            })
+            .collect()
+    }
+
+    /// Journals new jobs' records, then takes them into their queues.
+    fn accept(&mut self, changes: Vec<Change>, recs: Vec<JobRecord>) -> Result<(), ApiError> {
         // Earlier changes (kept after a failed write) must precede the submit in the journal.
         self.flush_journal()
             .and_then(|()| self.journal.write(&changes))
@@ -308,7 +322,7 @@ impl DispatcherState {
             self.admit(rec, lane, true);
         }
         self.pump_all();
-        Ok(accepted)
+        Ok(())
     }
 
     /// Whether new work may come in: not while draining, nor while the journal refuses writes.
