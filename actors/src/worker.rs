@@ -40,7 +40,7 @@ use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::link::Incarnation;
 use crate::supervisor::{spawn_child, ChildSpec, Replacement};
-use crate::tasks::{TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
+use crate::tasks::{SplitFn, TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -365,6 +365,8 @@ impl WorkerState {
         });
     }
 
+    /// Runs one ticket: a batch job's split right here, any other task as an attempt on a task
+    /// of its own, watched by this worker.
     fn run(&mut self, me: ActorRef<WorkerMsg>, t: Ticket) {
         let params = serde_json::from_str(&t.params).unwrap_or(serde_json::Value::Null);
         let (cancel, soft_limit) = (CancellationToken::new(), CancellationToken::new());
@@ -382,28 +384,60 @@ impl WorkerState {
             progress,
         };
         if let Some(split) = self.args.tasks.split(&t.name) {
-            // A batch job only names its children: that takes no I/O, so it runs right here
-            // and the worker is free again at once.
-            let started = Instant::now();
-            let msg = match split(&ctx) {
-                Ok(children) => DispatcherMsg::FanOut {
-                    pipeline: self.args.pipeline,
-                    worker: me,
-                    job_id: t.job_id,
-                    children,
-                },
-                Err(e) => DispatcherMsg::JobDone {
-                    pipeline: self.args.pipeline,
-                    worker: me,
-                    job_id: t.job_id,
-                    outcome: Err(e),
-                    elapsed: started.elapsed(),
-                    ready: true,
-                },
-            };
-            self.args.dispatcher.cast(msg);
-            return;
+            return self.run_split(split, me, &t, &ctx);
         }
+        let job_id = t.job_id;
+        let limits = self.args.limits.of(&t.name);
+        let route = Arc::new(Route::default());
+        let task = self.spawn_attempt(&me, t, ctx, ended, route.clone());
+        if let Some(soft) = limits.soft {
+            me.send_after(soft, move || WorkerMsg::SoftLimit(job_id));
+        }
+        if let Some(hard) = limits.hard {
+            me.send_after(hard, move || WorkerMsg::HardLimit(job_id, hard));
+        }
+        self.current = Some(Current {
+            job_id,
+            _task: AbortOnDrop(task.abort_handle()),
+            cancel: cancel_tx,
+            soft: soft_tx,
+            route,
+        });
+    }
+
+    /// A batch job only names its children: that takes no I/O, so it runs right here and the
+    /// worker is free again at once.
+    fn run_split(&self, split: &SplitFn, me: ActorRef<WorkerMsg>, t: &Ticket, ctx: &TaskCtx) {
+        let started = Instant::now();
+        let msg = match split(ctx) {
+            Ok(children) => DispatcherMsg::FanOut {
+                pipeline: self.args.pipeline,
+                worker: me,
+                job_id: t.job_id,
+                children,
+            },
+            Err(e) => DispatcherMsg::JobDone {
+                pipeline: self.args.pipeline,
+                worker: me,
+                job_id: t.job_id,
+                outcome: Err(e),
+                elapsed: started.elapsed(),
+                ready: true,
+            },
+        };
+        self.args.dispatcher.cast(msg);
+    }
+
+    /// Spawns the attempt's task: the body, its panic caught, its outcome reported straight to
+    /// the dispatcher on the hot path or through this worker when the worker must decide.
+    fn spawn_attempt(
+        &self,
+        me: &ActorRef<WorkerMsg>,
+        t: Ticket,
+        ctx: TaskCtx,
+        ended: AttemptEnd,
+        route: Arc<Route>,
+    ) -> tokio::task::JoinHandle<()> {
         let body = self.args.tasks.get(&t.name).cloned();
         // A root span: an attempt is never a child of whatever span is current here, so spans
         // cannot chain from one job to the next however long a backlog is.
@@ -411,12 +445,9 @@ impl WorkerState {
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
         let watched = self.args.limits.watched();
-        let limits = self.args.limits.of(&t.name);
         let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
         let task_me = me.clone();
-        let route = Arc::new(Route::default());
-        let task_route = route.clone();
-        let task = tokio::spawn(
+        tokio::spawn(
             async move {
                 let _ended = ended;
                 let started = Instant::now();
@@ -433,7 +464,7 @@ impl WorkerState {
                 let elapsed = started.elapsed();
                 match outcome {
                     // The hot path skips a hop through the worker's mailbox (see the module doc).
-                    Ok(outcome) if !watched && task_route.take_direct() => {
+                    Ok(outcome) if !watched && route.take_direct() => {
                         dispatcher.cast(DispatcherMsg::JobDone {
                             pipeline,
                             worker: task_me,
@@ -455,20 +486,7 @@ impl WorkerState {
                 }
             }
             .instrument(span),
-        );
-        if let Some(soft) = limits.soft {
-            me.send_after(soft, move || WorkerMsg::SoftLimit(job_id));
-        }
-        if let Some(hard) = limits.hard {
-            me.send_after(hard, move || WorkerMsg::HardLimit(job_id, hard));
-        }
-        self.current = Some(Current {
-            job_id,
-            _task: AbortOnDrop(task.abort_handle()),
-            cancel: cancel_tx,
-            soft: soft_tx,
-            route,
-        });
+        )
     }
 }
 
