@@ -34,6 +34,14 @@ bench:
 demo:
     cargo run --example demo
 
+# Screenshots of the web console's main pages on a demo workload (headless Chromium), into docs/.
+screenshots:
+    cargo test --test it -- --ignored --exact console::browser::screenshots --nocapture
+
+# The web console's page loads with a million finished jobs in the journal.
+bench-console:
+    cargo run --release -- bench --console
+
 # The soak test: the release binary at its default config, a million jobs twice across a kill -9.
 soak:
     cargo test --release --test soak -- --ignored --nocapture

@@ -17,6 +17,7 @@
 //!   plus 10,000 pending jobs, until the restarted node answers `ping` (see `history.rs`);
 //! - `exec_*_jobs_per_s`: trivial exec tasks on a node of their own (see `exec.rs`).
 
+pub mod console;
 pub mod exec;
 pub mod history;
 pub mod load;
@@ -42,6 +43,10 @@ pub struct BenchArgs {
     /// No-op jobs for the throughput run, and jobs queued on the paused pipeline for the drain.
     #[arg(long, default_value_t = 100_000)]
     pub jobs: usize,
+    /// Only the web console's page loads, with this many finished jobs in the journal
+    /// (default 1,000,000); see `bench/console.rs`.
+    #[arg(long, value_name = "JOBS", num_args = 0..=1, default_missing_value = "1000000")]
+    pub console: Option<usize>,
     /// Jobs per submit_batch.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -58,7 +63,11 @@ pub struct BenchArgs {
 
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: BenchArgs) -> ExitCode {
-    match measure(args).await {
+    let outcome = match args.console {
+        Some(jobs) => console_only(jobs).await,
+        None => measure(args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warden bench: {e}");
@@ -90,6 +99,13 @@ fn print_sample(when: &str, s: &Sample) {
 }
 
 /// The raw storage ceiling in entries/s, in `dir`.
+/// `--console`: the console's page loads alone.
+async fn console_only(jobs: usize) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    console::measure(&exe, dir.path(), jobs).await
+}
+
 async fn ceiling(dir: &Path, entries: usize) -> Result<f64, String> {
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -28,12 +28,14 @@ use warden_actors::args::{
 use warden_actors::job::Priority;
 use warden_actors::tasks::TaskSet;
 
+mod console;
 #[cfg(test)]
 mod defaults_test;
 mod extras;
 mod tasks;
 mod upstream;
 
+pub use self::console::ConsoleSection;
 pub use self::extras::{AlertsSection, ScheduleSection, UniverseSection};
 pub use self::tasks::TaskSection;
 pub use self::upstream::BreakerSection;
@@ -80,6 +82,9 @@ pub struct Config {
     /// `[log]`: log format and filter.
     #[serde(default)]
     pub log: LogSection,
+    /// `[console]`: the web console.
+    #[serde(default)]
+    pub console: ConsoleSection,
     /// `[jobs]`: queueing, retention and cancellation limits.
     #[serde(default)]
     pub jobs: JobsSection,
@@ -546,6 +551,7 @@ impl Config {
             routes: routes.collect(),
             schedules: extras::resolve_schedules(self.schedules, &self.universe),
             alerts: self.alerts.map(extras::resolve_alerts),
+            console: self.console.into_args(),
         })
     }
 
@@ -592,6 +598,8 @@ impl Config {
                 ),
             ));
         }
+
+        self.console.validate(admin.listen, self.metrics.listen)?;
 
         // Checked here so a typo is reported with its file and key, not when main.rs installs
         // the subscriber.

@@ -66,6 +66,7 @@ fn default_node_args(dir: &std::path::Path) -> warden_actors::args::NodeArgs {
     let mut cfg = Config::embedded_default();
     cfg.node.data_dir = dir.to_path_buf();
     cfg.admin.listen = "127.0.0.1:0".parse().expect("literal address");
+    cfg.console.listen = "127.0.0.1:0".parse().expect("literal address");
     cfg.into_args("spans test", &|_| None)
         .expect("default config")
 }

@@ -32,7 +32,8 @@ use crate::supervisor::{ChildSpec, SupervisorMsg};
 
 use self::slots::Slots;
 
-pub use self::commands::ShutdownRequest;
+pub(crate) use self::commands::{call, visible};
+pub use self::commands::{perform, ShutdownRequest};
 
 /// What every connection needs to serve commands.
 pub struct AdminCtx {

@@ -35,6 +35,22 @@ pub struct NodeArgs {
     pub schedules: Vec<ScheduleArgs>,
     /// Where alerts go, when configured.
     pub alerts: Option<AlertsArgs>,
+    /// The web console, when enabled.
+    pub console: Option<ConsoleArgs>,
+}
+
+/// The web console (`[console]`, docs/console.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleArgs {
+    /// Address to bind; port 0 picks a free one (tests).
+    pub listen: SocketAddr,
+    /// Hide and refuse every action: the console only shows.
+    pub read_only: bool,
+    /// How often pages refresh in place when JavaScript runs.
+    pub refresh: Duration,
+    /// Host names (besides IP literals and `localhost`) a request may name in its `Host`
+    /// header; any other is refused, so a DNS-rebinding page cannot reach the console.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What a schedule does about ticks missed while the node was down.

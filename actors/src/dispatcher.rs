@@ -34,7 +34,8 @@ use crate::worker::WorkerMsg;
 
 pub use self::core::DispatcherState;
 pub use self::views::{
-    Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, WorkersView,
+    Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
+    WorkersView,
 };
 pub use self::workflow::WorkflowSpec;
 
@@ -142,6 +143,12 @@ pub enum DispatcherMsg {
     Gauges,
     /// Counts for `stats`.
     Stats(RpcReplyPort<Stats>),
+    /// The transitions counted since start, alone: O(1), where `Stats` walks every live job
+    /// (the console samples it every second for its chart).
+    Totals(RpcReplyPort<Totals>),
+    /// The jobs on a worker now, by pipeline: O(workers), where a listing of running jobs
+    /// would walk the unfinished index (the console's overview).
+    Running(RpcReplyPort<Vec<(String, JobId)>>),
     /// Every pipeline's state.
     Pipelines(RpcReplyPort<Vec<PipelineView>>),
     /// Pause (true) or resume (false) a pipeline.
@@ -287,6 +294,12 @@ impl Actor for Dispatcher {
             }
             DispatcherMsg::Stats(reply) => {
                 let _ = reply.send(st.stats());
+            }
+            DispatcherMsg::Totals(reply) => {
+                let _ = reply.send(st.totals);
+            }
+            DispatcherMsg::Running(reply) => {
+                let _ = reply.send(st.running_jobs());
             }
             DispatcherMsg::Pipelines(reply) => {
                 let _ = reply.send(st.pipeline_views());

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod args;
 pub mod backoff;
 pub mod breaker;
+pub mod console;
 pub mod dispatcher;
 pub mod exec;
 pub mod gate;

@@ -62,6 +62,14 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The console's port could not be bound.
+    #[error("cannot listen on console address {addr}: {source}")]
+    ConsoleBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The arguments are inconsistent.
     #[error("{0}")]
     Invalid(String),
@@ -76,6 +84,7 @@ pub enum NodeError {
 /// A running node.
 pub struct Node {
     admin_addr: SocketAddr,
+    console_addr: Option<SocketAddr>,
     name: String,
     root: ActorRef<SupervisorMsg>,
     root_done: JoinHandle<()>,
@@ -117,6 +126,7 @@ impl Node {
             addr: args.admin.listen,
             source,
         })?;
+        let console_listener = crate::console::bind(args.console.as_ref())?;
 
         let dispatcher = DispatcherLink::default();
         // The webhook, when configured; everyone else holds a cheap handle that casts to it.
@@ -140,7 +150,7 @@ impl Node {
                 progress: progress.clone(),
             },
         };
-        let mut infos = Vec::new();
+        let mut infos: Vec<crate::dispatcher::PipelineInfo> = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
         for (i, p) in args.pipelines.iter().enumerate() {
             let a = crate::pipeline::assemble(i, p, &journal, &dispatcher, &alerter, &shared)
@@ -149,20 +159,25 @@ impl Node {
             pipeline_specs.push(a.spec);
         }
 
+        let served: Vec<(String, Vec<String>)> = infos
+            .iter()
+            .map(|i| (i.name.clone(), i.tasks.clone()))
+            .collect();
+        let admin_ctx = Arc::new(AdminCtx {
+            limits: args.admin.clone(),
+            journal: journal.clone(),
+            dispatcher: dispatcher.clone(),
+            root: root_link.clone(),
+            scheduler: (!args.schedules.is_empty()).then(|| scheduler.clone()),
+            node_name: args.name.clone(),
+            started: std::time::Instant::now(),
+            shutdown: shutdown_tx.clone(),
+            tasks: tasks.clone(),
+            progress,
+        });
         let admin = Arc::new(AdminSpec {
             listener: Arc::new(listener),
-            ctx: Arc::new(AdminCtx {
-                limits: args.admin.clone(),
-                journal: journal.clone(),
-                dispatcher: dispatcher.clone(),
-                root: root_link.clone(),
-                scheduler: (!args.schedules.is_empty()).then(|| scheduler.clone()),
-                node_name: args.name.clone(),
-                started: std::time::Instant::now(),
-                shutdown: shutdown_tx.clone(),
-                tasks: tasks.clone(),
-                progress,
-            }),
+            ctx: admin_ctx.clone(),
         });
         let dispatcher_spec = Arc::new(DispatcherSpec(DispatcherArgs {
             journal: journal.clone(),
@@ -174,8 +189,8 @@ impl Node {
             tasks: tasks.clone(),
         }));
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
-        // no worker keeps waiting on a dead dispatcher; the admin actor starts last, so a command
-        // never finds the dispatcher missing (the port is bound already: early clients wait in
+        // no worker keeps waiting on a dead dispatcher; the admin actor (then the console) starts last, so a
+        // command never finds the dispatcher missing (the port is bound already: early clients wait in
         // the listen backlog).
         let mut children: Vec<Arc<dyn ChildSpec>> = Vec::new();
         if let Some(spec) = alerts_spec {
@@ -194,6 +209,22 @@ impl Node {
             children.push(Arc::new(spec.map_err(NodeError::Invalid)?));
         }
         children.push(admin);
+        // Last: a client of the admin commands like any other.
+        let console_addr = match (console_listener, &args.console) {
+            (Some((listener, addr)), Some(console)) => {
+                children.push(Arc::new(crate::console::ConsoleSpec::new(
+                    listener,
+                    crate::console::ConsoleCtx::new(
+                        admin_ctx,
+                        console.clone(),
+                        served,
+                        args.schedules.clone(),
+                    ),
+                )));
+                Some(addr)
+            }
+            _ => None,
+        };
         let fatal_w = fatal.clone();
         let root_args = SupervisorArgs {
             path: "root".into(),
@@ -211,6 +242,7 @@ impl Node {
         info!(admin = %admin_addr, data_dir = %args.data_dir.display(), node = %args.name, "node started");
         Ok(Node {
             admin_addr,
+            console_addr,
             name: args.name,
             root,
             root_done,
@@ -227,6 +259,11 @@ impl Node {
     /// The admin port's address (useful with port 0).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The web console's address, when it is enabled (useful with port 0).
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// The node's name.

@@ -21,11 +21,13 @@ pub fn free_addr() -> Result<SocketAddr, String> {
         .map_err(|e| format!("no free loopback port: {e}"))
 }
 
-/// The embedded default config with `node.data_dir`, `admin.listen` and `metrics.listen` replaced.
+/// The embedded default config with `node.data_dir`, `admin.listen`, `metrics.listen` and
+/// `console.listen` replaced.
 pub fn default_config_with(
     data_dir: &Path,
     admin: SocketAddr,
     metrics: SocketAddr,
+    console: SocketAddr,
 ) -> Result<String, String> {
     let mut doc: toml::Table = DEFAULT_TOML
         .parse()
@@ -41,6 +43,7 @@ pub fn default_config_with(
     set("node", "data_dir", data_dir.display().to_string())?;
     set("admin", "listen", admin.to_string())?;
     set("metrics", "listen", metrics.to_string())?;
+    set("console", "listen", console.to_string())?;
     toml::to_string(&doc).map_err(|e| format!("writing the config: {e}"))
 }
 
@@ -83,6 +86,8 @@ pub struct NodeProcess {
     pub admin: SocketAddr,
     /// The Prometheus endpoint.
     pub metrics: SocketAddr,
+    /// The web console.
+    pub console: SocketAddr,
 }
 
 impl NodeProcess {
@@ -94,9 +99,9 @@ impl NodeProcess {
 
     /// [`NodeProcess::spawn`] with `extra` TOML (new sections only) appended to the config.
     pub fn spawn_with(exe: &Path, dir: &Path, extra: &str) -> Result<NodeProcess, String> {
-        let (admin, metrics) = (free_addr()?, free_addr()?);
+        let (admin, metrics, console) = (free_addr()?, free_addr()?, free_addr()?);
         let config = dir.join("node.toml");
-        let text = default_config_with(&dir.join("data"), admin, metrics)? + extra;
+        let text = default_config_with(&dir.join("data"), admin, metrics, console)? + extra;
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
         let log = dir.join("node.log");
         let child = start(exe, &config, &log)?;
@@ -107,6 +112,7 @@ impl NodeProcess {
             child,
             admin,
             metrics,
+            console,
         })
     }
 

@@ -195,3 +195,25 @@ fn examples_are_told_from_prose() {
     ));
     assert!(!is_example(""));
 }
+
+/// Ensures that `[console]` in default.toml spells out every key of the section with its
+/// default (destructured without `..`, so a new key does not compile here until it is shown).
+#[test]
+fn console_section_shows_every_key() {
+    let ConsoleSection {
+        enabled,
+        listen,
+        read_only,
+        refresh,
+        allowed_hosts,
+    } = Config::embedded_default().console;
+    assert!(enabled && !read_only && allowed_hosts.is_empty());
+    assert_eq!(listen, "127.0.0.1:7072".parse().unwrap());
+    assert_eq!(refresh, Duration::from_secs(3));
+    for key in ["enabled", "listen", "read_only", "refresh", "allowed_hosts"] {
+        assert!(
+            DEFAULT_TOML.contains(&format!("\n{key} = ")),
+            "config/default.toml: [console] does not show {key}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ async fn demo_node(fake: &FakeUpstream) -> TestNode {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
     let mut config = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    config.console.listen = "127.0.0.1:0".parse().unwrap();
     for (name, p) in config.pipelines.iter_mut() {
         if ["sec", "yahoo", "alphavantage"].contains(&name.as_str()) {
             p.base_url = Some(fake.base_url());

@@ -28,7 +28,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
     let path = dir.join("node.toml");
     let text = format!(
         "[node]\ndata_dir = {:?}\nshutdown_timeout = \"10s\"\n[admin]\nlisten = {admin:?}\n[metrics]\nlisten = {metrics:?}\n\
-         [log]\nlevel = \"warn\"\n[pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n",
+         [console]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n[pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n",
         dir.join("data").display().to_string()
     );
     std::fs::File::create(&path)

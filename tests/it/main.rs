@@ -40,3 +40,5 @@ mod exec;
 mod chain;
 // the Rust task API: examples/custom_task.rs on a node built with warden::Node::builder
 mod custom;
+// the web console over HTTP (pages, actions, CSRF, login, read-only) and in headless Chromium
+mod console;

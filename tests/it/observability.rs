@@ -88,7 +88,7 @@ impl NodeProcess {
         let config = format!(
             "[node]\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\
              [admin]\nlisten = {admin:?}\n{}\n\
-             [metrics]\nlisten = {metrics:?}\n{}",
+             [metrics]\nlisten = {metrics:?}\n[console]\nlisten = \"127.0.0.1:0\"\n{}",
             dir.path().join("data").display().to_string(),
             spec.token
                 .as_ref()

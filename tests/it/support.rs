@@ -70,6 +70,7 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         routes: vec![],
         schedules: vec![],
         alerts: None,
+        console: None,
     }
 }
 
@@ -114,6 +115,7 @@ pub fn add(a: &mut NodeArgs, name: &str, workers: usize, max_retries: u32, up: U
 /// A node running in this process.
 pub struct TestNode {
     addr: SocketAddr,
+    console: Option<SocketAddr>,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -145,12 +147,14 @@ impl TestNode {
         tweak(&mut args);
         let node = Node::start(args).await?;
         let addr = node.admin_addr();
+        let console = node.console_addr();
         let (tx, rx) = oneshot::channel();
         let run = tokio::spawn(node.run(async {
             let _ = rx.await;
         }));
         Ok(TestNode {
             addr,
+            console,
             dir: dir.to_path_buf(),
             _tmp: None,
             stop: Some(tx),
@@ -161,6 +165,11 @@ impl TestNode {
     /// The admin address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The web console's address, when the node serves one.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
     }
 
     /// The data dir.

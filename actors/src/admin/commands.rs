@@ -40,16 +40,7 @@ pub async fn execute(line: &[u8], ctx: &AdminCtx, peer: SocketAddr) -> String {
         Err(e) => Err(e),
         Ok(cmd) => match authorize(&cmd, req.token.as_deref(), ctx, peer, &cmd_name) {
             Err(e) => Err(e),
-            Ok(()) => {
-                let durable_first = cmd.shows_journaled_state();
-                let answer = run(cmd, ctx).await;
-                match answer {
-                    // Read first, then wait: every write the answer may show was made before
-                    // this call, so the commit it waits for covers it.
-                    Ok(_) if durable_first => visible(ctx).await.and(answer),
-                    _ => answer,
-                }
-            }
+            Ok(()) => perform(cmd, ctx).await,
         },
     };
     let label = if crate::protocol::COMMANDS.contains(&cmd_name.as_str()) {
@@ -70,8 +61,22 @@ pub async fn execute(line: &[u8], ctx: &AdminCtx, peer: SocketAddr) -> String {
     }
 }
 
+/// Executes an authorized command and answers its fields: what the admin port does for a line
+/// once it is parsed and its token checked. The web console calls this for every action it
+/// offers, so that a button and the command it mirrors share one code path.
+pub async fn perform(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
+    let durable_first = cmd.shows_journaled_state();
+    let answer = run(cmd, ctx).await;
+    match answer {
+        // Read first, then wait: every write the answer may show was made before this call, so
+        // the commit it waits for covers it.
+        Ok(_) if durable_first => visible(ctx).await.and(answer),
+        _ => answer,
+    }
+}
+
 /// Waits until everything written so far is durable.
-async fn visible(ctx: &AdminCtx) -> Result<(), ApiError> {
+pub(crate) async fn visible(ctx: &AdminCtx) -> Result<(), ApiError> {
     ctx.journal.durable().await.map_err(|e| {
         ApiError::new(
             crate::protocol::ErrorCode::StorageUnavailable,
@@ -112,7 +117,7 @@ fn authorize(
     ))
 }
 
-async fn call<T: Send + 'static>(
+pub(crate) async fn call<T: Send + 'static>(
     ctx: &AdminCtx,
     build: impl FnOnce(RpcReplyPort<T>) -> DispatcherMsg,
 ) -> Result<T, ApiError> {

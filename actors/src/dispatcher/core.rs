@@ -852,6 +852,14 @@ impl DispatcherState {
         }
     }
 
+    /// The jobs on a worker now, with their pipeline's name.
+    pub fn running_jobs(&self) -> Vec<(String, JobId)> {
+        self.lanes
+            .iter()
+            .flat_map(|l| l.running.values().map(|id| (l.info.name.clone(), *id)))
+            .collect()
+    }
+
     /// Every pipeline's state.
     pub fn pipeline_views(&self) -> Vec<PipelineView> {
         (0..self.lanes.len()).map(|i| self.view(i)).collect()
