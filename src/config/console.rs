@@ -95,3 +95,61 @@ impl ConsoleSection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(text: &str) -> String {
+        Config::from_str(text, "c.toml").unwrap_err().to_string()
+    }
+
+    /// Ensures that the console is on by default, off with `enabled = false`, and carries its
+    /// keys into the node's arguments.
+    #[test]
+    fn console_args_follow_the_section() {
+        let on = Config::from_str("", "c.toml")
+            .unwrap()
+            .into_args("c", &|_| None)
+            .unwrap();
+        let console = on.console.expect("enabled by default");
+        assert_eq!(console.listen, "127.0.0.1:7072".parse().unwrap());
+        let off = Config::from_str("[console]\nenabled = false\n", "c.toml").unwrap();
+        assert!(off.into_args("c", &|_| None).unwrap().console.is_none());
+        let ro = "[console]\nread_only = true\nallowed_hosts = [\"warden.internal\"]\n";
+        let ro = Config::from_str(ro, "c.toml")
+            .unwrap()
+            .into_args("c", &|_| None)
+            .unwrap();
+        let ro = ro.console.unwrap();
+        assert!(ro.read_only && ro.allowed_hosts == ["warden.internal"]);
+    }
+
+    /// Ensures that a clashing port, a too-quick refresh and a host with a port are named.
+    #[test]
+    fn bad_console_keys_are_named() {
+        let e = err("[console]\nlisten = \"127.0.0.1:7070\"\n");
+        assert!(
+            e.contains("console.listen") && e.contains("admin.listen"),
+            "{e}"
+        );
+        let e = err("[console]\nlisten = \"0.0.0.0:9464\"\n");
+        assert!(
+            e.contains("console.listen") && e.contains("metrics.listen"),
+            "{e}"
+        );
+        let e = err("[console]\nrefresh = \"100ms\"\n");
+        assert!(
+            e.contains("console.refresh") && e.contains("at least 500ms"),
+            "{e}"
+        );
+        let e = err("[console]\nallowed_hosts = [\"warden.internal:7072\"]\n");
+        assert!(e.contains("console.allowed_hosts"), "{e}");
+        // Disabled, its port clashes with nothing.
+        Config::from_str(
+            "[console]\nenabled = false\nlisten = \"127.0.0.1:7070\"\n",
+            "c.toml",
+        )
+        .unwrap();
+    }
+}

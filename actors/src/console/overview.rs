@@ -17,8 +17,9 @@ use crate::dispatcher::{DispatcherMsg, Stats};
 use crate::job::JobRecord;
 use crate::protocol::ApiError;
 
-/// Seconds the chart shows.
+/// Seconds the chart shows at most, and at least (a node up for less shows what it has).
 const CHART_SECONDS: usize = 300;
+const CHART_MIN_SECONDS: usize = 60;
 /// Running jobs listed at most.
 const RUNNING_SHOWN: usize = 50;
 
@@ -39,7 +40,11 @@ pub(super) async fn page(
         Err(e) => return layout::error_page(&e),
     };
     let now = chrono::Utc::now().timestamp();
-    let seconds = ctx.rate.last(CHART_SECONDS, now);
+    let span = ctx
+        .rate
+        .sampled(now)
+        .clamp(CHART_MIN_SECONDS, CHART_SECONDS);
+    let seconds = ctx.rate.last(span, now);
     let live = html! {
         (cards(&ctx, &snap, &seconds))
         (chart(&seconds))
@@ -128,9 +133,12 @@ fn chart(seconds: &[Second]) -> Markup {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let minutes = seconds.len() / 60;
+    let span = match seconds.len() {
+        n if n < 120 => format!("{n} seconds"),
+        n => format!("{} minutes", n / 60),
+    };
     html! {
-        h2 { "Jobs per second, last " (minutes) " minutes" }
+        h2 { "Jobs per second, last " (span) }
         div.chart {
             svg viewBox=(format!("0 0 {w} {h}")) preserveAspectRatio="none" role="img" aria-label="jobs succeeded and failed per second" {
                 line x1="0" y1=(h - 0.5) x2=(w) y2=(h - 0.5) stroke="#dde1e8" {}

@@ -72,6 +72,14 @@ impl Throughput {
         }
     }
 
+    /// Seconds from the first sample to Unix second `now` (0 before any).
+    pub fn sampled(&self, now: i64) -> usize {
+        let ring = self.lock();
+        ring.seconds
+            .front()
+            .map_or(0, |s| (now - s.at + 1).max(0) as usize)
+    }
+
     /// The last `n` seconds up to Unix second `now`, oldest first, zero where nothing was
     /// sampled.
     pub fn last(&self, n: usize, now: i64) -> Vec<Second> {

@@ -13,7 +13,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use super::web::{console_node, workload};
-use crate::support::{eventually, finished, submit, TestNode};
+use crate::fakes::{FakeUpstream, COMPANIES};
+use crate::support::{add, eventually, finished, req, submit, upstream, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -199,8 +200,17 @@ async fn screenshots() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs"));
     let driver = Driver::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let node = console_node(tmp.path(), |_| {}).await;
+    let fake = FakeUpstream::start().await;
+    let node = console_node(tmp.path(), |a| {
+        add(a, "sec", 2, 2, upstream(&fake, "5/s, 200/m"))
+    })
+    .await;
     let w = workload(&node).await;
+    let mut c = node.client().await;
+    let tickers: Vec<&str> = COMPANIES.iter().take(12).map(|c| c.ticker).collect();
+    let batch =
+        json!({"cmd": "submit", "job": "sec.batch_filings", "params": {"tickers": tickers}});
+    assert_eq!(req(&mut c, batch).await["ok"], true);
     demo_traffic(&node).await;
     let b = driver.browser().await;
     let pages = [
