@@ -16,7 +16,7 @@ use crate::journal::{JournalError, ListFilter};
 use crate::protocol::ApiError;
 
 /// Records one request examines at most when a filter needs reading them (params substring).
-pub const EXAMINE_BUDGET: usize = 5_000;
+pub const EXAMINE_BUDGET: usize = 2_000;
 /// Candidates read from the index per call while filtering.
 const CHUNK: usize = 500;
 /// Jobs per page.
