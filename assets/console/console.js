@@ -16,7 +16,9 @@
       .then(function (text) {
         if (text === null) return;
         var next = new DOMParser().parseFromString(text, "text/html").getElementById("live");
-        if (!next) return;
+        // Unchanged content is left alone, so a selection, a hover or a button about to be
+        // pressed survives the tick.
+        if (!next || next.innerHTML === live.innerHTML) return;
         live.replaceChildren.apply(live, Array.prototype.slice.call(next.childNodes));
         document.body.setAttribute("data-refreshed-at", String(Date.now()));
       })

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::info;
 
 use super::session::{self, Flash, Session};
 use super::ConsoleCtx;
@@ -26,26 +27,31 @@ pub(super) struct ActionForm {
     pub back: Option<String>,
 }
 
-/// Runs `cmd` for `form` as the admin port would; `done` words the success.
+/// Runs `cmd` for `form` as the admin port would; `done` words the success. `what` names the
+/// action in the log line every action leaves (an audit trail of the console's buttons).
 async fn act(
     ctx: &ConsoleCtx,
     session: &Session,
     form: &ActionForm,
+    what: String,
     cmd: Result<Command, ApiError>,
     done: impl FnOnce(&Value) -> String,
 ) -> Response {
     if let Some(refused) = session::refuse_action(ctx, session, &form.csrf) {
         return refused;
     }
-    let flash = match cmd {
-        Err(e) => failed(&e),
-        Ok(cmd) => match crate::admin::perform(cmd, &ctx.admin).await {
-            Ok(answer) => Flash {
-                error: false,
-                text: done(&answer),
-            },
-            Err(e) => failed(&e),
+    let outcome = match cmd {
+        Err(e) => Err(e),
+        Ok(cmd) => crate::admin::perform(cmd, &ctx.admin).await,
+    };
+    let code = outcome.as_ref().err().map_or("ok", |e| e.code.as_str());
+    info!(actor = "root/console", action = %what, outcome = code, "console action");
+    let flash = match outcome {
+        Ok(answer) => Flash {
+            error: false,
+            text: done(&answer),
         },
+        Err(e) => failed(&e),
     };
     ctx.sessions.flash(&session.id, flash);
     Redirect::to(&session::local_path(form.back.as_deref())).into_response()
@@ -71,7 +77,7 @@ pub(super) async fn retry(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let cmd = job_id(&id).map(|job_id| Command::Retry(JobIdReq { job_id }));
-    act(&ctx, &session, &form, cmd, |_| {
+    act(&ctx, &session, &form, format!("retry {id}"), cmd, |_| {
         format!("Job {id} is queued again.")
     })
     .await
@@ -85,7 +91,7 @@ pub(super) async fn cancel(
     Form(form): Form<ActionForm>,
 ) -> Response {
     let cmd = job_id(&id).map(|job_id| Command::Cancel(JobIdReq { job_id }));
-    act(&ctx, &session, &form, cmd, |_| {
+    act(&ctx, &session, &form, format!("cancel {id}"), cmd, |_| {
         format!("Job {id} is cancelled.")
     })
     .await
@@ -101,7 +107,7 @@ pub(super) async fn pause(
     let cmd = Ok(Command::Pause(PipelineReq {
         pipeline: name.clone(),
     }));
-    act(&ctx, &session, &form, cmd, |_| {
+    act(&ctx, &session, &form, format!("pause {name}"), cmd, |_| {
         format!("Pipeline {name} is paused: its workers take no new jobs.")
     })
     .await
@@ -117,7 +123,7 @@ pub(super) async fn resume(
     let cmd = Ok(Command::Resume(PipelineReq {
         pipeline: name.clone(),
     }));
-    act(&ctx, &session, &form, cmd, |_| {
+    act(&ctx, &session, &form, format!("resume {name}"), cmd, |_| {
         format!("Pipeline {name} is running again.")
     })
     .await
@@ -144,9 +150,16 @@ pub(super) async fn run_schedule(
             })
         })
         .ok_or_else(|| ApiError::not_found(format!("no schedule named {name:?}")));
-    act(&ctx, &session, &form, cmd, |a| {
-        let id = a["job_id"].as_str().unwrap_or("?");
-        format!("Schedule {name} ran now: job {id}.")
-    })
+    act(
+        &ctx,
+        &session,
+        &form,
+        format!("run schedule {name}"),
+        cmd,
+        |a| {
+            let id = a["job_id"].as_str().unwrap_or("?");
+            format!("Schedule {name} ran now: job {id}.")
+        },
+    )
     .await
 }

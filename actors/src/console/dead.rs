@@ -11,6 +11,7 @@ use axum::{Extension, Form};
 use futures::StreamExt;
 use maud::html;
 use serde::Deserialize;
+use tracing::info;
 
 use super::layout;
 use super::search::{self, FilterQuery};
@@ -140,13 +141,11 @@ pub(super) async fn retry_all(
         return refused;
     }
     let back = format!("/dead?{}", form.filters);
-    let flash = match run(&ctx, &form).await {
-        Ok(flash) => flash,
-        Err(e) => Flash {
-            error: true,
-            text: format!("{}: {}", e.code.as_str(), e.message),
-        },
-    };
+    let flash = run(&ctx, &form).await.unwrap_or_else(|e| Flash {
+        error: true,
+        text: format!("{}: {}", e.code.as_str(), e.message),
+    });
+    info!(actor = "root/console", action = "retry all", filters = %form.filters, outcome = %flash.text, "console action");
     ctx.sessions.flash(&session.id, flash);
     Redirect::to(&back).into_response()
 }

@@ -108,24 +108,21 @@ async fn click_through_to_a_dead_job_and_retry_it() {
         .await
         .unwrap();
     let row = format!("tr[data-job='{}'] a.id", w.dead);
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(&row))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    eventually("the dead job's link to be followed", WAIT, || async {
+        let link = b.find(Locator::Css(&row)).await.ok()?;
+        link.click().await.ok()
+    })
+    .await;
     let status = "dl.kv .status";
     assert_eq!(text(&b, status).await.as_deref(), Some("failed"));
 
     std::fs::write(tmp.path().join("ok"), "").unwrap();
-    b.find(Locator::Css("button.act.retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    // The region refreshes in place, so an element found may be replaced before the click.
+    eventually("the retry button to be pressed", WAIT, || async {
+        let button = b.find(Locator::Css("button.act.retry")).await.ok()?;
+        button.click().await.ok()
+    })
+    .await;
     b.wait()
         .at_most(WAIT)
         .for_element(Locator::Css("p.flash.ok"))
