@@ -408,3 +408,55 @@ async fn foreign_host_names_are_refused() {
         );
     }
 }
+
+/// Ensures that the jobs list is newest first, 50 a page, and that "Older" continues exactly
+/// where the page ended, keeping the filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_paged_newest_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = console_node(tmp.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let jobs: Vec<serde_json::Value> = (0..60)
+        .map(|i| json!({"job": "builtin.noop", "params": {"n": i}}))
+        .collect();
+    let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+    let ids: Vec<String> = a["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        finished(&mut c, id, WAIT).await;
+    }
+    let mut web = Web::new(&node);
+    let first = web.get("/jobs?name=builtin.noop").await;
+    let shown = |body: &str| ids.iter().filter(|id| body.contains(id.as_str())).count();
+    assert_eq!(shown(&first.body), 50);
+    assert!(
+        first.body.find(&ids[59]).unwrap() < first.body.find(&ids[10]).unwrap(),
+        "newest first"
+    );
+    assert!(!first.body.contains(&ids[9]));
+    let at = first
+        .body
+        .find("class=\"older\" href=\"")
+        .expect("an Older link")
+        + 20;
+    let older = first.body[at..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(
+        older.contains("name=builtin.noop") && older.contains(&format!("before={}", ids[10])),
+        "{older}"
+    );
+    let second = web.get(&older).await;
+    assert_eq!(shown(&second.body), 10);
+    assert!(second.body.contains(&ids[0]) && !second.body.contains(&ids[10]));
+    assert!(
+        !second.body.contains("class=\"older\""),
+        "no page after the last"
+    );
+}

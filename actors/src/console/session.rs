@@ -159,7 +159,7 @@ fn set_cookie(resp: &mut Response, id: &str) {
 
 /// Whether the request's `Host` names this console: an IP literal, `localhost`, or one of
 /// `[console] allowed_hosts`. A name a DNS-rebinding page made resolve to loopback is none.
-fn host_allowed(ctx: &ConsoleCtx, headers: &HeaderMap) -> bool {
+fn host_allowed(allowed_hosts: &[String], headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -169,11 +169,7 @@ fn host_allowed(ctx: &ConsoleCtx, headers: &HeaderMap) -> bool {
     };
     name.parse::<IpAddr>().is_ok()
         || name.eq_ignore_ascii_case("localhost")
-        || ctx
-            .args
-            .allowed_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
+        || allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether a browser says the request came from another site (`Sec-Fetch-Site`); requests
@@ -193,7 +189,7 @@ pub(super) async fn guard(
     next: Next,
 ) -> Response {
     let headers = req.headers();
-    if !host_allowed(&ctx, headers) {
+    if !host_allowed(&ctx.args.allowed_hosts, headers) {
         return (
             StatusCode::FORBIDDEN,
             "this Host is not allowed: add it to [console] allowed_hosts",
@@ -366,6 +362,35 @@ mod tests {
         );
         assert_eq!(cookie(&h, COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
+    }
+
+    /// Ensures that the Host check takes IP literals, localhost and the listed names, with or
+    /// without a port, and nothing else.
+    #[test]
+    fn host_check_takes_literals_and_listed_names() {
+        let listed = vec!["Warden.Internal".to_string()];
+        let with = |host: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            host_allowed(&listed, &h)
+        };
+        for ok in [
+            "127.0.0.1:7072",
+            "[::1]:7072",
+            "localhost",
+            "warden.internal:80",
+            "10.0.0.5",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "127.0.0.1.evil.example:7072",
+            "localhost.evil",
+        ] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(!host_allowed(&listed, &HeaderMap::new()), "no Host at all");
     }
 
     /// Ensures that a full store drops an anonymous session before a logged-in one.
