@@ -460,3 +460,27 @@ async fn jobs_are_paged_newest_first() {
         "no page after the last"
     );
 }
+
+/// Ensures that an upstream pipeline's row shows each rate-limit window with its fill and the
+/// breaker's state, once the pipeline has made requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_show_rate_limits_and_breakers() {
+    let fake = crate::fakes::FakeUpstream::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = console_node(tmp.path(), |a| {
+        crate::support::add(
+            a,
+            "sec",
+            1,
+            1,
+            crate::support::upstream(&fake, "5/s, 200/m"),
+        )
+    })
+    .await;
+    let mut c = node.client().await;
+    let id = submit(&mut c, "sec.filings", json!({"ticker": "IBM"})).await;
+    assert_eq!(finished(&mut c, &id, WAIT).await["status"], "succeeded");
+    let mut web = Web::new(&node);
+    let page = web.get("/pipelines").await;
+    page.shows(&["data-pipeline=\"sec\"", " / 5/s", " / 200/m", "closed"]);
+}
