@@ -22,6 +22,7 @@ pub mod exec;
 pub mod history;
 pub mod load;
 pub mod process;
+pub mod sink;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ mod follow;
 mod render;
 mod request;
 mod session;
+mod sinks;
 
 use std::process::ExitCode;
 
@@ -118,14 +119,35 @@ pub enum ClientCommand {
         /// The key prefix, e.g. `sec/filings/` (default: every record).
         #[arg(long, default_value = "")]
         prefix: String,
+        /// `postgres`: ship the records to the node's PostgreSQL sink instead of stdout (the
+        /// same as `warden sinks backfill`).
+        #[arg(long, value_parser = ["postgres"])]
+        to: Option<String>,
     },
     /// Cron schedules and their next runs.
     Schedules,
+    /// The sinks (PostgreSQL): state, backlog, rows written, the last error in words.
+    Sinks {
+        #[command(subcommand)]
+        action: Option<SinksAction>,
+    },
     /// Ask the node to stop: it drains running jobs, flushes the journal and exits.
     Shutdown {
         /// Stop without letting running jobs finish.
         #[arg(long)]
         no_drain: bool,
+    },
+}
+
+/// `warden sinks` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SinksAction {
+    /// Ship the records already stored (for a sink turned on after they were): enqueue every
+    /// record under the prefix; `warden sinks` then shows the backlog draining.
+    Backfill {
+        /// The key prefix, e.g. `sec/` (default: every record).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
 }
 
@@ -206,7 +228,7 @@ async fn execute(cmd: ClientCommand, opts: &ClientOpts) -> Result<(), Failure> {
     let mut session = Session::connect(opts).await?;
     match cmd {
         ClientCommand::Submit(args) => follow::submit(&mut session, &req, args.wait).await,
-        ClientCommand::Export { .. } => export::run(&mut session, req).await,
+        ClientCommand::Export { to: None, .. } => export::run(&mut session, req).await,
         other => session.show(&req, render::for_command(&other)).await,
     }
 }

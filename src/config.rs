@@ -32,11 +32,13 @@ mod console;
 #[cfg(test)]
 mod defaults_test;
 mod extras;
+mod sinks;
 mod tasks;
 mod upstream;
 
 pub use self::console::ConsoleSection;
 pub use self::extras::{AlertsSection, ScheduleSection, UniverseSection};
+pub use self::sinks::{PostgresSinkSection, SinksSection};
 pub use self::tasks::TaskSection;
 pub use self::upstream::BreakerSection;
 use self::upstream::UpstreamKeys;
@@ -100,6 +102,9 @@ pub struct Config {
     /// `[alerts]`: the alert webhook, when set.
     #[serde(default)]
     pub alerts: Option<AlertsSection>,
+    /// `[sinks.postgres]`: records shipped to PostgreSQL, when set.
+    #[serde(default)]
+    pub sinks: SinksSection,
     /// `[pipelines.<name>]`: the pipelines to start; always holds `builtin` after parsing.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineSection>,
@@ -552,6 +557,7 @@ impl Config {
             schedules: extras::resolve_schedules(self.schedules, &self.universe),
             alerts: self.alerts.map(extras::resolve_alerts),
             console: self.console.into_args(),
+            sink: sinks::resolve(self.sinks, env).map_err(invalid)?,
         })
     }
 
@@ -636,6 +642,7 @@ impl Config {
         if let Some(alerts) = &self.alerts {
             extras::validate_alerts(alerts)?;
         }
+        sinks::validate(&self.sinks)?;
 
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(why) = glob_problem(&route.pattern) {

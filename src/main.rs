@@ -39,6 +39,9 @@ enum Command {
     /// Measure throughput, latency, drain speed and memory of a `warden node` child process
     /// (default config, temp dir) against the raw storage ceiling.
     Bench(bench::BenchArgs),
+    /// Measure the PostgreSQL sink: rows/s shipping a backlog of records from a `warden node`
+    /// child process, beside multi-row INSERT and COPY of the same rows (the ceiling).
+    BenchSink(bench::sink::SinkBenchArgs),
     /// Verify a stopped node's data dir offline: watermark, every record, the indexes. Exits 1
     /// on any problem.
     Check {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node { config } => rt.block_on(run_node(config)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::BenchSink(args) => rt.block_on(bench::sink::run(args)),
         Command::Check { data_dir } => warden::cli::check(&data_dir),
         Command::Client(cmd) => rt.block_on(warden::cli::run(cmd, cli.client)),
     }

@@ -124,6 +124,8 @@ pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
         (m::QUEUE_WAIT, DURATION_BUCKETS),
         (m::RATE_LIMITER_WAIT, LIMITER_WAIT_BUCKETS),
         (m::UPSTREAM_DURATION, UPSTREAM_BUCKETS),
+        // A batch into PostgreSQL: a few milliseconds to the statement timeout.
+        (m::SINK_FLUSH, UPSTREAM_BUCKETS),
         (m::JOURNAL_FSYNC, FSYNC_BUCKETS),
         (m::JOURNAL_BATCH, BATCH_BUCKETS),
     ] {

@@ -57,6 +57,8 @@ pub struct AdminCtx {
     pub tasks: tokio_util::task::TaskTracker,
     /// Running and recently ended jobs' progress, shown in job objects.
     pub progress: crate::progress::ProgressBoard,
+    /// The PostgreSQL sink, for `sinks` and `sink_backfill`; `None` when not configured.
+    pub sink: Option<crate::sink::SinkSpec>,
 }
 
 /// The admin actor (stateless shell).

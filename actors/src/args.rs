@@ -37,6 +37,8 @@ pub struct NodeArgs {
     pub alerts: Option<AlertsArgs>,
     /// The web console, when enabled.
     pub console: Option<ConsoleArgs>,
+    /// Where records are shipped besides the journal (`[sinks.postgres]`), when configured.
+    pub sink: Option<PostgresSinkArgs>,
 }
 
 /// The web console (`[console]`, docs/console.md).
@@ -51,6 +53,38 @@ pub struct ConsoleArgs {
     /// Host names (besides IP literals and `localhost`) a request may name in its `Host`
     /// header; any other is refused, so a DNS-rebinding page cannot reach the console.
     pub allowed_hosts: Vec<String>,
+}
+
+/// `[sinks.postgres]`: the PostgreSQL sink (`crate::sink`). `Debug` never shows the URL, which
+/// may hold a password.
+#[derive(Clone, PartialEq)]
+pub struct PostgresSinkArgs {
+    /// The connection URL or key=value string (`postgres://user:pass@host:5432/db`).
+    pub url: String,
+    /// The schema the tables live in, created when missing; a plain lower-case identifier.
+    pub schema: String,
+    /// Outbox entries shipped per transaction.
+    pub batch: usize,
+    /// How often an idle sink looks for new records (the longest a record waits when
+    /// PostgreSQL is up and the backlog is small).
+    pub flush_every: Duration,
+    /// The longest wait between two tries while PostgreSQL is unreachable.
+    pub max_backoff: Duration,
+    /// Connecting, and any one statement, may take this long before the try fails.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresSinkArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSinkArgs")
+            .field("url", &"***")
+            .field("schema", &self.schema)
+            .field("batch", &self.batch)
+            .field("flush_every", &self.flush_every)
+            .field("max_backoff", &self.max_backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What a schedule does about ticks missed while the node was down.

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! One [`sled::Db`] in the data dir with three trees:
+//! One [`sled::Db`] in the data dir with four trees:
 //!
 //! - `jobs` holds one entry per job: `b'j' ++ id(16)` → `[version][status byte][bincode(JobRecord)]`.
 //!   The record carries its own history (`JobRecord::history`), so one transition is one record
@@ -15,6 +15,8 @@
 //! - `records` holds pipeline output: `key` → `[version][updated_at i64 BE][JSON text]`.
 //! - `meta` holds small node state: `key` → `[version][bytes]`, among them the journal's own
 //!   `index_version` and `commit_seq`.
+//! - `outbox` holds the records still to ship to a sink: `seq(8, BE)` → record key, written in
+//!   the same sled transaction as the record while a sink is configured ([`outbox`]).
 //!
 //! Every value starts with [`FORMAT_VERSION`]; an unknown version is reported as
 //! [`JournalError::Corrupt`] naming the key rather than being misread. Job ids are UUID v7, so
@@ -83,9 +85,12 @@ use tokio::sync::oneshot;
 
 use crate::job::{now_ms, JobEvent, JobId, JobRecord, JobStatus, WorkflowRecord};
 
+pub use self::outbox::{Cursor as OutboxCursor, OutboxItem};
+
 pub mod check;
 mod head;
 mod index;
+mod outbox;
 mod space;
 #[cfg(test)]
 mod store_tests;
@@ -354,6 +359,8 @@ struct Inner {
     jobs: sled::Tree,
     records: sled::Tree,
     meta: sled::Tree,
+    /// Records still to ship to a sink (`outbox.rs`).
+    outbox: outbox::Outbox,
     committer: Arc<Committer>,
     /// Waiters for the commit thread, also watched by the watchdog thread.
     queue: Arc<Queue>,
@@ -601,6 +608,7 @@ impl Journal {
             jobs,
             records,
             meta,
+            outbox,
             seq,
         } = open_checked(dir, options.cache_bytes)?;
         ensure_indexes(dir, &jobs, &meta)?;
@@ -645,6 +653,7 @@ impl Journal {
                 jobs,
                 records,
                 meta,
+                outbox: outbox::Outbox::new(outbox),
                 committer,
                 queue,
                 commit_thread: Some(commit_thread),
@@ -997,6 +1006,9 @@ impl Journal {
             what: format!("record {key:?}"),
             detail: e.to_string(),
         })?;
+        if self.inner.outbox.enabled() {
+            return self.put_record_outboxed(key, &json);
+        }
         let sled_err = |source| JournalError::Sled {
             what: format!("storing record {key:?}"),
             source,
@@ -1287,6 +1299,7 @@ struct Opened {
     jobs: sled::Tree,
     records: sled::Tree,
     meta: sled::Tree,
+    outbox: sled::Tree,
     /// The sequence of the last commit, as far as both sled and the watermark know.
     seq: u64,
 }
@@ -1358,6 +1371,7 @@ fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
     let meta = opened.tree("meta")?;
     let jobs = opened.tree("jobs")?;
     let records = opened.tree("records")?;
+    let outbox = opened.tree(outbox::TREE)?;
     // sled may just have created `db`, `blobs/` and `conf`: make their entries durable.
     sync_dir(dir)?;
     Ok(Opened {
@@ -1367,6 +1381,7 @@ fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
         jobs,
         records,
         meta,
+        outbox,
     })
 }
 

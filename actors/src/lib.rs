@@ -24,6 +24,7 @@ pub mod protocol;
 pub mod queue;
 pub mod routing;
 pub mod scheduler;
+pub mod sink;
 pub mod sources;
 pub mod supervisor;
 pub mod tasks;

@@ -57,6 +57,14 @@ pub const SCHEDULE_FIRES: &str = "warden_schedule_fires_total";
 /// Alerts, by `kind` (dead_letter, breaker_open) and `outcome` (sent, dropped_queue_full,
 /// dropped_failed, dropped_down).
 pub const ALERTS: &str = "warden_alerts_total";
+/// Records waiting in the sink's outbox to be shipped to PostgreSQL.
+pub const SINK_BACKLOG: &str = "warden_sink_backlog";
+/// Rows the PostgreSQL sink inserted or changed, by `table`.
+pub const SINK_ROWS: &str = "warden_sink_rows_total";
+/// Failed tries of the PostgreSQL sink, by `kind` (unavailable, rejected, schema, journal).
+pub const SINK_ERRORS: &str = "warden_sink_errors_total";
+/// Time to write one batch into PostgreSQL (one transaction).
+pub const SINK_FLUSH: &str = "warden_sink_flush_seconds";
 /// Always 1, labelled with `version`.
 pub const BUILD_INFO: &str = "warden_build_info";
 /// Seconds since the node started.
@@ -91,6 +99,10 @@ pub const ALL: &[&str] = &[
     ADMIN_REQUESTS,
     SCHEDULE_FIRES,
     ALERTS,
+    SINK_BACKLOG,
+    SINK_ROWS,
+    SINK_ERRORS,
+    SINK_FLUSH,
     BUILD_INFO,
     UPTIME,
 ];
@@ -191,6 +203,23 @@ pub fn describe_all() {
         ALERTS,
         "Alerts, by kind (dead_letter, breaker_open) and outcome \
          (sent, dropped_queue_full, dropped_failed, dropped_down)."
+    );
+    describe_gauge!(
+        SINK_BACKLOG,
+        "Records waiting in the sink's outbox to be shipped to PostgreSQL."
+    );
+    describe_counter!(
+        SINK_ROWS,
+        "Rows the PostgreSQL sink inserted or changed, by table."
+    );
+    describe_counter!(
+        SINK_ERRORS,
+        "Failed tries of the PostgreSQL sink, by kind (unavailable, rejected, schema, journal)."
+    );
+    describe_histogram!(
+        SINK_FLUSH,
+        Unit::Seconds,
+        "Time to write one batch into PostgreSQL (one transaction)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the node started.");

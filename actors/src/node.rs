@@ -29,6 +29,7 @@ use crate::link::Link;
 use crate::progress::ProgressBoard;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
+use crate::sink::SinkSpec;
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::tasks::{Records, TaskEnv};
 use tokio_util::task::TaskTracker;
@@ -136,6 +137,13 @@ impl Node {
             .map(|a| AlertsSpec::new(a, args.name.clone()));
         let alerter = alerts.as_ref().map_or_else(Alerter::none, |s| s.alerter());
         let alerts_spec = alerts.map(|s| s as Arc<dyn ChildSpec>);
+        // Before anything runs, so that no record is stored without its outbox entry.
+        let sink = args
+            .sink
+            .clone()
+            .map(|s| SinkSpec::new(s, journal.clone()))
+            .transpose()
+            .map_err(NodeError::Invalid)?;
         let scheduler = SchedulerLink::default();
         let tasks = TaskTracker::new();
         let root_link: Link<SupervisorMsg> = Link::default();
@@ -174,6 +182,7 @@ impl Node {
             shutdown: shutdown_tx.clone(),
             tasks: tasks.clone(),
             progress,
+            sink: sink.clone(),
         });
         let admin = Arc::new(AdminSpec {
             listener: Arc::new(listener),
@@ -195,6 +204,10 @@ impl Node {
         let mut children: Vec<Arc<dyn ChildSpec>> = Vec::new();
         if let Some(spec) = alerts_spec {
             children.push(spec);
+        }
+        // Before the dispatcher, so that a dispatcher restart (rest-for-one) leaves it running.
+        if let Some(spec) = sink {
+            children.push(Arc::new(spec));
         }
         children.push(dispatcher_spec);
         children.extend(pipeline_specs);

@@ -124,6 +124,8 @@ pub const COMMANDS: &[&str] = &[
     "why",
     "submit_workflow",
     "workflow",
+    "sinks",
+    "sink_backfill",
 ];
 
 /// One job to submit, as it comes on the wire.
@@ -458,6 +460,19 @@ pub enum Command {
     SubmitWorkflow(SubmitWorkflowReq),
     /// `workflow`.
     Workflow(WorkflowIdReq),
+    /// `sinks`.
+    Sinks,
+    /// `sink_backfill`.
+    SinkBackfill(SinkBackfillReq),
+}
+
+/// `sink_backfill`: enqueue the records already stored under `prefix` for the sink.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkBackfillReq {
+    /// Key prefix; every record when empty.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 impl Command {
@@ -469,6 +484,7 @@ impl Command {
             self,
             Command::Ping
                 | Command::Tree
+                | Command::Sinks
                 | Command::Schedules
                 | Command::Shutdown(_)
                 | Command::Submit(_)
@@ -598,6 +614,8 @@ fn parse_command(cmd: &str, rest: Map<String, Value>) -> Result<Command, ApiErro
         "records" => Command::Records(fields(rest)?),
         "schedules" => fields::<NoFields>(rest).map(|_| Command::Schedules)?,
         "shutdown" => Command::Shutdown(fields(rest)?),
+        "sinks" => fields::<NoFields>(rest).map(|_| Command::Sinks)?,
+        "sink_backfill" => Command::SinkBackfill(fields(rest)?),
         "why" => Command::Why(fields(rest)?),
         "submit_workflow" => {
             let w: SubmitWorkflowReq = fields(rest)?;

@@ -26,8 +26,11 @@ pub(super) fn for_command(cmd: &ClientCommand) -> Render {
         C::Pipelines => pipelines,
         C::Pause { .. } | C::Resume { .. } => pipeline,
         C::Stats => stats,
-        C::Records(_) | C::Export { .. } => records,
+        C::Records(_) | C::Export { to: None, .. } => records,
+        C::Export { to: Some(_), .. } => super::sinks::backfilled,
         C::Schedules => schedules,
+        C::Sinks { action: None } => super::sinks::sinks,
+        C::Sinks { action: Some(_) } => super::sinks::backfilled,
         C::Shutdown { .. } => shutdown,
         C::Why { .. } => why,
     }
@@ -347,7 +350,7 @@ pub(super) fn shutdown(_: &Value) -> String {
 }
 
 /// A borderless table, columns two spaces apart, no trailing spaces.
-fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING).set_header(header.to_vec());
     for row in rows {
@@ -360,7 +363,7 @@ fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String
 }
 
 /// A value as a cell: strings bare, null as `-`, anything else as compact JSON.
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::export::PAGE;
 use super::session::Failure;
-use super::{ClientCommand, ListArgs, RecordsArgs, SubmitArgs};
+use super::{ClientCommand, ListArgs, RecordsArgs, SinksAction, SubmitArgs};
 
 /// The request for `cmd` (for `export`, the first page's request).
 pub(super) fn build(cmd: &ClientCommand) -> Result<Value, Failure> {
@@ -27,8 +27,18 @@ pub(super) fn build(cmd: &ClientCommand) -> Result<Value, Failure> {
         C::Resume { pipeline } => json!({"cmd": "resume", "pipeline": pipeline}),
         C::Stats => bare("stats"),
         C::Records(args) => records(args),
-        C::Export { prefix } => json!({"cmd": "records", "prefix": prefix, "limit": PAGE}),
+        C::Export { prefix, to: None } => {
+            json!({"cmd": "records", "prefix": prefix, "limit": PAGE})
+        }
+        C::Export {
+            prefix,
+            to: Some(_),
+        } => json!({"cmd": "sink_backfill", "prefix": prefix}),
         C::Schedules => bare("schedules"),
+        C::Sinks { action: None } => bare("sinks"),
+        C::Sinks {
+            action: Some(SinksAction::Backfill { prefix }),
+        } => json!({"cmd": "sink_backfill", "prefix": prefix}),
         C::Shutdown { no_drain } => json!({"cmd": "shutdown", "drain": !no_drain}),
     })
 }

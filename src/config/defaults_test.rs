@@ -151,6 +151,36 @@ fn examples_show_the_optional_sections() {
     );
 }
 
+/// Ensures that the examples show `[sinks.postgres]` with every key, the optional ones at
+/// their defaults.
+#[test]
+fn examples_show_the_postgres_sink() {
+    let config = with_examples();
+    let Some(PostgresSinkSection {
+        url,
+        url_env,
+        schema: _,
+        batch: _,
+        flush_every: _,
+        max_backoff: _,
+        timeout: _,
+    }) = &config.sinks.postgres
+    else {
+        panic!("no [sinks.postgres] example")
+    };
+    assert!(url.is_some() && url_env.is_some());
+    let only_url = format!(
+        "[sinks.postgres]\nurl = {:?}\nurl_env = {:?}\n",
+        url.as_deref().unwrap_or_default(),
+        url_env.as_deref().unwrap_or_default()
+    );
+    let defaults = Config::from_str(&only_url, "only url").expect("valid [sinks.postgres]");
+    assert_eq!(
+        config.sinks, defaults.sinks,
+        "the [sinks.postgres] example shows the defaults"
+    );
+}
+
 /// Ensures that the examples show an exec task that sets every key of `[tasks."<name>"]`.
 #[test]
 fn examples_show_an_exec_task() {

@@ -42,3 +42,7 @@ mod chain;
 mod custom;
 // the web console over HTTP (pages, actions, CSRF, login, read-only) and in headless Chromium
 mod console;
+// PostgreSQL for the sink's tests: a schema per test on the shared cluster, a private server
+mod pg;
+// the PostgreSQL sink against a real PostgreSQL: typed tables, outage, kill -9, bad credentials
+mod sink;

@@ -380,7 +380,8 @@ async fn workload_scrape() -> &'static str {
     WORKLOAD_SCRAPE.get_or_init(run_workload).await
 }
 
-/// Starts a node with builtin, the three upstream pipelines on a fake upstream and a schedule
+/// Starts a node with builtin, the three upstream pipelines on a fake upstream, the PostgreSQL
+/// sink (a schema of its own on the test cluster, dropped after) and a schedule
 /// firing every second, and runs:
 /// noop, fail (a transient retry), fail_permanent (a dead letter), sleep then cancel, SEC jobs
 /// behind a 5xx burst that opens the breaker (threshold 2), a Yahoo job behind a 429 with
@@ -390,6 +391,9 @@ async fn workload_scrape() -> &'static str {
 async fn run_workload() -> String {
     let fake = FakeUpstream::start().await;
     let (base, tickers) = (fake.base_url(), fake.tickers_url());
+    // The PostgreSQL sink ships the SEC, Yahoo and Alpha Vantage records (its families).
+    let sink_schema = crate::pg::Schema::fresh("obs").await;
+    let (pg_url, pg_schema) = (crate::pg::test_url(), sink_schema.name.clone());
     let sections = format!(
         r#"
 [log]
@@ -431,6 +435,10 @@ job = "builtin.noop"
 [alerts]
 webhook_url = "http://127.0.0.1:9/hook"
 max_attempts = 1
+[sinks.postgres]
+url = "{pg_url}"
+schema = "{pg_schema}"
+flush_every = "50ms"
 "#
     );
     let mut node = NodeProcess::start(None, &sections, &[(AV_KEY_ENV, AV_KEY)]).await;
@@ -491,6 +499,7 @@ max_attempts = 1
     };
     drop(c);
     drop(node);
+    sink_schema.drop_now().await;
     scrape
 }
 
@@ -663,6 +672,7 @@ async fn metrics_pass_promtool_after_a_full_workload() {
         "cmd",
         "schedule",
         "kind",
+        "table",
         "version",
         "le",
     ];

@@ -71,6 +71,7 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         schedules: vec![],
         alerts: None,
         console: None,
+        sink: None,
     }
 }
 

@@ -217,6 +217,8 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
             Ok(json!({ "blocker": to_value(b) }))
         }
         Command::Schedules => schedules(ctx).await,
+        Command::Sinks => Ok(sinks(ctx)),
+        Command::SinkBackfill(r) => sink_backfill(ctx, r.prefix).await,
         Command::Shutdown(r) => {
             let _ = ctx
                 .shutdown
@@ -375,6 +377,21 @@ async fn schedules(ctx: &AdminCtx) -> Result<Value, ApiError> {
         Some(link) => json!({ "schedules": to_value(crate::scheduler::list(link).await?) }),
         None => json!({ "schedules": [] }),
     })
+}
+
+/// `sinks`: each configured sink's view (none without `[sinks.postgres]`).
+fn sinks(ctx: &AdminCtx) -> Value {
+    json!({ "sinks": ctx.sink.iter().map(|s| s.view()).collect::<Vec<_>>() })
+}
+
+/// `sink_backfill`: enqueues the stored records under `prefix` for the sink.
+async fn sink_backfill(ctx: &AdminCtx, prefix: String) -> Result<Value, ApiError> {
+    let sink = ctx
+        .sink
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("sink: no sink is configured (add [sinks.postgres])"))?;
+    let enqueued = sink.backfill(prefix).await.map_err(ApiError::internal)?;
+    Ok(json!({ "enqueued": enqueued, "backlog": ctx.journal.outbox_backlog() }))
 }
 
 /// Validates a `submit_workflow` request into the dispatcher's spec, naming the field at fault.
