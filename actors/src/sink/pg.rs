@@ -86,7 +86,12 @@ impl Target {
 
     /// A driver error as the sink reports it: classified, scrubbed, naming the server.
     pub fn failure(&self, e: &tokio_postgres::Error) -> Failure {
-        let words = self.scrub(&e.to_string());
+        // A server error's words are in its DbError; the driver's own Display says only "db error".
+        let words = match e.as_db_error() {
+            Some(db) => format!("{db} (SQLSTATE {})", db.code().code()),
+            None => e.to_string(),
+        };
+        let words = self.scrub(&words);
         let class = e
             .code()
             .map(|c| c.code().get(..2).unwrap_or("").to_string());
