@@ -18,6 +18,11 @@ use crate::job::{rfc3339_ms, JobId, JobRecord, JobStatus, Priority};
 pub const MAX_BATCH: usize = 10_000;
 /// Most jobs or records one `list`, `dlq` or `records` returns.
 pub const MAX_LIMIT: usize = 1000;
+/// The deepest nesting a request may have. Answers embed what a request carried (`params` in
+/// `status`, `list`, `workflow`) a few levels further down, and JSON parsers commonly stop at
+/// 128 levels (serde_json, the CLI's own): a request near that bound would be accepted but its
+/// job could no longer be listed by a client.
+pub const MAX_DEPTH: usize = 64;
 
 /// The error codes of docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +249,19 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, String> {
         .map_err(|_| {
             format!("{field}: expected an RFC 3339 time like \"2026-11-28T10:00:00Z\", got {s:?}")
         })
+}
+
+/// Whether the values of `obj` nest deeper than `max` levels below it.
+fn depth_beyond(obj: &Map<String, Value>, max: usize) -> bool {
+    fn beyond(v: &Value, left: usize) -> bool {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => return false,
+        };
+        left == 0 || children.into_iter().any(|c| beyond(c, left - 1))
+    }
+    obj.values().any(|v| beyond(v, max))
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -553,6 +571,12 @@ pub fn parse_request(line: &[u8]) -> Request {
             return req;
         }
     };
+    if depth_beyond(&obj, MAX_DEPTH) {
+        req.command = Err(ApiError::bad_request(format!(
+            "request: nested deeper than {MAX_DEPTH} levels (answers embedding it could not be parsed)"
+        )));
+        return req;
+    }
     req.id = obj.remove("id");
     req.token = match obj.remove("token") {
         None | Some(Value::Null) => None,
@@ -762,6 +786,23 @@ mod tests {
 
     fn err_of(line: &str) -> ApiError {
         parse_request(line.as_bytes()).command.unwrap_err()
+    }
+
+    /// Ensures that params nested up to the bound are taken and one level more is refused
+    /// naming the bound, so every answer that embeds params stays parseable.
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |d: usize| {
+            format!(
+                r#"{{"cmd":"submit","job":"builtin.noop","params":{{"x":{}1{}}}}}"#,
+                "[".repeat(d),
+                "]".repeat(d)
+            )
+        };
+        assert!(parse_request(nested(MAX_DEPTH - 1).as_bytes()).command.is_ok());
+        let err = err_of(&nested(MAX_DEPTH));
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("nested deeper than 64 levels"), "{}", err.message);
     }
 
     /// Ensures that a bad priority names the field, the choices and what came.
