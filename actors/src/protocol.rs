@@ -799,10 +799,16 @@ mod tests {
                 "]".repeat(d)
             )
         };
-        assert!(parse_request(nested(MAX_DEPTH - 1).as_bytes()).command.is_ok());
+        assert!(parse_request(nested(MAX_DEPTH - 1).as_bytes())
+            .command
+            .is_ok());
         let err = err_of(&nested(MAX_DEPTH));
         assert_eq!(err.code, ErrorCode::BadRequest);
-        assert!(err.message.contains("nested deeper than 64 levels"), "{}", err.message);
+        assert!(
+            err.message.contains("nested deeper than 64 levels"),
+            "{}",
+            err.message
+        );
     }
 
     /// Ensures that a bad priority names the field, the choices and what came.

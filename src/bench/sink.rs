@@ -152,13 +152,24 @@ async fn sink(args: &SinkBenchArgs, dir: &Path, schema: &str, rows: usize) -> Re
     wait_sink(&mut c, "the sink to connect", |s| s["state"] == "idle").await?;
     let started = Instant::now();
     let a = ok(&mut c, &json!({"cmd": "sink_backfill", "prefix": ""})).await?;
-    println!("sink_backfill_enqueue_ms={}", started.elapsed().as_millis());
+    let enqueued = started.elapsed();
+    println!("sink_backfill_enqueue_ms={}", enqueued.as_millis());
     println!("sink_enqueued={}", a["enqueued"]);
+    let shipped_meanwhile = ok(&mut c, &json!({"cmd": "sinks"})).await?["sinks"][0]
+        ["rows_written_total"]
+        .as_u64()
+        .unwrap_or(0);
     let s = wait_sink(&mut c, "the backlog to drain", |s| s["backlog"] == 0).await?;
     let took = started.elapsed().as_secs_f64();
     println!("sink_seconds={took:.2}");
     println!("sink_rows_written={}", s["rows_written_total"]);
     println!("sink_rows_per_s={:.0}", rows as f64 / took);
+    // The drain alone: rows still to write once the enqueue was done, over the time that took.
+    let after = (rows as u64).saturating_sub(shipped_meanwhile) as f64;
+    println!(
+        "sink_drain_rows_per_s={:.0}",
+        after / (took - enqueued.as_secs_f64())
+    );
     drop(c);
     let status = node.shutdown(PHASE_TIMEOUT).await?;
     println!("node_exit_code={}", status.code().unwrap_or(-1));
