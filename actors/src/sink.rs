@@ -244,6 +244,18 @@ impl Ctx {
         }
     }
 
+    /// CIK → ticker from SEC's ticker map as the `sec` pipeline cached it; empty when it has
+    /// none (the column stays NULL).
+    fn sec_tickers(&self) -> std::collections::HashMap<u64, String> {
+        self.journal
+            .meta_get(crate::sources::sec::TICKERS_META_KEY)
+            .ok()
+            .flatten()
+            .and_then(|bytes| crate::sources::sec::TickerMap::decode(&bytes))
+            .map(|map| map.tickers_by_cik())
+            .unwrap_or_default()
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Client, Failure> {
         self.pool
             .get()
@@ -270,6 +282,10 @@ impl Run {
         let mut rows = Rows::default();
         for record in items.iter().filter_map(|i| i.record.as_ref()) {
             rows.add(record);
+        }
+        if rows.tables.contains_key(&TableId::SecFilings) {
+            let tickers = ctx.sec_tickers();
+            rows.fill_tickers(|cik| tickers.get(&cik).cloned());
         }
         let started = Instant::now();
         let written = match ctx.write(ctx.client().await?, &rows).await {

@@ -154,11 +154,16 @@ async fn upstream_records_land_in_typed_tables_and_a_rerun_changes_nothing() {
     assert_eq!(schema.count("sec_filings").await, filings.len() as i64);
     let (key, v) = filings.iter().next().unwrap();
     let accession = key.rsplit('/').next().unwrap();
-    let row = &schema.texts(&format!("SELECT cik::text, form, filing_date::text, company_name FROM {{s}}.sec_filings WHERE accession = '{accession}'")).await[0];
+    let row = &schema.texts(&format!("SELECT cik::text, form, filing_date::text, company_name, ticker FROM {{s}}.sec_filings WHERE accession = '{accession}'")).await[0];
     assert_eq!(row[0].as_deref(), Some("1364954"));
     assert_eq!(row[1].as_deref(), v["form"].as_str());
     assert_eq!(row[2].as_deref(), v["filingDate"].as_str());
     assert_eq!(row[3].as_deref(), Some("Chegg, Inc."));
+    assert_eq!(
+        row[4].as_deref(),
+        Some("CHGG"),
+        "the ticker from SEC's ticker map"
+    );
 
     // Facts: one row per fact, the value numeric.
     let facts = records(&mut c, "sec/facts/").await;

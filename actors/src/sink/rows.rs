@@ -72,6 +72,22 @@ impl Rows {
         }
     }
 
+    /// Fills `sec_filings.ticker` where the record had none, from `ticker_of(cik)` (SEC's
+    /// ticker map: the filings themselves carry only the CIK).
+    pub fn fill_tickers(&mut self, ticker_of: impl Fn(u64) -> Option<String>) {
+        for row in self
+            .tables
+            .get_mut(&TableId::SecFilings)
+            .into_iter()
+            .flatten()
+        {
+            if row[2].is_none() {
+                let cik = row[0].as_deref().and_then(|c| c.parse().ok());
+                row[2] = cik.and_then(&ticker_of);
+            }
+        }
+    }
+
     /// Rows in all.
     pub fn len(&self) -> usize {
         self.tables.values().map(Vec::len).sum()
@@ -514,6 +530,25 @@ mod tests {
         assert!(column(t, &row, "raw")
             .unwrap()
             .contains("chgg-20241231.htm"));
+    }
+
+    /// Ensures that a filing without a ticker gets its CIK's from the map, and one with a
+    /// ticker keeps it.
+    #[test]
+    fn filings_get_tickers_from_the_map() {
+        let mut rows = rows_of("sec/filings/51143/0001-25-1", json!({"form": "10-K"}));
+        rows.add(&StoredRecord {
+            key: "sec/filings/1/0001-25-2".into(),
+            value: json!({"ticker": "OWN"}),
+            updated_at: 0,
+        });
+        rows.fill_tickers(|cik| (cik == 51143).then(|| "IBM".to_string()));
+        let t = TableId::SecFilings;
+        let tickers: Vec<_> = rows.tables[&t]
+            .iter()
+            .map(|r| column(t, r, "ticker"))
+            .collect();
+        assert_eq!(tickers, [Some("IBM".into()), Some("OWN".into())]);
     }
 
     /// Ensures that a facts record becomes one numbered row per fact plus a trim at its count.

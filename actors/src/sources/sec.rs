@@ -291,6 +291,19 @@ impl TickerMap {
             .copied()
     }
 
+    /// CIK → ticker, the first in order when several share a CIK (share classes): how the
+    /// PostgreSQL sink fills `sec_filings.ticker`.
+    pub(crate) fn tickers_by_cik(&self) -> HashMap<u64, String> {
+        let mut out: HashMap<u64, String> = HashMap::with_capacity(self.ciks.len());
+        for (ticker, cik) in &self.ciks {
+            let slot = out.entry(*cik).or_insert_with(|| ticker.clone());
+            if ticker < slot {
+                *slot = ticker.clone();
+            }
+        }
+        out
+    }
+
     /// Less than [`TICKERS_MAX_AGE`] old at `now_ms` (and not from the future, which would
     /// mean the clock was set back: refetch rather than trust it).
     pub(crate) fn is_fresh(&self, now_ms: i64) -> bool {
