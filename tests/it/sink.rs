@@ -410,8 +410,8 @@ async fn kill_9_mid_flush_loses_and_duplicates_nothing() {
 }
 
 /// Ensures that with bad credentials the node starts and runs jobs, `sinks` (and `warden
-/// sinks`) shows the server's refusal in words, and the log names the host but never the
-/// password.
+/// sinks`) shows the server's refusal in words, `warden export --to postgres` enqueues (here
+/// nothing), and the log names the host but never the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_shown_in_words_never_the_password() {
     const PASSWORD: &str = "wrong-pw-5f1e9c";
@@ -456,6 +456,22 @@ async fn bad_credentials_are_shown_in_words_never_the_password() {
     assert!(
         shown.contains("retrying") && shown.contains("password authentication failed"),
         "{shown}"
+    );
+
+    let out = std::process::Command::new(exe)
+        .args([
+            "export",
+            "--to",
+            "postgres",
+            "--addr",
+            &node.admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("0 records enqueued for the sink"),
+        "{said}"
     );
 
     node.shutdown(WAIT).await.unwrap();
