@@ -552,3 +552,42 @@ async fn without_a_sink_nothing_changes() {
     );
     node.stop().await.unwrap();
 }
+
+/// Ensures that a record PostgreSQL refuses (here a CHECK constraint an operator added) is
+/// parked and counted without blocking the records around it, which are shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_is_parked_and_the_rest_ship() {
+    let schema = Schema::fresh("refused").await;
+    let scripts = tempfile::tempdir().unwrap();
+    let task = record_task(scripts.path());
+    // The same task, its script replaced: three records, the middle one refused.
+    std::fs::write(
+        scripts.path().join("gen.sh"),
+        "for k in ok1 bad ok2; do printf '{\"record\":{\"key\":\"chk/%s\",\"value\":{\"k\":\"%s\"}}}\\n' $k $k; done\n",
+    )
+    .unwrap();
+    let node = TestNode::start_with(|a| {
+        gen_pipeline(a, task);
+        a.sink = Some(sink_args(&pg::test_url(), &schema.name));
+    })
+    .await;
+    let mut c = node.client().await;
+    drained(&mut c).await;
+    schema
+        .client
+        .batch_execute(&format!(
+            "ALTER TABLE {}.records ADD CONSTRAINT no_bad CHECK (key <> 'chk/bad')",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    run_all(&mut c, &[("gen.record", json!({}))]).await;
+    let s = drained(&mut c).await;
+    assert_eq!(s["rejected"], 1, "{s}");
+    let keys = schema
+        .texts("SELECT key FROM {s}.records ORDER BY key")
+        .await;
+    assert_eq!(keys, [[Some("chk/ok1".into())], [Some("chk/ok2".into())]]);
+    node.stop().await.unwrap();
+    schema.drop_now().await;
+}

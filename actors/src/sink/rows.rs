@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use super::tables::TableId;
@@ -184,6 +184,7 @@ fn bar(
     let ts = f("timestamp")
         .as_i64()
         .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        .filter(|t| YEARS.contains(&t.year()))
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     vec![
         Some(clean(ticker)),
@@ -344,11 +345,16 @@ fn integer(v: &Value, min: i64, max: i64) -> Option<String> {
     (min..=max).contains(&n).then(|| n.to_string())
 }
 
-/// A `YYYY-MM-DD` string naming a real day, else NULL.
+/// Years PostgreSQL reads back as written: chrono also takes year 0 and negative years, which
+/// `date` refuses or would need a `BC` suffix.
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
+/// A `YYYY-MM-DD` string naming a real day of years 1 to 9999, else NULL.
 fn date(v: &Value) -> Option<String> {
     let s = v.as_str()?;
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
+        .filter(|d| YEARS.contains(&d.year()))
         .map(|d| d.format("%Y-%m-%d").to_string())
 }
 
@@ -357,6 +363,7 @@ fn timestamp(v: &Value) -> Option<String> {
     let s = v.as_str()?;
     DateTime::parse_from_rfc3339(s)
         .ok()
+        .filter(|t| YEARS.contains(&t.year()))
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
@@ -491,6 +498,9 @@ mod tests {
         assert_eq!(column(t, &row, "dividend_yield"), None);
         assert_eq!(column(t, &row, "cik").as_deref(), Some("51143"));
         assert_eq!(column(t, &row, "latest_quarter"), None, "no 30 February");
+        for not_a_date in ["0000-01-01", "-0001-01-01", "2025-1-1x", "yesterday"] {
+            assert_eq!(date(&json!(not_a_date)), None, "{not_a_date}");
+        }
     }
 
     /// Ensures that a filing's typed columns come from the key and the value, its raw JSON is
