@@ -1257,6 +1257,12 @@ fn watchdog_loop(queue: &Queue) {
     }
 }
 
+/// How long a held `warden.lock` is retried before the open fails with `Locked`. A child
+/// process forked by this process (an exec task) holds a copy of every descriptor from its fork
+/// until its `exec` closes them, so a lock just released may look held for that moment; a live
+/// node holds it far longer.
+const LOCK_RETRY_FOR: Duration = Duration::from_millis(500);
+
 /// Creates/opens `dir/warden.lock`, locks it exclusively and writes our pid into it.
 fn take_lock(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join(LOCK_FILE);
@@ -1268,15 +1274,21 @@ fn take_lock(dir: &Path) -> Result<File, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(|source| io_err(format!("open lock file {}", path.display()), source))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(JournalError::Locked {
-                dir: dir.to_path_buf(),
-            })
-        }
-        Err(TryLockError::Error(source)) => {
-            return Err(io_err(format!("lock {}", path.display()), source))
+    let deadline = Instant::now() + LOCK_RETRY_FOR;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(io_err(format!("lock {}", path.display()), source))
+            }
         }
     }
     file.set_len(0)
