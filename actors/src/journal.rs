@@ -704,27 +704,31 @@ impl Journal {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        // Only a change without history makes us read what is stored, and then an earlier
+        // change of the same job in this batch is what counts.
+        let reads = changes.iter().any(|c| c.before == index::Before::Unknown);
         let mut pending = index::Pending::new();
         for change in changes {
             batch.insert(change.key.as_slice(), change.bytes.as_slice());
             let Some(name) = &change.name else { continue };
             let (new, _) = split_record(&change.key, &change.bytes)?;
+            let before = match change.before {
+                index::Before::Unknown => {
+                    index::Before::stored(match pending.get(change.key.as_slice()) {
+                        Some(&status) => Some(status),
+                        None => self.current_status(&change.key)?,
+                    })
+                }
+                known => known,
+            };
             let entry = index::Entry {
                 id: &change.key[1..],
                 name,
                 status: new,
                 head: &change.head,
             };
-            if change.before == index::Before::Unknown {
-                let old = match pending.get(change.key.as_slice()) {
-                    Some(&status) => Some(status),
-                    None => self.current_status(&change.key)?,
-                };
-                index::transition(&mut batch, &entry, old);
-            } else {
-                index::apply(&mut batch, &entry, change.before);
-            }
-            if changes.len() > 1 {
+            index::apply(&mut batch, &entry, before);
+            if reads {
                 pending.insert(&change.key, new);
             }
         }

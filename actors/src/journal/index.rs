@@ -91,6 +91,15 @@ impl Before {
             Some(_) => Before::Unfinished,
         }
     }
+
+    /// What the journal held, read from the status stored (`None`: no record yet).
+    pub(super) fn stored(status: Option<JobStatus>) -> Before {
+        match status {
+            None => Before::Nothing,
+            Some(s) if s.is_finished() => Before::Finished,
+            Some(_) => Before::Unfinished,
+        }
+    }
 }
 
 /// What the index keys of one job change derive from.
@@ -105,8 +114,9 @@ pub(super) struct Entry<'a> {
     pub(super) head: &'a [u8],
 }
 
-/// Adds to `batch` the index changes of a job whose journal entry was `before` and is now
-/// `new`. Every step is idempotent, so writing the same change twice (a batch retried after a
+/// Adds to `batch` the index changes of a job whose journal entry was `before` (`Unknown`
+/// resolved by [`Before::stored`] first) and is now the entry's. An unfinished job's `u` value
+/// is rewritten on every change (its head moved). Every step is idempotent, so writing the same change twice (a batch retried after a
 /// failed write) leaves the same keys.
 pub(super) fn apply(batch: &mut sled::Batch, entry: &Entry<'_>, before: Before) {
     let (id, name) = (entry.id, entry.name);
@@ -119,20 +129,6 @@ pub(super) fn apply(batch: &mut sled::Batch, entry: &Entry<'_>, before: Before) 
                 batch.remove(finished_key(status, name, id));
             }
         }
-    }
-    add(batch, entry);
-}
-
-/// Adds to `batch` the index changes of a job going from `old` (None: a new job) to the entry's
-/// status. An unfinished job's `u` value is rewritten on every change (its head moved).
-pub(super) fn transition(batch: &mut sled::Batch, entry: &Entry<'_>, old: Option<JobStatus>) {
-    match old {
-        Some(old) if old == entry.status && old.is_finished() => {}
-        Some(old) if old.is_finished() => {
-            batch.remove(finished_key(old, entry.name, entry.id));
-        }
-        Some(_) if entry.status.is_finished() => batch.remove(unfinished_key(entry.id)),
-        Some(_) | None => {}
     }
     add(batch, entry);
 }
