@@ -327,14 +327,11 @@ impl Actor for Dispatcher {
             DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
             DispatcherMsg::Withdraw(ids) => st.withdraw(ids),
         }
-        if job_loop && !st.changes.is_empty() {
-            if !st.flush_scheduled {
-                st.flush_scheduled = me.cast(DispatcherMsg::Flush).is_ok();
-            }
-            if !st.flush_scheduled {
-                let _ = st.flush_journal();
-            }
-        } else {
+        let gather = job_loop && !st.changes.is_empty();
+        if gather && !st.flush_scheduled {
+            st.flush_scheduled = me.cast(DispatcherMsg::Flush).is_ok();
+        }
+        if !(gather && st.flush_scheduled) {
             // A failed write is logged and its changes kept for the next one (see
             // flush_journal).
             let _ = st.flush_journal();
