@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{finished, poll, req, status, submit, until_running};
+use crate::support::{finished, job_ids, poll, req, status, submit, until_running};
 use web::{console_node, workload, Web};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -420,12 +420,7 @@ async fn jobs_are_paged_newest_first() {
         .map(|i| json!({"job": "builtin.noop", "params": {"n": i}}))
         .collect();
     let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
-    let ids: Vec<String> = a["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let ids = job_ids(&a);
     for id in &ids {
         finished(&mut c, id, WAIT).await;
     }

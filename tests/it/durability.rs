@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden::client::Client;
 
-use crate::support::{finished, poll, req, status, submit, until_running, TestNode};
+use crate::support::{finished, job_ids, poll, req, status, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -273,12 +273,7 @@ async fn seen_successes_survive_kill_9() {
         let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.noop"})).collect();
         let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
         assert_eq!(a["ok"], true, "{a}");
-        let ids: Vec<String> = a["job_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
+        let ids = job_ids(&a);
         poll(
             &mut c,
             "every job to be seen succeeded",

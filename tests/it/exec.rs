@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use warden_actors::args::{ExecTaskArgs, NodeArgs, PipelineArgs, RetryPolicy, TimeLimits};
 use warden_actors::exec::check;
 
-use crate::support::{eventually, finished, poll, req, status, submit, until_running, TestNode};
+use crate::support::{
+    eventually, finished, job_ids, poll, req, status, submit, until_running, TestNode,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -484,12 +486,7 @@ async fn a_hundred_jobs_on_four_workers() {
         .map(|n| json!({"job": "ext.square", "params": {"n": n}}))
         .collect();
     let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
-    let ids: Vec<String> = a["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let ids = job_ids(&a);
     poll(
         &mut c,
         "100 successes",

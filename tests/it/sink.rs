@@ -15,7 +15,7 @@ use warden_actors::exec::check;
 
 use crate::fakes::FakeUpstream;
 use crate::pg::{self, PrivatePg, Schema};
-use crate::support::{add, finished, poll, req, submit, upstream, TestNode};
+use crate::support::{add, finished, job_ids, poll, req, submit, upstream, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -363,12 +363,7 @@ async fn kill_9_mid_flush_loses_and_duplicates_nothing() {
     let mut c = Client::connect_addr(node.admin).await.unwrap();
     let jobs: Vec<Value> = (0..4).map(|_| json!({"job": "gen.many"})).collect();
     let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
-    let ids: Vec<String> = a["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().into())
-        .collect();
+    let ids = job_ids(&a);
     poll(
         &mut c,
         "the sink to be mid-backlog",

@@ -226,6 +226,16 @@ where
 }
 
 /// Sends one request and returns the answer.
+/// The job ids of a `submit_batch` or `submit_workflow` answer, in order.
+pub fn job_ids(answer: &Value) -> Vec<String> {
+    answer["job_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no job_ids in {answer}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
 pub async fn req(c: &mut Client, r: Value) -> Value {
     // Bounded: a node that never answers is a failure, not a stuck test.
     tokio::time::timeout(Duration::from_secs(10), c.request(&r))

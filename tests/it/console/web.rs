@@ -11,7 +11,7 @@ use serde_json::json;
 use warden_actors::args::{ConsoleArgs, ExecTaskArgs, NodeArgs, ScheduleArgs};
 use warden_actors::exec::check;
 
-use crate::support::{finished, req, submit, until_running, TestNode};
+use crate::support::{finished, job_ids, req, submit, until_running, TestNode};
 
 /// The console's arguments for tests: a free port, a quick refresh.
 pub fn console_args(read_only: bool) -> ConsoleArgs {
@@ -113,12 +113,7 @@ pub async fn workload(node: &TestNode) -> Workload {
     assert_eq!(finished(&mut c, &done, wait).await["status"], "succeeded");
     assert_eq!(finished(&mut c, &dead, wait).await["status"], "failed");
     until_running(&mut c, &running).await;
-    let steps: Vec<String> = wf["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let steps = job_ids(&wf);
     for s in &steps {
         finished(&mut c, s, wait).await;
     }
