@@ -110,10 +110,12 @@ async fn console_only(jobs: usize) -> Result<(), String> {
 async fn ceiling(dir: &Path, entries: usize) -> Result<f64, String> {
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    tokio::task::spawn_blocking(move || warden_actors::journal::measure_ceiling(&dir, entries))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        warden_actors::store::journal::measure_ceiling(&dir, entries)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 async fn measure(args: BenchArgs) -> Result<(), String> {

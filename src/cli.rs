@@ -234,10 +234,10 @@ async fn execute(cmd: ClientCommand, opts: &ClientOpts) -> Result<(), Failure> {
 }
 
 /// `warden check --data-dir DIR`: verifies a stopped node's data dir offline (see
-/// `warden_actors::journal::check`), prints the summary; exit 0 when it is sound, 1 on a problem
-/// or when it cannot be opened (e.g. a live node holds it).
+/// `warden_actors::store::journal::check`), prints the summary; exit 0 when it is sound, 1 on a
+/// problem or when it cannot be opened (e.g. a live node holds it).
 pub fn check(dir: &std::path::Path) -> ExitCode {
-    match warden_actors::journal::check::check(dir) {
+    match warden_actors::store::journal::check::check(dir) {
         Ok(report) => {
             println!("{report}");
             ExitCode::from(if report.ok() { 0 } else { 1 })

@@ -788,8 +788,8 @@ impl Default for NodeSection {
             name: "warden".to_owned(),
             data_dir: PathBuf::from("data"),
             shutdown_timeout: Duration::from_secs(30),
-            min_free_space: warden_actors::journal::DEFAULT_MIN_FREE_SPACE,
-            cache_size: warden_actors::journal::DEFAULT_CACHE_BYTES,
+            min_free_space: warden_actors::store::journal::DEFAULT_MIN_FREE_SPACE,
+            cache_size: warden_actors::store::journal::DEFAULT_CACHE_BYTES,
         }
     }
 }

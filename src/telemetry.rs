@@ -15,8 +15,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
-use warden_actors::journal::Journal;
 use warden_actors::metrics as m;
+use warden_actors::store::journal::Journal;
 
 use crate::config::LogFormat;
 

@@ -19,7 +19,7 @@ const JOBS: usize = 1_000_000;
 const BATCH: usize = 1_000;
 const PHASE: Duration = Duration::from_secs(1800);
 /// sled's page cache bound at the default config (`[node] cache_size`).
-const SLED_CACHE_BYTES: u64 = warden_actors::journal::DEFAULT_CACHE_BYTES;
+const SLED_CACHE_BYTES: u64 = warden_actors::store::journal::DEFAULT_CACHE_BYTES;
 const RSS_SLACK_BYTES: u64 = 64 << 20;
 /// How long the RSS after the drain may take to settle (see [`settled`]).
 const SETTLE_FOR: Duration = Duration::from_secs(30);

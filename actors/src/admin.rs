@@ -24,10 +24,10 @@ use tracing::{info, warn};
 
 use crate::args::AdminArgs;
 use crate::dispatcher::DispatcherLink;
-use crate::journal::Journal;
 use crate::link::Link;
 use crate::metrics as m;
 use crate::protocol::{error_line, ApiError, ErrorCode};
+use crate::store::journal::Journal;
 use crate::supervisor::{ChildSpec, SupervisorMsg};
 
 use self::slots::Slots;

@@ -26,9 +26,9 @@ use tracing::{info, warn};
 
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::job::{JobId, JobRecord};
-use crate::journal::{Journal, JournalError};
 use crate::protocol::{ApiError, SubmitSpec};
 use crate::routing::Router;
+use crate::store::journal::{Journal, JournalError};
 use crate::tasks::TaskResult;
 use crate::worker::WorkerMsg;
 

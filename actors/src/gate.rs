@@ -154,8 +154,8 @@ mod tests {
     use super::*;
     use crate::args::{BreakerArgs, RateWindow};
     use crate::breaker::{BreakerView, CircuitBreaker, CircuitBreakerArgs, CircuitState};
-    use crate::journal::Journal;
     use crate::limiter::{RateLimiter, RateLimiterArgs, SharedView};
+    use crate::store::journal::Journal;
 
     struct Rig {
         gate: Arc<PipelineGate>,

@@ -51,8 +51,8 @@ use tracing::{info, warn};
 
 use crate::args::RateWindow;
 use crate::job::{now_ms, rfc3339_ms};
-use crate::journal::Journal;
 use crate::link::{Incarnation, Link};
+use crate::store::journal::Journal;
 use crate::supervisor::{spawn_child, ChildSpec};
 
 /// Histogram: seconds from `Acquire` to grant, by `pipeline`.

@@ -24,12 +24,12 @@ use crate::alerts::{Alerter, AlertsSpec};
 use crate::args::NodeArgs;
 use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
 use crate::exec::NodeEnv;
-use crate::journal::{Journal, JournalError};
 use crate::link::Link;
 use crate::progress::ProgressBoard;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::sink::SinkSpec;
+use crate::store::journal::{Journal, JournalError};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::tasks::{Records, TaskEnv};
 use tokio_util::task::TaskTracker;
@@ -110,7 +110,7 @@ impl Node {
         let opening = std::time::Instant::now();
         let journal = Journal::open_with(
             &args.data_dir,
-            crate::journal::JournalOptions {
+            crate::store::journal::JournalOptions {
                 min_free_space: args.min_free_space,
                 cache_bytes: args.cache_size,
                 ..Default::default()

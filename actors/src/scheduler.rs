@@ -48,8 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::args::ScheduleArgs;
 use crate::dispatcher::DispatcherLink;
-use crate::journal::Journal;
 use crate::protocol::ApiError;
+use crate::store::journal::Journal;
 use crate::supervisor::{spawn_child, ChildSpec};
 
 pub use self::plan::{

@@ -3,8 +3,8 @@
 //!
 //! Records are stored in the journal first, as without a sink; the job succeeds on that. Each
 //! changed record also gets an outbox entry in the same sled transaction
-//! (`journal/outbox.rs`). This actor takes the oldest `batch` entries, turns their records into
-//! rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent upserts
+//! (`store/journal/outbox.rs`). This actor takes the oldest `batch` entries, turns their records
+//! into rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent upserts
 //! (`write.rs`, `tables.rs`), and only then removes the entries and advances the cursor. So:
 //!
 //! - PostgreSQL down, slow or restarting never touches the jobs: records wait in the outbox
@@ -41,8 +41,8 @@ use tracing::{info, warn};
 
 use crate::args::PostgresSinkArgs;
 use crate::backoff::{exponential, random_unit};
-use crate::journal::{Journal, OutboxItem};
 use crate::metrics as m;
+use crate::store::journal::{Journal, OutboxItem};
 use crate::supervisor::{spawn_child, ChildSpec};
 
 pub use self::pg::{parse as parse_url, Failure};

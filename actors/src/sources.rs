@@ -17,9 +17,10 @@
 //!   extraction and tasks.
 //!
 //! Params are validated before any request, so a bad job fails at once without spending a
-//! permit. Records are stored with [`Journal::put_record`](crate::journal::Journal::put_record)
-//! under keys that identify the data (a filing's accession number, a bar's date), so re-ingesting
-//! the same data overwrites instead of duplicating and a re-run reports 0 stored.
+//! permit. Records are stored with
+//! [`Journal::put_record`](crate::store::journal::Journal::put_record) under keys that identify
+//! the data (a filing's accession number, a bar's date), so re-ingesting the same data
+//! overwrites instead of duplicating and a re-run reports 0 stored.
 //!
 //! The Alpha Vantage key is only ever put in a URL's query. Requests appear in errors and logs
 //! through [`http::redact_url`], and every message is also scrubbed of the key's literal value,

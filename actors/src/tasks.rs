@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::JobId;
-use crate::journal::Journal;
 use crate::progress::Progress;
+use crate::store::journal::Journal;
 
 /// What a task gets to run.
 #[derive(Debug, Clone)]

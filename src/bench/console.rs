@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_actors::job::{now_ms, EventKind, JobEvent, JobId, JobRecord, JobStatus, Priority};
-use warden_actors::journal::{Change, Journal};
+use warden_actors::store::journal::{Change, Journal};
 
 use super::process::NodeProcess;
 use super::PHASE_TIMEOUT;

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures::SinkExt;
 use serde_json::{json, Value};
-use warden_actors::journal::{Journal, StoredRecord};
 use warden_actors::sink::tokio_postgres::{self, Client, NoTls};
 use warden_actors::sink::{Rows, TableId};
+use warden_actors::store::journal::{Journal, StoredRecord};
 
 use super::load::ok;
 use super::process::NodeProcess;

@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use warden::client::Client;
 use warden_actors::args::{CatchUp, NodeArgs, Overlap, ScheduleArgs};
-use warden_actors::journal::Journal;
 use warden_actors::scheduler::{
     next_tick, parse_cron, prev_tick, ticks_between, unique_key, ScheduleRecord,
 };
+use warden_actors::store::journal::Journal;
 
 use crate::support::{poll, req, TestNode};
 

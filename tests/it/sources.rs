@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use warden_actors::args::{BreakerArgs, UpstreamArgs};
-use warden_actors::journal::{Journal, StoredRecord};
 use warden_actors::sources::{self, Source};
+use warden_actors::store::journal::{Journal, StoredRecord};
 use warden_actors::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
 use warden_actors::upstream::{Blocked, Gate, Hold, OpenGate, Verdict};
 

@@ -229,7 +229,7 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
 }
 
 /// A journal read that failed, as an answer.
-fn journal_err(e: crate::journal::JournalError) -> ApiError {
+fn journal_err(e: crate::store::journal::JournalError) -> ApiError {
     ApiError::internal(format!("journal read failed: {e}"))
 }
 
@@ -474,7 +474,7 @@ fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
         ),
         None => None,
     };
-    let filter = crate::journal::ListFilter {
+    let filter = crate::store::journal::ListFilter {
         status: r.status,
         name: matcher,
         before: r.before,

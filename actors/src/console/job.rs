@@ -56,8 +56,9 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("job id: {e}")))?;
     let journal = &ctx.admin.journal;
-    let read =
-        |e: crate::journal::JournalError| ApiError::internal(format!("journal read failed: {e}"));
+    let read = |e: crate::store::journal::JournalError| {
+        ApiError::internal(format!("journal read failed: {e}"))
+    };
     let job = journal
         .get(id)
         .map_err(read)?

@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 use super::ConsoleCtx;
 use crate::job::{JobId, JobRecord, JobStatus};
-use crate::journal::{JournalError, ListFilter};
 use crate::protocol::ApiError;
+use crate::store::journal::{JournalError, ListFilter};
 
 /// Records one request examines at most when a filter needs reading them (params substring).
 pub const EXAMINE_BUDGET: usize = 2_000;

@@ -20,11 +20,11 @@ use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
 use crate::backoff::{random_unit, retry_delay};
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
-use crate::journal::{Change, Journal, UnfinishedHead};
 use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
+use crate::store::journal::{Change, Journal, UnfinishedHead};
 use crate::tasks::{TaskError, TaskResult, ThrottledBy};
 use crate::worker::{Ticket, WorkerMsg};
 
@@ -151,7 +151,7 @@ impl DispatcherState {
 
     /// Puts every unfinished job of the journal back in memory: running ones were interrupted
     /// (the node stopped or this actor restarted) and go back to their queue.
-    pub fn replay(&mut self) -> Result<usize, crate::journal::JournalError> {
+    pub fn replay(&mut self) -> Result<usize, crate::store::journal::JournalError> {
         for lane in &mut self.lanes {
             let stored = self.journal.meta_get(&paused_key(&lane.info.name))?;
             lane.paused = stored.is_some_and(|v| v.first() == Some(&1));
@@ -185,7 +185,10 @@ impl DispatcherState {
     /// Takes one unfinished job back into memory from its head; false when its pipeline is not
     /// configured. Only a job that was running, a batch parent or a workflow step has its whole
     /// record read: the rest of a million-job backlog is admitted from the index alone.
-    fn replay_one(&mut self, head: UnfinishedHead) -> Result<bool, crate::journal::JournalError> {
+    fn replay_one(
+        &mut self,
+        head: UnfinishedHead,
+    ) -> Result<bool, crate::store::journal::JournalError> {
         let Some(&lane) = self.lane_by_name.get(&head.pipeline) else {
             warn!(job_id = %head.id, pipeline = %head.pipeline, "unfinished job of a pipeline that is not configured; it waits in the journal");
             return Ok(false);
@@ -198,13 +201,13 @@ impl DispatcherState {
             return Ok(true);
         }
         let id = head.id;
-        let rec = self
-            .journal
-            .get(id)?
-            .ok_or_else(|| crate::journal::JournalError::Corrupt {
-                what: format!("job {id}"),
-                detail: "the unfinished index names a job that has no record".into(),
-            })?;
+        let rec =
+            self.journal
+                .get(id)?
+                .ok_or_else(|| crate::store::journal::JournalError::Corrupt {
+                    what: format!("job {id}"),
+                    detail: "the unfinished index names a job that has no record".into(),
+                })?;
         self.replay_record(rec, lane);
         Ok(true)
     }
@@ -353,7 +356,7 @@ impl DispatcherState {
     /// The answer to a request refused because the journal cannot take writes.
     pub(super) fn storage_refusal(
         &self,
-        e: &crate::journal::JournalError,
+        e: &crate::store::journal::JournalError,
         consequence: &str,
     ) -> ApiError {
         ApiError::new(
@@ -805,7 +808,7 @@ impl DispatcherState {
     /// write keeps them (and the whole records they describe) in memory, to be written with the
     /// next batch: memory and journal never drift apart for good, and the failure is reported
     /// to the caller (a submit is refused while it lasts).
-    pub fn flush_journal(&mut self) -> Result<(), crate::journal::JournalError> {
+    pub fn flush_journal(&mut self) -> Result<(), crate::store::journal::JournalError> {
         if !self.changes.is_empty() {
             if let Err(e) = self.journal.write(&self.changes) {
                 error!(error = %e, entries = self.changes.len(), "journal write failed; the changes are kept and written with the next batch");

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::core::{change, DispatcherState};
 use crate::job::{EventKind, JobId, JobRecord, JobStatus, Priority};
-use crate::journal::UnfinishedHead;
+use crate::store::journal::UnfinishedHead;
 
 /// The part of an unfinished job's record the dispatcher keeps in memory.
 #[derive(Debug, Clone)]

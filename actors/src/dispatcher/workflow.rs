@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::admission::NewJob;
 use super::core::{change, DispatcherState};
 use crate::job::{now_ms, EventKind, JobId, JobRecord, JobStatus, WorkflowKind, WorkflowRecord};
-use crate::journal::Change;
 use crate::protocol::{ApiError, SubmitSpec};
+use crate::store::journal::Change;
 
 /// A workflow as submitted, validated.
 #[derive(Debug, Clone)]

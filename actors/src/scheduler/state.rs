@@ -16,9 +16,9 @@ use super::{unique_key, ScheduleView, SchedulerArgs, SchedulerLink, SchedulerMsg
 use crate::args::{Overlap, ScheduleArgs};
 use crate::dispatcher::{Accepted, DispatcherLink, DispatcherMsg};
 use crate::job::{now_ms, rfc3339_ms, JobId};
-use crate::journal::Journal;
 use crate::metrics as m;
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::store::journal::Journal;
 
 /// How long a submit waits for the dispatcher.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);

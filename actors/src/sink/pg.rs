@@ -20,7 +20,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
 use crate::args::PostgresSinkArgs;
-use crate::journal::JournalError;
+use crate::store::journal::JournalError;
 
 /// Connections the pool keeps: the sink's writer, and one for a backfill or a probe.
 const POOL_SIZE: usize = 2;

@@ -19,7 +19,7 @@ use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use super::tables::TableId;
-use crate::journal::StoredRecord;
+use crate::store::journal::StoredRecord;
 
 /// What a missing field reads as.
 static NULL: Value = Value::Null;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::pg::Failure;
 use super::write::Written;
 use crate::job::{now_ms, rfc3339_ms};
-use crate::journal::Journal;
+use crate::store::journal::Journal;
 
 /// Where the sink is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -20,7 +20,7 @@ use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
 use crate::args::UpstreamArgs;
-use crate::journal::Journal;
+use crate::store::journal::Journal;
 use tokio_util::sync::CancellationToken;
 
 use crate::tasks::{TaskError, ThrottledBy};

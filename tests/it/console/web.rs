@@ -81,7 +81,7 @@ pub async fn console_node(tmp: &Path, tweak: impl FnOnce(&mut NodeArgs)) -> Test
     let data = tmp.join("data");
     std::fs::create_dir_all(&data).unwrap();
     {
-        let journal = warden_actors::journal::Journal::open(&data).unwrap();
+        let journal = warden_actors::store::journal::Journal::open(&data).unwrap();
         journal
             .put_record("test/greeting", &json!({"hello": "world"}))
             .unwrap();
