@@ -26,11 +26,11 @@ use tracing::{info, warn};
 
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::job::{JobId, JobRecord};
+use crate::pipeline::worker::WorkerMsg;
 use crate::protocol::{ApiError, SubmitSpec};
 use crate::routing::Router;
 use crate::store::journal::{Journal, JournalError};
 use crate::tasks::TaskResult;
-use crate::worker::WorkerMsg;
 
 pub use self::core::DispatcherState;
 pub use self::views::{

@@ -9,20 +9,25 @@
 //! └── worker-1..N
 //! ```
 
+pub mod breaker;
+pub mod gate;
+pub mod limiter;
+pub mod worker;
+
 use std::sync::Arc;
 
 use crate::alerts::Alerter;
 use crate::args::PipelineArgs;
-use crate::breaker::{BreakerSpec, BreakerStateChange, CircuitState};
 use crate::dispatcher::{DispatcherLink, DispatcherMsg, PipelineInfo, StateView};
 use crate::exec::{self, NodeEnv};
-use crate::gate::PipelineGate;
-use crate::limiter::LimiterSpec;
+use crate::pipeline::breaker::{BreakerSpec, BreakerStateChange, CircuitState};
+use crate::pipeline::gate::PipelineGate;
+use crate::pipeline::limiter::LimiterSpec;
+use crate::pipeline::worker::{WorkerLimits, WorkerSpec};
 use crate::sources::{self, Source};
 use crate::store::journal::Journal;
 use crate::supervisor::{ChildSpec, SupervisorArgs, SupervisorSpec};
 use crate::tasks::{self, TaskEnv, TaskSet};
-use crate::worker::{WorkerLimits, WorkerSpec};
 
 /// What the node needs of one pipeline: how the dispatcher sees it and its supervisor's recipe.
 pub struct Assembled {

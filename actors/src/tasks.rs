@@ -369,7 +369,7 @@ pub fn builtin() -> TaskSet {
             task(|ctx| async move {
                 let times = param_u64(&ctx, "times", Some(1))?;
                 if u64::from(ctx.attempt) <= times {
-                    std::panic::panic_any(crate::worker::WorkerFault(format!(
+                    std::panic::panic_any(crate::pipeline::worker::WorkerFault(format!(
                         "builtin.crash: attempt {} of the {times} that crash their worker on purpose",
                         ctx.attempt
                     )));

@@ -3,8 +3,8 @@
 //! told each request's [`Verdict`], so that throttle signals pause the whole source and
 //! transient failures count towards opening the breaker.
 //!
-//! The gate of a real pipeline is its limiter and breaker actors (`gate.rs`); tests of the HTTP
-//! tasks use an always-open gate.
+//! The gate of a real pipeline is its limiter and breaker actors (`pipeline/gate.rs`); tests of
+//! the HTTP tasks use an always-open gate.
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use warden_actors::args::{BreakerArgs, UpstreamArgs};
-use warden_actors::limiter::parse_rate_limit;
+use warden_actors::pipeline::limiter::parse_rate_limit;
 
 use super::{duration, Problem};
 

@@ -17,8 +17,8 @@ use warden_actors::args::{
     AdminArgs, BreakerArgs, JobsArgs, NodeArgs, PipelineArgs, RestartPolicy, RetryPolicy,
     UpstreamArgs,
 };
-use warden_actors::limiter::parse_rate_limit;
 use warden_actors::node::{Node, NodeError};
+use warden_actors::pipeline::limiter::parse_rate_limit;
 
 use crate::fakes::FakeUpstream;
 

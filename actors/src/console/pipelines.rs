@@ -12,9 +12,9 @@ use maud::{html, Markup};
 use super::layout;
 use super::session::Session;
 use super::ConsoleCtx;
-use crate::breaker::BreakerView;
 use crate::dispatcher::{DispatcherMsg, PipelineView};
-use crate::limiter::LimiterView;
+use crate::pipeline::breaker::BreakerView;
+use crate::pipeline::limiter::LimiterView;
 
 /// The page.
 pub(super) async fn page(

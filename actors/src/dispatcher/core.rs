@@ -21,12 +21,12 @@ use crate::args::JobsArgs;
 use crate::backoff::{random_unit, retry_delay};
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::metrics as m;
+use crate::pipeline::worker::{Ticket, WorkerMsg};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
 use crate::store::journal::{Change, Journal, UnfinishedHead};
 use crate::tasks::{TaskError, TaskResult, ThrottledBy};
-use crate::worker::{Ticket, WorkerMsg};
 
 /// Requeues written per slice during a replay.
 const REPLAY_FLUSH_EVERY: usize = 10_000;

@@ -13,12 +13,12 @@ use super::{DispatcherArgs, DispatcherState, PipelineInfo};
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::dispatcher::BlockerKind;
 use crate::job::{JobId, JobStatus};
+use crate::pipeline::worker::{Ticket, WorkerMsg};
 use crate::protocol::{ErrorCode, SubmitSpec};
 use crate::routing::Router;
 use crate::store::journal::Journal;
 use crate::tasks::{TaskError, ThrottledBy};
 use crate::upstream::Hold;
-use crate::worker::{Ticket, WorkerMsg};
 
 /// A worker stand-in: forwards every ticket it is given.
 struct StandIn;

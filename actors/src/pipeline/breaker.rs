@@ -36,8 +36,8 @@ use tracing::{info, warn};
 
 use crate::args::BreakerArgs;
 use crate::job::{now_ms, rfc3339_ms};
-use crate::limiter::{wall_ms, SharedView};
 use crate::link::{Incarnation, Link};
+use crate::pipeline::limiter::{wall_ms, SharedView};
 use crate::supervisor::{spawn_child, ChildSpec};
 use crate::upstream::Verdict;
 

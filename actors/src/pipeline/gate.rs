@@ -14,7 +14,8 @@
 //! acquires and reports in turn). At most one probe is out at a time, so this is a single slot:
 //! a report from the task holding it is the probe's; any other report is not. A task that drops
 //! its request between `acquire` and `report` leaves the slot held; the breaker gives up on
-//! such a probe after [`crate::breaker::PROBE_TIMEOUT`] and the next probe takes the slot over.
+//! such a probe after [`crate::pipeline::breaker::PROBE_TIMEOUT`] and the next probe takes the
+//! slot over.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,15 +23,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ractor::rpc::CallResult;
 
-use crate::breaker::{Admission, CircuitBreakerMsg};
-use crate::limiter::{RateLimiterMsg, Refusal};
 use crate::link::Link;
+use crate::pipeline::breaker::{Admission, CircuitBreakerMsg};
+use crate::pipeline::limiter::{RateLimiterMsg, Refusal};
 use crate::upstream::{Blocked, Gate, Hold, Verdict};
 
 /// How long `acquire` waits for the breaker's answer (it answers at once unless it is stuck).
 pub const ADMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `acquire` waits for a permit. The limiter refuses waits longer than
-/// [`crate::limiter::MAX_PERMIT_WAIT`], so this is only reached if it is stuck.
+/// [`crate::pipeline::limiter::MAX_PERMIT_WAIT`], so this is only reached if it is stuck.
 pub const PERMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// When to come back if the limiter or breaker is restarting.
 pub const RESTART_RETRY: Duration = Duration::from_secs(1);
@@ -47,8 +48,9 @@ pub struct PipelineGate {
 }
 
 impl PipelineGate {
-    /// A gate over the pipeline's limiter and breaker (from [`crate::limiter::LimiterSpec::link`]
-    /// and [`crate::breaker::BreakerSpec::link`]).
+    /// A gate over the pipeline's limiter and breaker (from
+    /// [`crate::pipeline::limiter::LimiterSpec::link`] and
+    /// [`crate::pipeline::breaker::BreakerSpec::link`]).
     pub fn new(limiter: Link<RateLimiterMsg>, breaker: Link<CircuitBreakerMsg>) -> Self {
         Self {
             limiter,
@@ -153,8 +155,8 @@ mod tests {
 
     use super::*;
     use crate::args::{BreakerArgs, RateWindow};
-    use crate::breaker::{BreakerView, CircuitBreaker, CircuitBreakerArgs, CircuitState};
-    use crate::limiter::{RateLimiter, RateLimiterArgs, SharedView};
+    use crate::pipeline::breaker::{BreakerView, CircuitBreaker, CircuitBreakerArgs, CircuitState};
+    use crate::pipeline::limiter::{RateLimiter, RateLimiterArgs, SharedView};
     use crate::store::journal::Journal;
 
     struct Rig {
@@ -325,7 +327,7 @@ mod tests {
         assert_eq!(refused.hold, Hold::BreakerOpen);
         assert_eq!(
             refused.retry_after,
-            Some(crate::breaker::PROBE_PENDING_RETRY)
+            Some(crate::pipeline::breaker::PROBE_PENDING_RETRY)
         );
         assert_eq!(breaker_state(&r).await, CircuitState::HalfOpen);
         go_tx.send(Verdict::Transient).unwrap();
