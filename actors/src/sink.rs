@@ -21,11 +21,10 @@
 //!   `sink/postgres/rejected/<key>`, logged, counted as `rejected`) so it cannot block the
 //!   records behind it. `warden sinks backfill --prefix <key>` ships it again.
 //!
-//! The migrations (`schema.rs`) run on the first connection of each incarnation.
+//! The migrations (`migrations/`, run by `postgres::migrate`) run on the first connection of
+//! each incarnation.
 
-mod pg;
 mod rows;
-mod schema;
 mod status;
 mod tables;
 mod write;
@@ -45,7 +44,19 @@ use crate::metrics as m;
 use crate::store::journal::{Journal, OutboxItem};
 use crate::supervisor::{spawn_child, ChildSpec};
 
-pub use self::pg::{parse as parse_url, Failure};
+use crate::postgres as pg;
+pub use crate::postgres::{parse as parse_url, Failure};
+
+/// The sink's schema, in order. Never edit a shipped one: add the next.
+pub static MIGRATIONS: crate::postgres::migrate::Migrations =
+    crate::postgres::migrate::Migrations {
+        owner: "sink",
+        steps: &[(
+            1,
+            "typed tables and records",
+            include_str!("sink/migrations/0001_tables.sql"),
+        )],
+    };
 pub use self::rows::{Row, Rows};
 pub use self::tables::{insert_sql, upsert_sql, Table, TableId};
 /// The driver, for the benchmark and the tests (the same version the sink uses).
@@ -76,7 +87,14 @@ impl SinkSpec {
     /// A sink for `args` over `journal`, whose outbox it turns on. Fails only on a URL that does
     /// not parse (the message never repeats the URL).
     pub fn new(args: PostgresSinkArgs, journal: Journal) -> Result<SinkSpec, String> {
-        let (pool, target) = pg::pool(&args).map_err(|e| format!("sinks.postgres.url: {e}"))?;
+        let (pool, target) = pg::pool(pg::PoolOptions {
+            url: &args.url,
+            timeout: args.timeout,
+            application: "warden-sink",
+            // The writer, and one for a backfill or a probe.
+            size: 2,
+        })
+        .map_err(|e| format!("sinks.postgres.url: {e}"))?;
         journal.enable_outbox();
         let status = Status::new(target.shown.clone(), args.schema.clone());
         Ok(SinkSpec {
@@ -270,7 +288,9 @@ impl Run {
         let ctx = self.ctx.clone();
         if !self.migrated {
             let mut client = ctx.client().await?;
-            let version = schema::migrate(&mut client, &ctx.args.schema, &ctx.target).await?;
+            let version =
+                pg::migrate::migrate(&mut client, &ctx.args.schema, &MIGRATIONS, &ctx.target)
+                    .await?;
             ctx.status.connected(version);
             self.migrated = true;
             info!(sink = "postgres", server = %ctx.target.shown, schema = %ctx.args.schema, version, "sink connected");

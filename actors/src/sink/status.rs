@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::pg::Failure;
 use super::write::Written;
 use crate::job::{now_ms, rfc3339_ms};
+use crate::postgres::Failure;
 use crate::store::journal::Journal;
 
 /// Where the sink is.

@@ -1,6 +1,7 @@
-//! Embedded, versioned migrations of the sink's schema, applied when the sink connects.
+//! Embedded, versioned migrations of a schema of ours (the sink's, the cluster store's), applied
+//! when the first connection is made.
 //!
-//! A small `schema_migrations` table of our own rather than `refinery`: the sink's schema name
+//! A small `schema_migrations` table of our own rather than `refinery`: the schema name
 //! is configured, so every migration runs under `SET LOCAL search_path` to it (refinery keeps
 //! one history table per connection's default schema and would need a connection per schema);
 //! two nodes starting against one database must not both migrate, which one transaction-scoped
@@ -11,37 +12,45 @@
 
 use tokio_postgres::Client;
 
-use super::pg::{Failure, Target};
+use super::{Failure, Target};
 
-/// The migrations, in order: (version, name, SQL). Never edit a shipped one: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "typed tables and records",
-    include_str!("migrations/0001_tables.sql"),
-)];
-
-/// The schema version this build writes.
-pub fn latest() -> i32 {
-    MIGRATIONS.last().map_or(0, |m| m.0)
+/// One schema's migrations.
+pub struct Migrations {
+    /// Whose they are (`sink`, `cluster`): names the lock and the log lines.
+    pub owner: &'static str,
+    /// In order: (version, name, SQL). Never edit a shipped one: add the next.
+    pub steps: &'static [(i32, &'static str, &'static str)],
 }
 
-/// The advisory lock key of migrations into `schema`: stable across processes (FNV-1a).
-fn lock_key(schema: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "warden.sink.migrations.".bytes().chain(schema.bytes()) {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+impl Migrations {
+    /// The schema version this build writes.
+    pub fn latest(&self) -> i32 {
+        self.steps.last().map_or(0, |m| m.0)
     }
-    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The advisory lock key of `owner`'s migrations into `schema`.
+fn lock_key(owner: &str, schema: &str) -> i64 {
+    super::advisory_key(&format!("warden.{owner}.migrations.{schema}"))
 }
 
 /// Creates `schema` when missing and applies the migrations it lacks; returns the version it
 /// is at now. `schema` is a checked plain identifier (config).
-pub async fn migrate(client: &mut Client, schema: &str, target: &Target) -> Result<i32, Failure> {
+pub async fn migrate(
+    client: &mut Client,
+    schema: &str,
+    set: &Migrations,
+    target: &Target,
+) -> Result<i32, Failure> {
     let pg = |e: tokio_postgres::Error| target.failure(&e);
+    let latest = set.latest();
     let tx = client.transaction().await.map_err(pg)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
-        .await
-        .map_err(pg)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&lock_key(set.owner, schema)],
+    )
+    .await
+    .map_err(pg)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
@@ -58,15 +67,14 @@ pub async fn migrate(client: &mut Client, schema: &str, target: &Target) -> Resu
         .await
         .map_err(pg)?;
     let current: i32 = row.get(0);
-    if current > latest() {
+    if current > latest {
         return Err(Failure::SchemaTooNew(format!(
             "{}: schema {schema} is at version {current}, this Warden knows up to {}: upgrade \
              the node (nothing is written meanwhile)",
-            target.shown,
-            latest()
+            target.shown, latest
         )));
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, name, sql) in set.steps.iter().filter(|m| m.0 > current) {
         tx.batch_execute(&format!("SET LOCAL search_path TO {schema}; {sql}"))
             .await
             .map_err(pg)?;
@@ -78,7 +86,7 @@ pub async fn migrate(client: &mut Client, schema: &str, target: &Target) -> Resu
         .await
         .map_err(pg)?;
         tracing::info!(
-            sink = "postgres",
+            owner = set.owner,
             schema,
             version,
             name,
@@ -86,20 +94,24 @@ pub async fn migrate(client: &mut Client, schema: &str, target: &Target) -> Resu
         );
     }
     tx.commit().await.map_err(pg)?;
-    Ok(latest())
+    Ok(latest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Ensures that versions increase one by one from 1, and lock keys differ per schema.
+    /// Ensures that every shipped set's versions increase one by one from 1, and lock keys
+    /// differ per owner and per schema.
     #[test]
     fn versions_are_dense_and_locks_distinct() {
-        for (i, (version, _, _)) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(*version as usize, i + 1);
+        for set in [&crate::sink::MIGRATIONS, &crate::cluster::MIGRATIONS] {
+            for (i, (version, _, _)) in set.steps.iter().enumerate() {
+                assert_eq!(*version as usize, i + 1, "{}", set.owner);
+            }
         }
-        assert_ne!(lock_key("warden"), lock_key("warden2"));
-        assert_eq!(lock_key("warden"), lock_key("warden"));
+        assert_ne!(lock_key("sink", "warden"), lock_key("sink", "warden2"));
+        assert_ne!(lock_key("sink", "warden"), lock_key("cluster", "warden"));
+        assert_eq!(lock_key("sink", "warden"), lock_key("sink", "warden"));
     }
 }

@@ -1,11 +1,12 @@
-//! Reaching PostgreSQL: the connection pool, how the server is named in logs and answers
-//! (host, port, database and user, never the password), and what a failure means for the sink.
+//! Reaching PostgreSQL, for the sink and the cluster store alike: the connection pool, how the
+//! server is named in logs and answers (host, port, database and user, never the password),
+//! what a failure means, and the embedded migrations (`migrate.rs`).
 //!
 //! The driver is tokio-postgres (the maintained pure-Rust async driver, on the tokio runtime the
 //! node already runs) behind a deadpool-postgres pool: the pool replaces a connection that died
 //! (PostgreSQL restarted, a network cut) on the next checkout instead of failing forever, and
-//! bounds how long a checkout waits. The sink writes one batch at a time, so the pool is small.
-//! TLS is not offered (`NoTls`): a URL with `sslmode=require` fails with the driver's error.
+//! bounds how long a checkout waits. TLS is not offered (`NoTls`): a URL with `sslmode=require`
+//! fails with the driver's error.
 //!
 //! A failure is classified by its type and its SQLSTATE class, never by its message: a data
 //! error (class 22, data exception; 23, integrity violation) is about the rows and will happen
@@ -13,19 +14,17 @@
 //! authentication, a restart in progress, a timeout, privileges) is about the server and is
 //! retried with backoff ([`Failure::Unavailable`]).
 
+pub mod migrate;
+
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
-use crate::args::PostgresSinkArgs;
 use crate::store::journal::JournalError;
 
-/// Connections the pool keeps: the sink's writer, and one for a backfill or a probe.
-const POOL_SIZE: usize = 2;
-
-/// Why a try failed, and so what the sink does next.
+/// Why a try failed, and so what its caller does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The server could not take the batch now: retried with backoff.
@@ -35,7 +34,7 @@ pub enum Failure {
     /// The server's schema is newer than this build knows: retried with backoff (an upgrade
     /// of the node, or a rollback of the schema, resolves it).
     SchemaTooNew(String),
-    /// The journal could not be read or written.
+    /// The node's own journal could not be read or written (the sink's outbox).
     Journal(String),
 }
 
@@ -84,7 +83,7 @@ impl Target {
         }
     }
 
-    /// A driver error as the sink reports it: classified, scrubbed, naming the server.
+    /// A driver error as it is reported: classified, scrubbed, naming the server.
     pub fn failure(&self, e: &tokio_postgres::Error) -> Failure {
         // A server error's words are in its DbError; the driver's own Display says only "db error".
         let words = match e.as_db_error() {
@@ -101,7 +100,7 @@ impl Target {
         }
     }
 
-    /// A pool checkout error as the sink reports it.
+    /// A pool checkout error as it is reported.
     pub fn pool_failure(&self, e: PoolError) -> Failure {
         match e {
             PoolError::Backend(e) => self.failure(&e),
@@ -117,7 +116,7 @@ impl Target {
     }
 }
 
-/// Parses the sink's URL (a `postgres://` URL or a `key=value` string) into the driver's config
+/// Parses a PostgreSQL URL (a `postgres://` URL or a `key=value` string) into the driver's config
 /// and the [`Target`]. The error never repeats the URL, which may hold the password.
 pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Target), String> {
     let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
@@ -155,14 +154,35 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Target), String> {
     Ok((config, Target { shown, password }))
 }
 
-/// The pool for `args`: connect and statement timeouts from `args.timeout`, an application name
-/// that makes the sink's sessions recognisable in `pg_stat_activity`.
-pub fn pool(args: &PostgresSinkArgs) -> Result<(Pool, Target), String> {
-    let (mut config, target) = parse(&args.url)?;
-    let timeout_ms = args.timeout.as_millis();
+/// An advisory lock key for `name`, the same in every process (FNV-1a).
+pub fn advisory_key(name: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// How a pool connects: its bound, its timeouts, and the name its sessions carry in
+/// `pg_stat_activity`.
+pub struct PoolOptions<'a> {
+    /// The URL (`postgres://` or `key=value`).
+    pub url: &'a str,
+    /// Connect and statement timeout.
+    pub timeout: Duration,
+    /// The sessions' `application_name`.
+    pub application: &'a str,
+    /// Connections the pool keeps at most.
+    pub size: usize,
+}
+
+/// The pool for `o`: connect and statement timeouts from `o.timeout`.
+pub fn pool(o: PoolOptions<'_>) -> Result<(Pool, Target), String> {
+    let (mut config, target) = parse(o.url)?;
+    let timeout_ms = o.timeout.as_millis();
     config
-        .connect_timeout(args.timeout)
-        .application_name("warden-sink")
+        .connect_timeout(o.timeout)
+        .application_name(o.application)
         .options(format!("-c statement_timeout={timeout_ms}"));
     let manager = Manager::from_config(
         config,
@@ -172,9 +192,9 @@ pub fn pool(args: &PostgresSinkArgs) -> Result<(Pool, Target), String> {
         },
     );
     // The pool's own bound sits above the driver's, so a slow connect reports the driver's words.
-    let wait = Some(args.timeout + Duration::from_secs(1));
+    let wait = Some(o.timeout + Duration::from_secs(1));
     let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(o.size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(wait)
         .create_timeout(wait)
