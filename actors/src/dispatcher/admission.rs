@@ -5,8 +5,65 @@
 use uuid::Uuid;
 
 use super::core::DispatcherState;
+use super::PipelineInfo;
 use crate::job::{JobId, JobRecord, JobStatus, Priority};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::routing::Router;
+
+/// The lane (index into `pipelines`) and route priority of job `name`, or why none serves
+/// it; `at` names the field in the answer (`jobs[3].job` in a batch).
+pub fn route(
+    router: &Router,
+    pipelines: &[&PipelineInfo],
+    name: &str,
+    at: &str,
+) -> Result<(usize, Priority), ApiError> {
+    let route = router.route(name);
+    let Some(lane) = pipelines.iter().position(|p| p.name == route.pipeline) else {
+        let known: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
+        return Err(ApiError::new(
+            ErrorCode::UnknownJob,
+            format!(
+                "{at}: {name:?} matches no pipeline task: pipeline {:?} is not configured (configured: {})",
+                route.pipeline,
+                known.join(", ")
+            ),
+        ));
+    };
+    let info = pipelines[lane];
+    if !info.tasks.iter().any(|t| t == name) {
+        return Err(ApiError::new(
+            ErrorCode::UnknownJob,
+            format!(
+                "{at}: {name:?} matches no task of pipeline {:?}; its tasks are {}",
+                info.name,
+                info.tasks.join(", ")
+            ),
+        ));
+    }
+    Ok((lane, route.priority))
+}
+
+/// [`route`] for every job of a submit, naming the one at fault.
+pub fn route_all(
+    router: &Router,
+    pipelines: &[&PipelineInfo],
+    specs: &[SubmitSpec],
+) -> Result<Vec<(usize, Priority)>, ApiError> {
+    let batch = specs.len() > 1;
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let at = if batch {
+                format!("jobs[{i}].job")
+            } else {
+                "job".to_string()
+            };
+            route(router, pipelines, &spec.name, &at)
+        })
+        .collect()
+}
 
 /// What a new job is made of, its pipeline chosen.
 pub(super) struct NewJob {

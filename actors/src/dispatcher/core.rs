@@ -12,13 +12,13 @@ use tracing::{debug, error, info, warn};
 
 use super::admission::NewJob;
 use super::live::{JobHead, Live, Names, Wait};
+use super::verdict::{verdict, ThrottleCause, Verdict};
 use super::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
     WorkersView,
 };
 use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
-use crate::backoff::{random_unit, retry_delay};
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::metrics as m;
 use crate::pipeline::worker::{Ticket, WorkerMsg};
@@ -26,16 +26,13 @@ use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
 use crate::store::journal::{Change, Journal, UnfinishedHead};
-use crate::tasks::{TaskError, TaskResult, ThrottledBy};
+use crate::tasks::TaskResult;
 
 /// Requeues written per slice during a replay.
 const REPLAY_FLUSH_EVERY: usize = 10_000;
 
 /// What a refused submit tells the client.
 pub(super) const NOTHING_ACCEPTED: &str = "nothing was accepted; retry later";
-
-/// Wait after a throttle signal that gave no Retry-After.
-const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// One pipeline's run state.
 pub(super) struct Lane {
@@ -294,22 +291,10 @@ impl DispatcherState {
         Ok(accepted)
     }
 
-    /// The lane and route priority of each submit, naming the one at fault (`jobs[3].job` in a
-    /// batch).
+    /// The lane and route priority of each submit, naming the one at fault.
     fn route_submits(&self, specs: &[SubmitSpec]) -> Result<Vec<(usize, Priority)>, ApiError> {
-        let batch = specs.len() > 1;
-        specs
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                let at = if batch {
-                    format!("jobs[{i}].job")
-                } else {
-                    "job".to_string()
-                };
-                self.route(&spec.name, &at)
-            })
-            .collect()
+        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
+        super::admission::route_all(&self.router, &infos, specs)
     }
 
     /// Journals new jobs' records, then takes them into their queues.
@@ -368,31 +353,10 @@ impl DispatcherState {
         )
     }
 
+    /// The lane and route priority of job `name` (see `admission::route`).
     pub(super) fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
-        let route = self.router.route(name);
-        let Some(&lane) = self.lane_by_name.get(&route.pipeline) else {
-            let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
-            return Err(ApiError::new(
-                ErrorCode::UnknownJob,
-                format!(
-                    "{at}: {name:?} matches no pipeline task: pipeline {:?} is not configured (configured: {})",
-                    route.pipeline,
-                    known.join(", ")
-                ),
-            ));
-        };
-        let info = &self.lanes[lane].info;
-        if !info.tasks.iter().any(|t| t == name) {
-            return Err(ApiError::new(
-                ErrorCode::UnknownJob,
-                format!(
-                    "{at}: {name:?} matches no task of pipeline {:?}; its tasks are {}",
-                    info.name,
-                    info.tasks.join(", ")
-                ),
-            ));
-        }
-        Ok((lane, route.priority))
+        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
+        super::admission::route(&self.router, &infos, name, at)
     }
 
     /// Takes an unfinished job into memory: onto the timer while its `next_attempt_at` is in
@@ -553,28 +517,31 @@ impl DispatcherState {
             return;
         };
         let name = live.head.name.clone();
+        let (attempts, max_retries) = (live.head.attempts, live.head.max_retries);
+        let policy = self.lanes[live.lane].info.retry;
         self.meters
             .job(&name)
             .duration
             .record(elapsed.as_secs_f64());
-        match outcome {
-            Ok(value) => self.succeed(id, &name, value),
-            Err(TaskError::Transient(msg)) => self.retry_or_dead_letter(id, msg, "transient"),
-            Err(TaskError::Timeout(msg)) => self.retry_or_dead_letter(id, msg, "timeout"),
-            Err(TaskError::Panic(msg)) => self.retry_or_dead_letter(id, msg, "panic"),
-            Err(TaskError::Crash(msg)) => self.retry_or_dead_letter(id, msg, "crash"),
-            Err(TaskError::Permanent(msg)) => self.dead_letter(id, msg),
-            Err(TaskError::Throttled {
+        match verdict(outcome, attempts, max_retries, &policy) {
+            Verdict::Succeed(value) => self.succeed(id, &name, value),
+            Verdict::Retry {
+                delay,
+                error,
+                error_type,
+            } => self.retry_after(id, delay, error, error_type),
+            Verdict::Throttled {
+                wait,
                 message,
-                retry_after,
-                by,
-            }) => {
-                let wait = match by {
-                    ThrottledBy::Gate(hold) if hold.is_breaker() => Wait::BreakerOpen,
-                    _ => Wait::RateLimit,
+                cause,
+            } => {
+                let cause = match cause {
+                    ThrottleCause::Breaker => Wait::BreakerOpen,
+                    ThrottleCause::RateLimit => Wait::RateLimit,
                 };
-                self.throttled(id, &name, message, retry_after, wait)
+                self.throttled(id, &name, message, wait, cause)
             }
+            Verdict::DeadLetter(msg) => self.dead_letter(id, msg),
         }
         self.check_drained();
     }
@@ -596,15 +563,7 @@ impl DispatcherState {
     }
 
     /// A throttled attempt does not count: the upstream never did the work.
-    fn throttled(
-        &mut self,
-        id: JobId,
-        name: &str,
-        message: String,
-        retry_after: Option<Duration>,
-        cause: Wait,
-    ) {
-        let wait = retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT);
+    fn throttled(&mut self, id: JobId, name: &str, message: String, wait: Duration, cause: Wait) {
         let at = now_ms() + wait.as_millis() as i64;
         metrics::counter!(m::JOB_RETRIES, "job_name" => name.to_string(), "error_type" => "throttled")
             .increment(1);
@@ -618,16 +577,12 @@ impl DispatcherState {
         self.wait_on_timer(id, Instant::now() + wait, cause);
     }
 
-    fn retry_or_dead_letter(&mut self, id: JobId, msg: String, error_type: &'static str) {
+    /// Schedules the next attempt of `id` after `delay` (the verdict was to retry).
+    fn retry_after(&mut self, id: JobId, delay: Duration, msg: String, error_type: &'static str) {
         let Some(live) = self.live.get(&id) else {
             return;
         };
         let (attempts, name) = (live.head.attempts, live.head.name.to_string());
-        if attempts > live.head.max_retries {
-            let why = format!("{msg} (gave up after {attempts} attempts)");
-            return self.dead_letter(id, why);
-        }
-        let delay = retry_delay(&self.lanes[live.lane].info.retry, attempts, random_unit());
         debug!(job_id = %id, job_name = %name, attempt = attempts, delay_ms = delay.as_millis() as u64, "retry scheduled");
         metrics::counter!(m::JOB_RETRIES, "job_name" => name.clone(), "error_type" => error_type)
             .increment(1);
