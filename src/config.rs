@@ -33,12 +33,14 @@ mod console;
 mod defaults_test;
 mod extras;
 mod sinks;
+mod store;
 mod tasks;
 mod upstream;
 
 pub use self::console::ConsoleSection;
 pub use self::extras::{AlertsSection, ScheduleSection, UniverseSection};
 pub use self::sinks::{PostgresSinkSection, SinksSection};
+pub use self::store::{StoreKind, StoreSection};
 pub use self::tasks::TaskSection;
 pub use self::upstream::BreakerSection;
 use self::upstream::UpstreamKeys;
@@ -105,6 +107,9 @@ pub struct Config {
     /// `[sinks.postgres]`: records shipped to PostgreSQL, when set.
     #[serde(default)]
     pub sinks: SinksSection,
+    /// `[store]`: where the jobs live (the journal, or PostgreSQL in cluster mode).
+    #[serde(default)]
+    pub store: StoreSection,
     /// `[pipelines.<name>]`: the pipelines to start; always holds `builtin` after parsing.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineSection>,
@@ -556,9 +561,30 @@ impl Config {
             routes: routes.collect(),
             schedules: extras::resolve_schedules(self.schedules, &self.universe),
             alerts: self.alerts.map(extras::resolve_alerts),
-            console: self.console.into_args(),
+            // The console reads the node's journal; in cluster mode the jobs are elsewhere, and
+            // it is not served (the node logs so at start).
+            console: if self.store.is_cluster() {
+                None
+            } else {
+                self.console.into_args()
+            },
             sink: sinks::resolve(self.sinks, env).map_err(invalid)?,
+            store: store::resolve(self.store, self.admin.listen, env).map_err(invalid)?,
         })
+    }
+
+    /// What cluster mode does not run yet, refused by name rather than ignored.
+    fn validate_cluster_mode(&self) -> Result<(), Problem> {
+        if !self.store.is_cluster() {
+            return Ok(());
+        }
+        if !self.schedules.is_empty() {
+            return Err(Problem::new(
+                "schedules",
+                "expected no [[schedules]] with [store] kind = \"postgres\": schedules do not run in cluster mode yet (docs/cluster.md)",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the rules the schema can't express; the first broken one is reported.
@@ -643,6 +669,8 @@ impl Config {
             extras::validate_alerts(alerts)?;
         }
         sinks::validate(&self.sinks)?;
+        store::validate(&self.store)?;
+        self.validate_cluster_mode()?;
 
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(why) = glob_problem(&route.pattern) {

@@ -39,8 +39,12 @@ pub use self::commands::{perform, ShutdownRequest};
 pub struct AdminCtx {
     /// Limits and token.
     pub limits: AdminArgs,
-    /// Read side of job state.
+    /// The node's journal (its durability, its records, its workflows).
     pub journal: Journal,
+    /// Where job records are read: the journal, or the cluster's table.
+    pub jobs: crate::store::JobStore,
+    /// Cluster mode's store, for `nodes`; `None` on a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Decisions.
     pub dispatcher: DispatcherLink,
     /// The root supervisor, for `tree`.

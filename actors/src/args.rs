@@ -39,6 +39,9 @@ pub struct NodeArgs {
     pub console: Option<ConsoleArgs>,
     /// Where records are shipped besides the journal (`[sinks.postgres]`), when configured.
     pub sink: Option<PostgresSinkArgs>,
+    /// Cluster mode (`[store] kind = "postgres"`): the jobs live in PostgreSQL. None: in the
+    /// journal.
+    pub store: Option<crate::cluster::ClusterArgs>,
 }
 
 /// The web console (`[console]`, docs/console.md).

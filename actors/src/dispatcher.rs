@@ -15,6 +15,7 @@ mod core;
 mod fanout;
 mod live;
 mod meters;
+mod verdict;
 mod views;
 mod workflow;
 
@@ -32,7 +33,9 @@ use crate::routing::Router;
 use crate::store::journal::{Journal, JournalError};
 use crate::tasks::TaskResult;
 
+pub use self::admission::{route, route_all};
 pub use self::core::DispatcherState;
+pub use self::verdict::{retry_or_give_up, verdict, ThrottleCause, Verdict};
 pub use self::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
     WorkersView,
@@ -174,6 +177,9 @@ pub enum DispatcherMsg {
     /// A pipeline's circuit breaker opened (true) or let traffic through again (false): while
     /// it is open the pipeline's workers get no jobs.
     BreakerOpen(usize, bool),
+    /// News from the cluster store's loops (cluster mode only; the single node's dispatcher
+    /// never receives one).
+    Cluster(crate::cluster::Event),
 }
 
 impl DispatcherMsg {
@@ -326,6 +332,7 @@ impl Actor for Dispatcher {
             }
             DispatcherMsg::BreakerOpen(lane, open) => st.set_breaker_open(lane, open),
             DispatcherMsg::Withdraw(ids) => st.withdraw(ids),
+            DispatcherMsg::Cluster(_) => {}
         }
         let gather = job_loop && !st.changes.is_empty();
         if gather && !st.flush_scheduled {

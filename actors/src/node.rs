@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
 use crate::alerts::{Alerter, AlertsSpec};
 use crate::args::NodeArgs;
+use crate::cluster::{Cluster, ClusterArgs, ClusterDispatcher, ClusterDispatcherArgs};
 use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
 use crate::exec::NodeEnv;
 use crate::link::Link;
@@ -74,6 +75,9 @@ pub enum NodeError {
     /// The arguments are inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// The cluster store could not be opened (unreachable, a newer schema, a node id in use).
+    #[error("cluster store: {0}")]
+    Store(String),
     /// The tree could not be spawned.
     #[error("cannot start the supervision tree: {0}")]
     Spawn(String),
@@ -128,6 +132,10 @@ impl Node {
             source,
         })?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
+        let cluster = match args.store.clone() {
+            Some(c) => Some(open_cluster(c).await?),
+            None => None,
+        };
 
         let dispatcher = DispatcherLink::default();
         // The webhook, when configured; everyone else holds a cheap handle that casts to it.
@@ -174,6 +182,11 @@ impl Node {
         let admin_ctx = Arc::new(AdminCtx {
             limits: args.admin.clone(),
             journal: journal.clone(),
+            jobs: match &cluster {
+                Some(c) => crate::store::JobStore::Cluster(c.jobs.clone()),
+                None => crate::store::JobStore::Journal(journal.clone()),
+            },
+            cluster: cluster.clone(),
             dispatcher: dispatcher.clone(),
             root: root_link.clone(),
             scheduler: (!args.schedules.is_empty()).then(|| scheduler.clone()),
@@ -188,15 +201,26 @@ impl Node {
             listener: Arc::new(listener),
             ctx: admin_ctx.clone(),
         });
-        let dispatcher_spec = Arc::new(DispatcherSpec(DispatcherArgs {
-            journal: journal.clone(),
-            jobs: args.jobs.clone(),
-            pipelines: infos,
-            router,
-            link: dispatcher.clone(),
-            alerter: alerter.clone(),
-            tasks: tasks.clone(),
-        }));
+        let dispatcher_spec: Arc<dyn ChildSpec> = match cluster {
+            Some(cluster) => Arc::new(ClusterDispatcherSpec(ClusterDispatcherArgs {
+                cluster,
+                jobs: args.jobs.clone(),
+                pipelines: infos,
+                router,
+                link: dispatcher.clone(),
+                alerter: alerter.clone(),
+                admin: admin_addr.to_string(),
+            })),
+            None => Arc::new(DispatcherSpec(DispatcherArgs {
+                journal: journal.clone(),
+                jobs: args.jobs.clone(),
+                pipelines: infos,
+                router,
+                link: dispatcher.clone(),
+                alerter: alerter.clone(),
+                tasks: tasks.clone(),
+            })),
+        };
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
         // no worker keeps waiting on a dead dispatcher; the admin actor (then the console) starts last, so a
         // command never finds the dispatcher missing (the port is bound already: early clients wait in
@@ -349,6 +373,18 @@ impl Node {
 }
 
 /// The dispatcher's recipe under the root.
+/// Opens the cluster store: connects, migrates, and makes sure no live node has this id.
+async fn open_cluster(args: ClusterArgs) -> Result<Cluster, NodeError> {
+    let cluster = Cluster::new(args).map_err(NodeError::Invalid)?;
+    let version = cluster
+        .open()
+        .await
+        .map_err(|e| NodeError::Store(e.message().to_string()))?;
+    info!(store = %cluster.target().shown, schema = %cluster.args.schema,
+        node_id = %cluster.args.node_id, version, "cluster store opened; the console is not served in cluster mode");
+    Ok(cluster)
+}
+
 struct DispatcherSpec(DispatcherArgs);
 
 impl ChildSpec for DispatcherSpec {
@@ -365,6 +401,28 @@ impl ChildSpec for DispatcherSpec {
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
         let args = self.0.clone();
         spawn_child(Dispatcher, args, supervisor)
+    }
+    fn restarts_later_siblings(&self) -> bool {
+        true
+    }
+}
+
+/// The dispatcher of cluster mode, in the same place of the tree.
+struct ClusterDispatcherSpec(ClusterDispatcherArgs);
+
+impl ChildSpec for ClusterDispatcherSpec {
+    fn name(&self) -> String {
+        "dispatcher".into()
+    }
+    fn kind(&self) -> &'static str {
+        "dispatcher"
+    }
+    fn spawn(
+        &self,
+        supervisor: ActorCell,
+        _path: String,
+    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
+        spawn_child(ClusterDispatcher, self.0.clone(), supervisor)
     }
     fn restarts_later_siblings(&self) -> bool {
         true

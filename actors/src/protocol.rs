@@ -131,6 +131,7 @@ pub const COMMANDS: &[&str] = &[
     "workflow",
     "sinks",
     "sink_backfill",
+    "nodes",
 ];
 
 /// One job to submit, as it comes on the wire.
@@ -482,6 +483,8 @@ pub enum Command {
     Sinks,
     /// `sink_backfill`.
     SinkBackfill(SinkBackfillReq),
+    /// `nodes`.
+    Nodes,
 }
 
 /// `sink_backfill`: enqueue the records already stored under `prefix` for the sink.
@@ -502,6 +505,7 @@ impl Command {
             self,
             Command::Ping
                 | Command::Tree
+                | Command::Nodes
                 | Command::Sinks
                 | Command::Schedules
                 | Command::Shutdown(_)
@@ -631,6 +635,7 @@ fn parse_command(cmd: &str, rest: Map<String, Value>) -> Result<Command, ApiErro
         "retry" => Command::Retry(fields(rest)?),
         "dlq" => Command::Dlq(fields(rest)?),
         "tree" => fields::<NoFields>(rest).map(|_| Command::Tree)?,
+        "nodes" => fields::<NoFields>(rest).map(|_| Command::Nodes)?,
         "pipelines" => fields::<NoFields>(rest).map(|_| Command::Pipelines)?,
         "pause" => Command::Pause(fields(rest)?),
         "resume" => Command::Resume(fields(rest)?),

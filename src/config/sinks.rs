@@ -91,34 +91,8 @@ pub(super) fn validate(sinks: &SinksSection) -> Result<(), Problem> {
         return Ok(());
     };
     let key = |k: &str| format!("sinks.postgres.{k}");
-    if pg.url.is_none() && pg.url_env.is_none() {
-        return Err(Problem::new(
-            "sinks.postgres",
-            "expected url or url_env (the name of an environment variable holding the URL)",
-        ));
-    }
-    if let Some(url) = &pg.url {
-        warden_actors::sink::parse_url(url).map_err(|e| {
-            Problem::new(key("url"), format!("expected a PostgreSQL URL like \"postgres://user:password@host:5432/db\" ({e})"))
-        })?;
-    }
-    if pg.url_env.as_deref() == Some("") {
-        return Err(Problem::new(
-            key("url_env"),
-            "expected a variable name, got \"\"",
-        ));
-    }
-    let s = &pg.schema;
-    let plain = s.len() <= MAX_SCHEMA_LEN
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !plain {
-        return Err(Problem::new(
-            key("schema"),
-            format!("expected a plain identifier (a-z, 0-9, _; at most {MAX_SCHEMA_LEN}, not starting with a digit), got {s:?}"),
-        ));
-    }
+    check_url_source("sinks.postgres", pg.url.as_deref(), pg.url_env.as_deref())?;
+    check_schema(&key("schema"), &pg.schema)?;
     if !(1..=MAX_BATCH).contains(&pg.batch) {
         return Err(Problem::new(
             key("batch"),
@@ -145,6 +119,78 @@ pub(super) fn validate(sinks: &SinksSection) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Checks that `section` names where its PostgreSQL URL comes from, and that a `url` given
+/// parses (shared by `[sinks.postgres]` and `[store]`).
+pub(super) fn check_url_source(
+    section: &str,
+    url: Option<&str>,
+    url_env: Option<&str>,
+) -> Result<(), Problem> {
+    if url.is_none() && url_env.is_none() {
+        return Err(Problem::new(
+            section,
+            "expected url or url_env (the name of an environment variable holding the URL)",
+        ));
+    }
+    if let Some(url) = url {
+        warden_actors::sink::parse_url(url).map_err(|e| {
+            Problem::new(format!("{section}.url"), format!("expected a PostgreSQL URL like \"postgres://user:password@host:5432/db\" ({e})"))
+        })?;
+    }
+    if url_env == Some("") {
+        return Err(Problem::new(
+            format!("{section}.url_env"),
+            "expected a variable name, got \"\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `s` is a schema name PostgreSQL takes unquoted.
+pub(super) fn check_schema(key: &str, s: &str) -> Result<(), Problem> {
+    let plain = s.len() <= MAX_SCHEMA_LEN
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain {
+        return Err(Problem::new(
+            key,
+            format!("expected a plain identifier (a-z, 0-9, _; at most {MAX_SCHEMA_LEN}, not starting with a digit), got {s:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The URL of `section`: from the variable `url_env` names when it is set and non-empty, else
+/// `url`; checked to parse, never repeated in a message.
+pub(super) fn resolve_url(
+    section: &str,
+    url: Option<String>,
+    url_env: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Problem> {
+    let from_env = url_env.and_then(|var| env(var).filter(|v| !v.is_empty()).map(|v| (var, v)));
+    match (from_env, url) {
+        (Some((var, url)), _) => {
+            warden_actors::sink::parse_url(&url).map_err(|e| {
+                Problem::new(
+                    format!("{section}.url_env"),
+                    format!("the variable {var} does not hold a PostgreSQL URL ({e})"),
+                )
+            })?;
+            Ok(url)
+        }
+        (None, Some(url)) => Ok(url),
+        (None, None) => Err(Problem::new(
+            format!("{section}.url_env"),
+            format!(
+                "the variable {} is not set (or empty) and no url is given",
+                url_env.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// The sink's arguments, the URL taken from `url_env` when that variable is set.
 pub(super) fn resolve(
     sinks: SinksSection,
@@ -153,31 +199,7 @@ pub(super) fn resolve(
     let Some(pg) = sinks.postgres else {
         return Ok(None);
     };
-    let from_env = pg
-        .url_env
-        .as_deref()
-        .and_then(|var| env(var).filter(|v| !v.is_empty()).map(|v| (var, v)));
-    let url = match (from_env, pg.url) {
-        (Some((var, url)), _) => {
-            warden_actors::sink::parse_url(&url).map_err(|e| {
-                Problem::new(
-                    "sinks.postgres.url_env",
-                    format!("the variable {var} does not hold a PostgreSQL URL ({e})"),
-                )
-            })?;
-            url
-        }
-        (None, Some(url)) => url,
-        (None, None) => {
-            return Err(Problem::new(
-                "sinks.postgres.url_env",
-                format!(
-                    "the variable {} is not set (or empty) and no url is given",
-                    pg.url_env.unwrap_or_default()
-                ),
-            ))
-        }
-    };
+    let url = resolve_url("sinks.postgres", pg.url, pg.url_env.as_deref(), env)?;
     Ok(Some(PostgresSinkArgs {
         url,
         schema: pg.schema,

@@ -72,6 +72,7 @@ pub fn test_args(dir: &Path) -> NodeArgs {
         alerts: None,
         console: None,
         sink: None,
+        store: None,
     }
 }
 

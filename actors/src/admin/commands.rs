@@ -196,10 +196,11 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
             let a = submit(ctx, b.jobs, true).await?;
             Ok(json!({ "job_ids": a.iter().map(|a| a.job_id).collect::<Vec<_>>() }))
         }
-        Command::Status(r) => status(ctx, r.job_id),
-        Command::History(r) => history(ctx, r.job_id),
-        Command::List(r) => Ok(json!({ "jobs": list(ctx, r)? })),
-        Command::Dlq(r) => dlq(ctx, r.limit),
+        Command::Status(r) => status(ctx, r.job_id).await,
+        Command::History(r) => history(ctx, r.job_id).await,
+        Command::List(r) => Ok(json!({ "jobs": list(ctx, r).await? })),
+        Command::Dlq(r) => dlq(ctx, r.limit).await,
+        Command::Nodes => nodes(ctx).await,
         Command::Cancel(r) => job_answer(call(ctx, |p| DispatcherMsg::Cancel(r.job_id, p)).await?),
         Command::Retry(r) => job_answer(call(ctx, |p| DispatcherMsg::Retry(r.job_id, p)).await?),
         Command::Tree => tree(ctx).await,
@@ -243,23 +244,53 @@ fn ping(ctx: &AdminCtx) -> Value {
     })
 }
 
-/// The journaled record of `id`, or `not_found`.
-fn record_of(ctx: &AdminCtx, id: JobId) -> Result<JobRecord, ApiError> {
-    ctx.journal
+/// The stored record of `id`, or `not_found`.
+async fn record_of(ctx: &AdminCtx, id: JobId) -> Result<JobRecord, ApiError> {
+    ctx.jobs
         .get(id)
-        .map_err(journal_err)?
+        .await
+        .map_err(store_err)?
         .ok_or_else(|| no_job(id))
 }
 
+/// A read of job records that failed, as an answer.
+fn store_err(message: String) -> ApiError {
+    ApiError::new(crate::protocol::ErrorCode::StorageUnavailable, message)
+}
+
+/// `nodes`: the nodes of the cluster, with their heartbeat's age and the leader; a single
+/// node lists itself.
+async fn nodes(ctx: &AdminCtx) -> Result<Value, ApiError> {
+    let Some(cluster) = &ctx.cluster else {
+        let running = call(ctx, DispatcherMsg::Running).await?.len();
+        let me = crate::cluster::NodeView {
+            id: ctx.node_name.clone(),
+            admin: ctx.limits.listen.to_string(),
+            heartbeat_age_ms: 0,
+            leader: true,
+            running: running as i64,
+            started_at: String::new(),
+        };
+        return Ok(json!({ "cluster": false, "nodes": [me] }));
+    };
+    let nodes = cluster
+        .jobs
+        .nodes()
+        .await
+        .map_err(|e| store_err(e.message().to_string()))?;
+    Ok(json!({ "cluster": true, "node_id": cluster.args.node_id, "nodes": nodes }))
+}
+
 /// `status`: the job with its progress.
-fn status(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
-    let rec = record_of(ctx, id)?;
+async fn status(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
+    let rec = record_of(ctx, id).await?;
     Ok(json!({ "job": JobView::from(&rec).with_progress(&ctx.progress) }))
 }
 
 /// `history`: the job's events, oldest first, from one read of its record.
-fn history(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
-    let events: Vec<Value> = record_of(ctx, id)?
+async fn history(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
+    let events: Vec<Value> = record_of(ctx, id)
+        .await?
         .history
         .into_iter()
         .map(|e| json!({ "at": rfc3339_ms(e.at), "kind": e.kind.as_str(), "attempt": e.attempt, "detail": e.detail }))
@@ -268,13 +299,13 @@ fn history(ctx: &AdminCtx, id: JobId) -> Result<Value, ApiError> {
 }
 
 /// `dlq`: the newest failed jobs.
-fn dlq(ctx: &AdminCtx, limit: Option<usize>) -> Result<Value, ApiError> {
+async fn dlq(ctx: &AdminCtx, limit: Option<usize>) -> Result<Value, ApiError> {
     let req = ListReq {
         status: Some(JobStatus::Failed),
         limit,
         ..Default::default()
     };
-    Ok(json!({ "jobs": list(ctx, req)? }))
+    Ok(json!({ "jobs": list(ctx, req).await? }))
 }
 
 /// The answer of `cancel` and `retry`: the job as the dispatcher left it.
@@ -460,7 +491,7 @@ fn no_job(id: crate::job::JobId) -> ApiError {
     ApiError::not_found(format!("job_id: no job with id {id}"))
 }
 
-fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
+async fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
     let limit = limit_or(r.limit, 100)?;
     let matcher = match &r.name {
         Some(n) => Some(
@@ -480,10 +511,7 @@ fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
         before: r.before,
         limit,
     };
-    let recs = ctx
-        .journal
-        .list(&filter)
-        .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?;
+    let recs = ctx.jobs.list(&filter).await.map_err(store_err)?;
     Ok(recs
         .iter()
         .map(|r| JobView::from(r).with_progress(&ctx.progress))

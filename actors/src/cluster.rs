@@ -1,0 +1,184 @@
+//! Cluster mode: several nodes share one PostgreSQL database (`[store] kind = "postgres"`),
+//! used the way River, Oban and solid_queue use it. The jobs live in one table; each node's
+//! dispatcher claims what its idle workers can take (`FOR UPDATE SKIP LOCKED`) and writes the
+//! ends of its jobs fenced by the claim, so a job the leader rescued from a node it presumed
+//! dead is never completed twice.
+//!
+//! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
+//! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
+//! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
+//! - `background.rs`: the loops that drive those, and LISTEN for wake-ups and cancels.
+//! - `dispatcher.rs`: the dispatcher actor of cluster mode. It takes the same messages as the
+//!   single node's, so workers, the admin port and the supervision tree do not know which mode
+//!   they run in.
+//!
+//! The sled journal stays: it holds what is this node's own (schedule state, stored records,
+//! the sink's outbox); the jobs are in PostgreSQL. See docs/cluster.md.
+
+mod background;
+mod dispatcher;
+mod liveness;
+mod operator;
+mod store;
+
+use std::time::Duration;
+
+use crate::postgres::{self, migrate::Migrations, Failure, Target};
+
+pub use self::dispatcher::{ClusterDispatcher, ClusterDispatcherArgs, Event};
+pub use self::liveness::{NodeView, Rescued};
+pub use self::operator::Counts;
+pub use self::store::{like_pattern, Claimed, Completion, Jobs, NewRow, Outcome};
+
+/// The cluster store's schema, in order. Never edit a shipped one: add the next.
+pub static MIGRATIONS: Migrations = Migrations {
+    owner: "cluster",
+    steps: &[(
+        1,
+        "jobs, nodes, leases, schedule ticks",
+        include_str!("cluster/migrations/0001_cluster.sql"),
+    )],
+};
+
+/// The intervals of cluster mode (the defaults are the documented ones; tests shorten none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// How often a node upserts its heartbeat.
+    pub heartbeat: Duration,
+    /// A node silent for longer is presumed dead: the leader rescues its jobs.
+    pub silent_after: Duration,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How often the leader renews its lease (and others try to take it).
+    pub lease_renew: Duration,
+    /// How often the leader looks for silent nodes' jobs.
+    pub rescue_every: Duration,
+    /// How often a node claims without a wake-up (the fallback when a NOTIFY is missed).
+    pub poll: Duration,
+    /// At most one NOTIFY per pipeline per this.
+    pub notify_every: Duration,
+    /// A node that could not beat for this long stops claiming.
+    pub stop_claiming_after: Duration,
+    /// How often the leader compacts finished jobs past their retention.
+    pub compact_every: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: Duration::from_secs(2),
+            silent_after: Duration::from_secs(15),
+            lease_ttl: Duration::from_secs(15),
+            lease_renew: Duration::from_secs(5),
+            rescue_every: Duration::from_secs(1),
+            poll: Duration::from_secs(1),
+            notify_every: Duration::from_millis(100),
+            stop_claiming_after: Duration::from_secs(10),
+            compact_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[store]` with `kind = "postgres"`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterArgs {
+    /// The database URL (read from the environment variable the config names).
+    pub url: String,
+    /// That variable's name, for messages.
+    pub url_env: String,
+    /// The schema of the cluster's tables (a plain identifier).
+    pub schema: String,
+    /// This node's identity in the cluster: unique among the nodes.
+    pub node_id: String,
+    /// Connect and statement timeout.
+    pub timeout: Duration,
+    /// Connections this node keeps.
+    pub pool_size: usize,
+    /// The intervals.
+    pub timing: Timing,
+}
+
+/// A node's handle on the cluster store.
+#[derive(Clone)]
+pub struct Cluster {
+    /// The jobs table and everything beside it.
+    pub jobs: Jobs,
+    /// How this node reaches the server.
+    pub config: tokio_postgres::Config,
+    /// The configuration it was made from.
+    pub args: ClusterArgs,
+}
+
+impl Cluster {
+    /// A handle for `args`: nothing is connected yet. Fails on a URL that does not parse (the
+    /// message never repeats the URL).
+    pub fn new(args: ClusterArgs) -> Result<Cluster, String> {
+        let (pool, target) = postgres::pool(postgres::PoolOptions {
+            url: &args.url,
+            timeout: args.timeout,
+            application: "warden-node",
+            size: args.pool_size,
+        })
+        .map_err(|e| format!("store.url_env: {}: {e}", args.url_env))?;
+        let (mut config, _) = postgres::parse(&args.url)
+            .map_err(|e| format!("store.url_env: {}: {e}", args.url_env))?;
+        config
+            .connect_timeout(args.timeout)
+            .application_name("warden-node-listen");
+        Ok(Cluster {
+            jobs: Jobs {
+                pool,
+                target,
+                schema: args.schema.clone(),
+                node: args.node_id.clone(),
+            },
+            config,
+            args,
+        })
+    }
+
+    /// The server as people are shown it.
+    pub fn target(&self) -> &Target {
+        &self.jobs.target
+    }
+
+    /// Connects, applies the migrations this schema lacks, and checks that no live process
+    /// already runs as this `node_id` (each node holds a session lock on its id while it
+    /// listens). The node refuses to start on any of these failing.
+    pub async fn open(&self) -> Result<i32, Failure> {
+        let mut client = self.jobs.client().await?;
+        let version = postgres::migrate::migrate(
+            &mut client,
+            &self.args.schema,
+            &MIGRATIONS,
+            &self.jobs.target,
+        )
+        .await?;
+        let pg = |e: tokio_postgres::Error| self.jobs.target.failure(&e);
+        let key = self.node_lock_key();
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !free {
+            return Err(Failure::Rejected(format!(
+                "store.node_id: {:?} is in use by a running node of schema {} on {}; give each node its own node_id",
+                self.args.node_id, self.args.schema, self.jobs.target.shown
+            )));
+        }
+        client
+            .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+            .map_err(pg)?;
+        Ok(version)
+    }
+
+    /// The session lock a live node holds on its id.
+    pub fn node_lock_key(&self) -> i64 {
+        postgres::advisory_key(&format!(
+            "warden.node.{}.{}",
+            self.args.schema, self.args.node_id
+        ))
+    }
+}

@@ -1,0 +1,251 @@
+//! The loops a cluster node runs beside its dispatcher, one task each, all stopped with the
+//! dispatcher incarnation that started them:
+//!
+//! - the heartbeat (every 2 s): upserts this node's row, reads the pipelines paused cluster-wide
+//!   and the counts of unfinished jobs, and tells the dispatcher, which stops claiming once no
+//!   beat succeeded for 10 s (a node cut off from the database must not keep jobs the leader
+//!   is about to rescue);
+//! - the leader (every second): takes or renews the lease every 5 s; while it leads, rescues
+//!   silent nodes' jobs and compacts finished jobs past their retention;
+//! - the listener: one connection of its own (not from the pool: LISTEN is per session) that
+//!   holds this node's id lock, LISTENs for new jobs and for cancels, and reconnects with
+//!   backoff when the server goes away; after each connect it wakes the dispatcher, since
+//!   notifications sent meanwhile are lost.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ractor::ActorRef;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use super::dispatcher::Event;
+use super::store::{CANCEL, WAKE};
+use super::Cluster;
+use crate::dispatcher::DispatcherMsg;
+use crate::job::JobId;
+
+/// Finished jobs deleted per statement of a compaction.
+const COMPACT_BATCH: i64 = 10_000;
+/// Longest wait between two connects of the listener.
+const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the loops need.
+#[derive(Clone)]
+pub(super) struct Loops {
+    pub(super) cluster: Cluster,
+    pub(super) me: ActorRef<DispatcherMsg>,
+    /// Jobs running on this node, for the heartbeat.
+    pub(super) running: Arc<AtomicUsize>,
+    /// This node's admin address, shown by `nodes`.
+    pub(super) admin: String,
+    /// Finished jobs older than this are compacted.
+    pub(super) retention: Duration,
+    pub(super) token: CancellationToken,
+}
+
+impl Loops {
+    /// Starts the three loops; they end when `token` is cancelled.
+    pub(super) fn spawn(self) {
+        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().leader());
+        tokio::spawn(self.listen());
+    }
+
+    fn tell(&self, e: Event) {
+        let _ = self.me.cast(DispatcherMsg::Cluster(e));
+    }
+
+    async fn heartbeat(self) {
+        let timing = self.cluster.args.timing;
+        let incarnation = Uuid::now_v7();
+        let mut tick = tokio::time::interval(timing.heartbeat);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let jobs = &self.cluster.jobs;
+            let running = self.running.load(Ordering::Relaxed);
+            match jobs.heartbeat(incarnation, &self.admin, running).await {
+                Ok(()) => last_ok = Instant::now(),
+                Err(e) => {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "heartbeat failed")
+                }
+            }
+            let healthy = last_ok.elapsed() < timing.stop_claiming_after;
+            self.tell(Event::Beat {
+                healthy,
+                paused: jobs.paused().await.ok(),
+                counts: jobs.counts().await.ok(),
+            });
+        }
+    }
+
+    async fn leader(self) {
+        let timing = self.cluster.args.timing;
+        let jobs = &self.cluster.jobs;
+        let mut tick = tokio::time::interval(timing.rescue_every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut leading, mut next_lease) = (false, Instant::now());
+        let mut next_compact = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.token.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if Instant::now() >= next_lease {
+                let now_leading = jobs.lead(timing.lease_ttl).await.unwrap_or_else(|e| {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "leader lease not renewed");
+                    false
+                });
+                if now_leading != leading {
+                    info!(actor = "root/dispatcher", node = %jobs.node, leader = now_leading, "leadership changed");
+                }
+                leading = now_leading;
+                next_lease = Instant::now() + timing.lease_renew;
+            }
+            if !leading {
+                continue;
+            }
+            match jobs.rescue(timing.silent_after, false).await {
+                Ok(r) if r.requeued + r.dead > 0 => {
+                    warn!(
+                        actor = "root/dispatcher",
+                        requeued = r.requeued,
+                        dead_lettered = r.dead,
+                        "rescued the jobs of silent nodes"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
+            }
+            if Instant::now() >= next_compact {
+                self.compact().await;
+                next_compact = Instant::now() + timing.compact_every;
+            }
+        }
+    }
+
+    async fn compact(&self) {
+        let mut removed = 0;
+        loop {
+            match self
+                .cluster
+                .jobs
+                .compact(self.retention, COMPACT_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    removed += n;
+                    if n < COMPACT_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "compaction failed");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            info!(
+                actor = "root/dispatcher",
+                removed, "finished jobs past their retention compacted"
+            );
+        }
+    }
+
+    async fn listen(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let started = Instant::now();
+            match self.listen_once().await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(actor = "root/dispatcher", error = %e, "listener lost; reconnecting")
+                }
+            }
+            if started.elapsed() > LISTEN_MAX_BACKOFF {
+                backoff = Duration::from_millis(200);
+            }
+            tokio::select! {
+                _ = self.token.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(LISTEN_MAX_BACKOFF);
+        }
+    }
+
+    /// One session: Ok when cancelled, Err when the connection failed.
+    async fn listen_once(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        let words = |e: tokio_postgres::Error| c.target().scrub(&e.to_string());
+        let (client, mut conn) = c.config.connect(NoTls).await.map_err(words)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                let failed = m.is_err();
+                if let Ok(AsyncMessage::Notification(_)) | Err(_) = &m {
+                    let _ = tx.send(m);
+                }
+                if failed {
+                    return;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(driver);
+        let held: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&c.node_lock_key()])
+            .await
+            .map_err(words)?
+            .get(0);
+        if !held {
+            error!(actor = "root/dispatcher", node = %c.args.node_id,
+                "another live process runs as this node_id; give each node its own [store] node_id");
+        }
+        let (wake, cancel) = (c.jobs.channel(WAKE), c.jobs.channel(CANCEL));
+        client
+            .batch_execute(&format!("LISTEN {wake}; LISTEN {cancel}"))
+            .await
+            .map_err(words)?;
+        // Whatever was announced while no session listened.
+        self.tell(Event::Wake(None));
+        loop {
+            let m = tokio::select! {
+                _ = self.token.cancelled() => return Ok(()),
+                m = rx.recv() => m,
+            };
+            match m {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == wake => {
+                    self.tell(Event::Wake(Some(n.payload().to_string())))
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == cancel => {
+                    if let Ok(id) = n.payload().parse::<JobId>() {
+                        self.tell(Event::Cancelled(vec![id]));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(words(e)),
+                None => return Err("the connection closed".into()),
+            }
+        }
+    }
+}
+
+/// Aborts the connection's driver when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,918 @@
+//! The dispatcher of cluster mode. It takes the single node's [`DispatcherMsg`]s, so workers, the
+//! admin port and the root supervisor talk to it unchanged, but it keeps no queue: the jobs
+//! table is the queue. It remembers only what runs on this node (worker → job and claim).
+//!
+//! The job loop: a worker that is ready or done casts its message; the dispatcher gathers the
+//! ends of jobs and casts itself a `Flush`, which writes them in one fenced statement, then
+//! claims as many jobs as it has idle workers, per pipeline, in one statement each. Jobs are
+//! claimed when a worker is idle and the pipeline may have work: after a submit here, a NOTIFY
+//! from another node, or the poll (every second, the fallback when a NOTIFY is lost).
+//!
+//! It never blocks on the store for long: every statement has the store's timeout, and a
+//! failed write keeps the completions to be written by the next flush (they are fenced, so a
+//! write repeated after a lost answer changes nothing).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::background::Loops;
+use super::operator::{unavailable, Counts};
+use super::store::{Claimed, Completion, NewRow, Outcome};
+use super::Cluster;
+use crate::alerts::Alerter;
+use crate::args::JobsArgs;
+use crate::dispatcher::{
+    retry_or_give_up, route_all, verdict, Accepted, Blocker, BlockerKind, DispatcherLink,
+    DispatcherMsg, PipelineInfo, PipelineView, QueueDepths, Stats, Totals, Verdict, WorkersView,
+};
+use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
+use crate::metrics as m;
+use crate::pipeline::worker::{Ticket, WorkerMsg};
+use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::routing::Router;
+use crate::tasks::TaskResult;
+
+/// How often the queue and worker gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_millis(250);
+
+/// News from the loops of `background.rs`.
+#[derive(Debug)]
+pub enum Event {
+    /// New jobs in this pipeline (None: maybe in any).
+    Wake(Option<String>),
+    /// These jobs were cancelled; stop them if they run here.
+    Cancelled(Vec<JobId>),
+    /// A heartbeat was attempted.
+    Beat {
+        /// A beat succeeded within `stop_claiming_after`.
+        healthy: bool,
+        /// The pipelines paused cluster-wide, when they could be read.
+        paused: Option<HashSet<String>>,
+        /// The unfinished jobs, when they could be counted.
+        counts: Option<Counts>,
+    },
+}
+
+/// What the cluster dispatcher starts with.
+#[derive(Clone)]
+pub struct ClusterDispatcherArgs {
+    /// The store.
+    pub cluster: Cluster,
+    /// Limits.
+    pub jobs: JobsArgs,
+    /// The pipelines, by index.
+    pub pipelines: Vec<PipelineInfo>,
+    /// Routing rules.
+    pub router: Router,
+    /// Set to this incarnation in `pre_start`.
+    pub link: DispatcherLink,
+    /// Told of every dead-lettered job.
+    pub alerter: Alerter,
+    /// This node's admin address, shown by `nodes`.
+    pub admin: String,
+}
+
+/// A job running on this node.
+struct Running {
+    claim: Claimed,
+    started: Instant,
+}
+
+/// One pipeline on this node.
+struct Lane {
+    info: PipelineInfo,
+    idle: Vec<ActorRef<WorkerMsg>>,
+    workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+    running: HashMap<ActorId, Running>,
+    paused: bool,
+    breaker_open: bool,
+    /// Jobs may be waiting: claim when a worker is idle.
+    maybe_work: bool,
+}
+
+/// Everything the cluster dispatcher knows.
+pub struct State {
+    cluster: Cluster,
+    limits: JobsArgs,
+    router: Router,
+    link: DispatcherLink,
+    alerter: Alerter,
+    lanes: Vec<Lane>,
+    /// Ends of jobs not written yet.
+    done: Vec<Completion>,
+    /// The dead-lettered among them, for the alert webhook once written.
+    dead: Vec<JobId>,
+    flush_scheduled: bool,
+    /// A heartbeat succeeded lately: claims are allowed.
+    healthy: bool,
+    /// This node's previous incarnation's running jobs were sent back.
+    own_rescued: bool,
+    /// The latest counts of the whole cluster.
+    counts: Counts,
+    totals: Totals,
+    draining: bool,
+    drain_waiters: Vec<RpcReplyPort<()>>,
+    /// Jobs running here, for the heartbeat.
+    running: Arc<AtomicUsize>,
+    /// Pipelines with new jobs not announced yet, and when each was last announced.
+    owed: HashSet<String>,
+    announced: HashMap<String, Instant>,
+    /// Stops the background loops with this incarnation.
+    token: CancellationToken,
+    started: Instant,
+}
+
+/// The dispatcher actor of cluster mode.
+pub struct ClusterDispatcher;
+
+impl Actor for ClusterDispatcher {
+    type Msg = DispatcherMsg;
+    type State = State;
+    type Arguments = ClusterDispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        args: ClusterDispatcherArgs,
+    ) -> Result<State, ActorProcessingErr> {
+        let mut st = State::new(&args);
+        st.rescue_own().await;
+        args.link.set(me.clone());
+        Loops {
+            cluster: args.cluster.clone(),
+            me: me.clone(),
+            running: st.running.clone(),
+            admin: args.admin,
+            retention: args.jobs.retention,
+            token: st.token.clone(),
+        }
+        .spawn();
+        let poll = args.cluster.args.timing.poll;
+        me.send_interval(poll, || DispatcherMsg::Tick);
+        me.send_interval(GAUGES_EVERY, || DispatcherMsg::Gauges);
+        info!(actor = "root/dispatcher", node = %args.cluster.args.node_id,
+            store = %args.cluster.target().shown, schema = %args.cluster.args.schema, "cluster dispatcher started");
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.handle(msg).await;
+        if st.wants_flush() && !st.flush_scheduled {
+            st.flush_scheduled = me.cast(DispatcherMsg::Flush).is_ok();
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<DispatcherMsg>,
+        st: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        st.write_done().await;
+        st.token.cancel();
+        st.link.clear_if(me.get_id());
+        Ok(())
+    }
+}
+
+impl State {
+    fn new(args: &ClusterDispatcherArgs) -> State {
+        let lanes = args
+            .pipelines
+            .iter()
+            .map(|info| Lane {
+                info: info.clone(),
+                idle: Vec::new(),
+                workers: HashMap::new(),
+                running: HashMap::new(),
+                paused: false,
+                breaker_open: false,
+                maybe_work: true,
+            })
+            .collect();
+        State {
+            cluster: args.cluster.clone(),
+            limits: args.jobs.clone(),
+            router: args.router.clone(),
+            link: args.link.clone(),
+            alerter: args.alerter.clone(),
+            lanes,
+            done: Vec::new(),
+            dead: Vec::new(),
+            flush_scheduled: false,
+            healthy: true,
+            own_rescued: false,
+            counts: Counts::default(),
+            totals: Totals::default(),
+            draining: false,
+            drain_waiters: Vec::new(),
+            running: Arc::new(AtomicUsize::new(0)),
+            owed: HashSet::new(),
+            announced: HashMap::new(),
+            token: CancellationToken::new(),
+            started: Instant::now(),
+        }
+    }
+
+    async fn handle(&mut self, msg: DispatcherMsg) {
+        match msg {
+            DispatcherMsg::Flush => self.flush().await,
+            DispatcherMsg::WorkerReady { pipeline, worker } => self.worker_ready(pipeline, worker),
+            DispatcherMsg::JobDone {
+                pipeline,
+                worker,
+                job_id,
+                outcome,
+                ready,
+                ..
+            } => {
+                self.job_done(pipeline, worker.get_id(), job_id, outcome);
+                if ready {
+                    self.worker_ready(pipeline, worker);
+                }
+            }
+            DispatcherMsg::FanOut {
+                pipeline,
+                worker,
+                job_id,
+                ..
+            } => {
+                let why = "fan-out is not available in cluster mode yet: split the work into jobs submitted one by one";
+                self.job_done(
+                    pipeline,
+                    worker.get_id(),
+                    job_id,
+                    Err(crate::tasks::TaskError::Permanent(why.into())),
+                );
+                self.worker_ready(pipeline, worker);
+            }
+            DispatcherMsg::WorkerDown {
+                pipeline,
+                worker,
+                reason,
+            } => self.worker_down(pipeline, worker, &reason),
+            DispatcherMsg::Tick => self.tick().await,
+            DispatcherMsg::Compact => {}
+            DispatcherMsg::Gauges => self.publish_gauges(),
+            DispatcherMsg::Submit(specs, reply) => {
+                let _ = reply.send(self.submit(specs).await);
+            }
+            DispatcherMsg::Stats(reply) => {
+                let _ = reply.send(self.stats().await);
+            }
+            DispatcherMsg::Totals(reply) => {
+                let _ = reply.send(self.totals);
+            }
+            DispatcherMsg::Running(reply) => {
+                let _ = reply.send(self.running_jobs());
+            }
+            DispatcherMsg::Pipelines(reply) => {
+                let _ = reply.send((0..self.lanes.len()).map(|i| self.view(i)).collect());
+            }
+            DispatcherMsg::SetPaused(name, paused, reply) => {
+                let _ = reply.send(self.set_paused(&name, paused).await);
+            }
+            DispatcherMsg::Cancel(id, reply) => {
+                let _ = reply.send(self.cancel(id).await);
+            }
+            DispatcherMsg::Retry(id, reply) => {
+                let _ = reply.send(self.retry(id).await);
+            }
+            DispatcherMsg::Drain(reply) => {
+                self.draining = true;
+                self.drain_waiters.push(reply);
+                self.check_drained();
+            }
+            DispatcherMsg::Why(id, reply) => {
+                let _ = reply.send(self.why(id).await);
+            }
+            DispatcherMsg::SubmitWorkflow(_, reply) => {
+                let _ = reply.send(Err(ApiError::bad_request(
+                    "workflows are not available in cluster mode yet ([store] kind = \"postgres\"); submit the steps as jobs",
+                )));
+            }
+            DispatcherMsg::Withdraw(ids) => {
+                for id in ids {
+                    let _ = self.cluster.jobs.cancel(id).await;
+                }
+            }
+            DispatcherMsg::BreakerOpen(lane, open) => {
+                if let Some(l) = self.lanes.get_mut(lane) {
+                    l.breaker_open = open;
+                    l.maybe_work |= !open;
+                }
+            }
+            DispatcherMsg::Cluster(event) => self.event(event).await,
+        }
+    }
+
+    /// Whether a flush has work: ends to write, or idle workers where jobs may wait.
+    fn wants_flush(&self) -> bool {
+        !self.done.is_empty()
+            || (self.may_claim()
+                && self
+                    .lanes
+                    .iter()
+                    .any(|l| l.maybe_work && !l.idle.is_empty() && !l.paused && !l.breaker_open))
+    }
+
+    fn may_claim(&self) -> bool {
+        !self.draining && self.healthy && self.own_rescued
+    }
+
+    async fn event(&mut self, event: Event) {
+        match event {
+            Event::Wake(None) => self.lanes.iter_mut().for_each(|l| l.maybe_work = true),
+            Event::Wake(Some(p)) => {
+                if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == p) {
+                    l.maybe_work = true;
+                }
+            }
+            Event::Cancelled(ids) => self.stop_cancelled(&ids),
+            Event::Beat {
+                healthy,
+                paused,
+                counts,
+            } => {
+                if healthy != self.healthy {
+                    warn!(
+                        actor = "root/dispatcher",
+                        healthy,
+                        "claiming {}",
+                        if healthy {
+                            "resumed: the heartbeat is back"
+                        } else {
+                            "stopped: no heartbeat reached the store lately"
+                        }
+                    );
+                }
+                self.healthy = healthy;
+                if let Some(paused) = paused {
+                    for l in &mut self.lanes {
+                        l.paused = paused.contains(&l.info.name);
+                    }
+                }
+                if let Some(c) = counts {
+                    self.counts = c;
+                }
+                self.recheck_cancels().await;
+            }
+        }
+    }
+
+    /// This node's previous incarnation left jobs running: back to their queues at once (no
+    /// other node would rescue them, since this node beats again).
+    async fn rescue_own(&mut self) {
+        let silent = self.cluster.args.timing.silent_after;
+        match self.cluster.jobs.rescue(silent, true).await {
+            Ok(r) => {
+                if r.requeued + r.dead > 0 {
+                    warn!(
+                        actor = "root/dispatcher",
+                        requeued = r.requeued,
+                        dead_lettered = r.dead,
+                        "jobs this node ran when it stopped were sent back"
+                    );
+                }
+                self.own_rescued = true;
+            }
+            Err(e) => warn!(actor = "root/dispatcher", error = %e.message(),
+                "cannot send back the jobs this node ran when it stopped; claiming waits until it can"),
+        }
+    }
+
+    async fn tick(&mut self) {
+        if !self.own_rescued {
+            self.rescue_own().await;
+        }
+        self.lanes.iter_mut().for_each(|l| l.maybe_work = true);
+        self.announce().await;
+    }
+
+    /// Writes the gathered ends, then claims for idle workers.
+    async fn flush(&mut self) {
+        self.flush_scheduled = false;
+        if !self.write_done().await {
+            return;
+        }
+        if self.may_claim() {
+            for lane in 0..self.lanes.len() {
+                if !self.claim(lane).await {
+                    break;
+                }
+            }
+        }
+        self.check_drained();
+    }
+
+    /// Writes the gathered ends; false when the store refused (they are kept).
+    async fn write_done(&mut self) -> bool {
+        if self.done.is_empty() {
+            return true;
+        }
+        match self.cluster.jobs.complete(&self.done).await {
+            Ok(written) => {
+                let fenced = self.done.len() - written.len();
+                if fenced > 0 {
+                    warn!(
+                        actor = "root/dispatcher",
+                        fenced,
+                        "job ends not written: those jobs were rescued or cancelled meanwhile"
+                    );
+                }
+                self.done.clear();
+                if !self.dead.is_empty() {
+                    self.alert(&written).await;
+                }
+                true
+            }
+            Err(e) => {
+                warn!(actor = "root/dispatcher", error = %e.message(), kept = self.done.len(),
+                    "cannot write job ends; kept for the next try");
+                false
+            }
+        }
+    }
+
+    /// Claims for the idle workers of `lane`; false when the store refused.
+    async fn claim(&mut self, lane: usize) -> bool {
+        let l = &self.lanes[lane];
+        if !l.maybe_work || l.idle.is_empty() || l.paused || l.breaker_open {
+            return true;
+        }
+        let want = l.idle.len();
+        let name = l.info.name.clone();
+        match self.cluster.jobs.claim(&name, want).await {
+            Ok(claimed) => {
+                self.lanes[lane].maybe_work = claimed.len() == want;
+                for c in claimed {
+                    self.start(lane, c);
+                }
+                true
+            }
+            Err(e) => {
+                warn!(actor = "root/dispatcher", pipeline = %name, error = %e.message(), "claim failed");
+                false
+            }
+        }
+    }
+
+    /// Hands a claimed job to an idle worker.
+    fn start(&mut self, lane: usize, c: Claimed) {
+        let l = &mut self.lanes[lane];
+        let ticket = Ticket {
+            job_id: c.id,
+            name: c.name.clone(),
+            params: c.params.clone(),
+            attempt: c.attempt,
+        };
+        while let Some(worker) = l.idle.pop() {
+            if worker.cast(WorkerMsg::Run(ticket.clone())).is_ok() {
+                l.running.insert(
+                    worker.get_id(),
+                    Running {
+                        claim: c,
+                        started: Instant::now(),
+                    },
+                );
+                self.running.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            l.workers.remove(&worker.get_id());
+        }
+        // No worker took it: give it back, the attempt uncounted.
+        self.done.push(Completion {
+            id: c.id,
+            claim_no: c.claim_no,
+            outcome: Outcome::Released("no worker of this node could take it".into()),
+        });
+    }
+
+    fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        let wid = worker.get_id();
+        l.workers.insert(wid, worker.clone());
+        if !l.idle.iter().any(|w| w.get_id() == wid) {
+            l.idle.push(worker);
+        }
+    }
+
+    /// The job a worker ran, no longer running there.
+    fn take_running(&mut self, lane: usize, worker: ActorId) -> Option<Running> {
+        let r = self.lanes.get_mut(lane)?.running.remove(&worker)?;
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        Some(r)
+    }
+
+    fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult) {
+        let Some(r) = self.take_running(lane, worker).filter(|r| r.claim.id == id) else {
+            return;
+        };
+        let c = &r.claim;
+        metrics::histogram!(m::JOB_DURATION, "job_name" => c.name.clone())
+            .record(r.started.elapsed().as_secs_f64());
+        let policy = self.lanes[lane].info.retry;
+        let v = verdict(outcome, c.attempt, c.max_retries, &policy);
+        self.record(r.claim, v);
+        self.check_drained();
+    }
+
+    /// A worker is gone: its job goes back to its queue (the attempt counts), or to the
+    /// dead-letter queue when its retries are spent.
+    fn worker_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.workers.remove(&worker);
+            l.idle.retain(|w| w.get_id() != worker);
+        }
+        if let Some(r) = self.take_running(lane, worker) {
+            let c = &r.claim;
+            let why = format!("worker crashed: {reason}");
+            let v = match retry_or_give_up(
+                why.clone(),
+                "crash",
+                c.attempt,
+                c.max_retries,
+                &self.lanes[lane].info.retry,
+            ) {
+                Verdict::Retry { .. } => None,
+                v => Some(v),
+            };
+            match v {
+                Some(v) => self.record(r.claim, v),
+                None => {
+                    self.totals.requeued += 1;
+                    self.done.push(Completion {
+                        id: r.claim.id,
+                        claim_no: r.claim.claim_no,
+                        outcome: Outcome::Requeued(why),
+                    });
+                }
+            }
+        }
+        self.check_drained();
+    }
+
+    /// Gathers the end `v` of a claimed job, counting it.
+    fn record(&mut self, c: Claimed, v: Verdict) {
+        let name = c.name.clone();
+        let outcome = match v {
+            Verdict::Succeed(value) => {
+                self.totals.succeeded += 1;
+                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded")
+                    .increment(1);
+                Outcome::Succeeded(value.to_string())
+            }
+            Verdict::Retry {
+                delay,
+                error,
+                error_type,
+            } => {
+                self.totals.retried += 1;
+                metrics::counter!(m::JOB_RETRIES, "job_name" => name.clone(), "error_type" => error_type).increment(1);
+                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "retried")
+                    .increment(1);
+                Outcome::Retrying {
+                    delay_ms: delay.as_millis() as i64,
+                    error,
+                    counts: true,
+                }
+            }
+            Verdict::Throttled { wait, message, .. } => {
+                metrics::counter!(m::JOB_RETRIES, "job_name" => name, "error_type" => "throttled")
+                    .increment(1);
+                Outcome::Retrying {
+                    delay_ms: wait.as_millis() as i64,
+                    error: format!("throttled: {message}"),
+                    counts: false,
+                }
+            }
+            Verdict::DeadLetter(error) => {
+                self.totals.failed += 1;
+                info!(job_id = %c.id, job_name = %c.name, attempt = c.attempt, error = %error, "dead-lettered");
+                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name.clone(), "status" => "failed").increment(1);
+                metrics::counter!(m::DEAD_LETTER, "job_name" => name).increment(1);
+                self.dead.push(c.id);
+                Outcome::DeadLettered(error)
+            }
+        };
+        debug!(job_id = %c.id, attempt = c.attempt, ?outcome, "job ended");
+        self.done.push(Completion {
+            id: c.id,
+            claim_no: c.claim_no,
+            outcome,
+        });
+    }
+
+    /// Tells the alert webhook of the jobs dead-lettered by the ends just written.
+    async fn alert(&mut self, written: &[JobId]) {
+        for id in std::mem::take(&mut self.dead) {
+            if !written.contains(&id) {
+                continue;
+            }
+            if let Ok(Some(rec)) = self.cluster.jobs.get(id).await {
+                self.alerter.dead_lettered(&rec);
+            }
+        }
+    }
+
+    fn check_drained(&mut self) {
+        if self.draining && self.lanes.iter().all(|l| l.running.is_empty()) {
+            for w in self.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Stops the workers running any of `ids` here.
+    fn stop_cancelled(&self, ids: &[JobId]) {
+        for l in &self.lanes {
+            for (wid, r) in &l.running {
+                if ids.contains(&r.claim.id) {
+                    if let Some(w) = l.workers.get(wid) {
+                        let _ = w.cast(WorkerMsg::Cancel {
+                            job_id: r.claim.id,
+                            grace: self.limits.cancel_grace,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// At each heartbeat: the jobs running here that were cancelled (a NOTIFY can be lost).
+    async fn recheck_cancels(&mut self) {
+        let ids: Vec<JobId> = self
+            .lanes
+            .iter()
+            .flat_map(|l| l.running.values().map(|r| r.claim.id))
+            .collect();
+        if let Ok(cancelled) = self.cluster.jobs.cancelled_among(&ids).await {
+            self.stop_cancelled(&cancelled);
+        }
+    }
+
+    async fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
+        if self.draining {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the node is draining; submit to another node",
+            ));
+        }
+        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
+        let routed = route_all(&self.router, &infos, &specs)?;
+        let unfinished = self.counts.unfinished();
+        if unfinished + specs.len() > self.limits.max_queued {
+            return Err(ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the queue is full: {unfinished} unfinished jobs in the cluster, {} more asked, [jobs] max_queued = {}; retry later",
+                    specs.len(),
+                    self.limits.max_queued
+                ),
+            ));
+        }
+        let now = now_ms();
+        let mut rows: Vec<NewRow> = Vec::with_capacity(specs.len());
+        // Each submit's row, and whether it repeats a key met earlier in the batch.
+        let mut slot: Vec<(usize, bool)> = Vec::with_capacity(specs.len());
+        let mut keys: HashMap<String, usize> = HashMap::new();
+        for (spec, (lane, priority)) in specs.into_iter().zip(routed) {
+            if let Some(&at) = spec.unique_key.as_ref().and_then(|k| keys.get(k)) {
+                slot.push((at, true));
+                continue;
+            }
+            let info = &self.lanes[lane].info;
+            if let Some(k) = &spec.unique_key {
+                keys.insert(k.clone(), rows.len());
+            }
+            slot.push((rows.len(), false));
+            rows.push(NewRow {
+                id: JobId::new(),
+                pipeline: info.name.clone(),
+                params: spec.params.to_string(),
+                priority: spec.priority.unwrap_or(priority),
+                max_retries: spec.max_retries.unwrap_or(info.retry.max_retries),
+                unique_key: spec.unique_key,
+                run_at: spec.run_at.filter(|t| *t > now),
+                name: spec.name,
+            });
+        }
+        let placed = self.cluster.jobs.insert(&rows).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::StorageUnavailable,
+                format!("{}; nothing was accepted; retry later", e.message()),
+            )
+        })?;
+        for (row, (_, dedup)) in rows.iter().zip(&placed) {
+            if !dedup {
+                self.totals.submitted += 1;
+                metrics::counter!(m::JOBS_SUBMITTED, "job_name" => row.name.clone()).increment(1);
+                self.owed.insert(row.pipeline.clone());
+                if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
+                    l.maybe_work = true;
+                }
+            }
+        }
+        self.announce().await;
+        Ok(slot
+            .into_iter()
+            .map(|(at, copy)| Accepted {
+                job_id: placed[at].0,
+                deduplicated: copy || placed[at].1,
+            })
+            .collect())
+    }
+
+    /// NOTIFYs the pipelines with new jobs, at most one per pipeline per `notify_every`
+    /// (a NOTIFY per job would serialise commits); the rest wait for the next tick.
+    async fn announce(&mut self) {
+        let every = self.cluster.args.timing.notify_every;
+        let due: Vec<String> = self
+            .owed
+            .iter()
+            .filter(|p| self.announced.get(*p).is_none_or(|t| t.elapsed() >= every))
+            .cloned()
+            .collect();
+        for p in due {
+            if self.cluster.jobs.wake(&p).await.is_ok() {
+                self.owed.remove(&p);
+                self.announced.insert(p, Instant::now());
+            }
+        }
+    }
+
+    async fn stats(&mut self) -> Stats {
+        if let Ok(c) = self.cluster.jobs.counts().await {
+            self.counts = c;
+        }
+        Stats {
+            jobs: self.counts.jobs,
+            totals: self.totals,
+            queues: self
+                .lanes
+                .iter()
+                .map(|l| (l.info.name.clone(), self.depths(&l.info.name)))
+                .collect(),
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn depths(&self, pipeline: &str) -> QueueDepths {
+        self.counts
+            .queues
+            .get(pipeline)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn running_jobs(&self) -> Vec<(String, JobId)> {
+        self.lanes
+            .iter()
+            .flat_map(|l| {
+                l.running
+                    .values()
+                    .map(|r| (l.info.name.clone(), r.claim.id))
+            })
+            .collect()
+    }
+
+    fn view(&self, lane: usize) -> PipelineView {
+        let l = &self.lanes[lane];
+        PipelineView {
+            name: l.info.name.clone(),
+            paused: l.paused,
+            workers: WorkersView {
+                total: l.workers.len(),
+                busy: l.running.len(),
+            },
+            queue: self.depths(&l.info.name),
+            scheduled: 0,
+            rate_limit: l.info.limiter_view.as_ref().and_then(|v| v()),
+            breaker: l.info.breaker_view.as_ref().and_then(|v| v()),
+        }
+    }
+
+    fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
+        self.lanes
+            .iter()
+            .position(|l| l.info.name == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
+                ApiError::not_found(format!(
+                    "pipeline: no pipeline named {name:?}; configured: {}",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    async fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ApiError> {
+        let lane = self.lane_named(name)?;
+        self.cluster
+            .jobs
+            .set_paused(name, paused)
+            .await
+            .map_err(unavailable)?;
+        let l = &mut self.lanes[lane];
+        l.paused = paused;
+        l.maybe_work |= !paused;
+        info!(actor = "root/dispatcher", pipeline = %name, paused, "pipeline {} for every node", if paused { "paused" } else { "resumed" });
+        Ok(self.view(lane))
+    }
+
+    async fn cancel(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        let (rec, owner) = self.cluster.jobs.cancel(id).await?;
+        if owner.as_deref() == Some(self.cluster.args.node_id.as_str()) {
+            self.stop_cancelled(&[id]);
+        }
+        self.totals.cancelled += 1;
+        metrics::counter!(m::JOB_EXECUTIONS, "job_name" => rec.name.clone(), "status" => "cancelled").increment(1);
+        Ok(rec)
+    }
+
+    async fn retry(&mut self, id: JobId) -> Result<JobRecord, ApiError> {
+        let rec = self.cluster.jobs.retry(id).await?;
+        self.owed.insert(rec.pipeline.clone());
+        if let Ok(lane) = self.lane_named(&rec.pipeline) {
+            self.lanes[lane].maybe_work = true;
+        }
+        self.announce().await;
+        Ok(rec)
+    }
+
+    async fn why(&self, id: JobId) -> Result<Blocker, ApiError> {
+        let rec = self
+            .cluster
+            .jobs
+            .get(id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| ApiError::not_found(format!("job_id: no job with id {id}")))?;
+        let eta = rec.next_attempt_at.map(rfc3339_ms);
+        let lane = self.lanes.iter().find(|l| l.info.name == rec.pipeline);
+        let (kind, detail) = match rec.status {
+            JobStatus::Retrying => (
+                BlockerKind::RetryBackoff,
+                format!(
+                    "retry {} after: {}",
+                    rec.attempts + 1,
+                    rec.error.as_deref().unwrap_or("")
+                ),
+            ),
+            JobStatus::Pending if eta.is_some() => {
+                (BlockerKind::Scheduled, "delayed until its run_at".into())
+            }
+            JobStatus::Pending if lane.is_some_and(|l| l.paused) => (
+                BlockerKind::Paused,
+                format!(
+                    "pipeline {} is paused on every node; `resume` it",
+                    rec.pipeline
+                ),
+            ),
+            JobStatus::Pending => (
+                BlockerKind::Queued,
+                format!(
+                    "queued in pipeline {} ({} waiting in the cluster)",
+                    rec.pipeline,
+                    self.counts
+                        .queues
+                        .get(&rec.pipeline)
+                        .map_or(0, |q| q.high + q.normal + q.low)
+                ),
+            ),
+            JobStatus::Running => (
+                BlockerKind::None,
+                "the job is running on a worker of a node".into(),
+            ),
+            other => (BlockerKind::None, format!("the job is {}", other.as_str())),
+        };
+        Ok(Blocker::new(kind, detail, eta))
+    }
+
+    fn publish_gauges(&self) {
+        for l in &self.lanes {
+            let q = self.depths(&l.info.name);
+            for (p, n) in [("high", q.high), ("normal", q.normal), ("low", q.low)] {
+                metrics::gauge!(m::QUEUE_DEPTH, "pipeline" => l.info.name.clone(), "priority" => p)
+                    .set(n as f64);
+            }
+            metrics::gauge!(m::ACTIVE_WORKERS, "pipeline" => l.info.name.clone())
+                .set(l.running.len() as f64);
+            metrics::gauge!(m::WORKERS, "pipeline" => l.info.name.clone())
+                .set(l.workers.len() as f64);
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The jobs table: every statement cluster mode runs on jobs, and the conversions between rows
+//! and [`JobRecord`]s. Nothing here keeps state between calls; the dispatcher decides, this
+//! module writes what it decided, in as few round trips as the decision allows (a submit is
+//! one `INSERT ... SELECT FROM unnest(...)`, a claim one `UPDATE ... FOR UPDATE SKIP LOCKED`,
+//! the completions gathered while a claim was out one `UPDATE ... FROM unnest(...)`).
+//!
+//! Times that decide anything (`run_at`, `claimed_at`) are the database's clock. Times shown
+//! to people are read back as Unix milliseconds, so a record looks the same in both modes.
+
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::job::{JobEvent, JobId, JobRecord, JobStatus, Priority};
+use crate::postgres::{Failure, Target};
+
+/// The unfinished states, as the unique index and the claim name them.
+pub const UNFINISHED: &str = "('pending', 'running', 'retrying')";
+
+/// The channel new jobs are announced on (payload: the pipeline).
+pub const WAKE: &str = "jobs";
+/// The channel a cancel of a running job is announced on (payload: the job id).
+pub const CANCEL: &str = "cancel";
+
+/// Columns of a [`JobRecord`], times as Unix ms.
+const RECORD_COLUMNS: &str = "id, name, pipeline, priority, state, attempt, max_retries, \
+     unique_key, (extract(epoch FROM created_at) * 1000)::int8, \
+     (extract(epoch FROM started_at) * 1000)::int8, \
+     (extract(epoch FROM completed_at) * 1000)::int8, \
+     CASE WHEN state = 'retrying' OR (state = 'pending' AND run_at > now()) \
+          THEN (extract(epoch FROM run_at) * 1000)::int8 END, \
+     error, result, parent_id, workflow_id, params, history::text";
+
+/// An event appended to `history`, in SQL: `kind` and `detail` are SQL expressions, `attempt`
+/// the attempt expression; `at` is the database's now, in ms.
+fn event(kind: &str, attempt: &str, detail: &str) -> String {
+    format!(
+        "jsonb_build_array(jsonb_build_object('at', (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
+         'kind', {kind}, 'attempt', {attempt}, 'detail', {detail}))"
+    )
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// Its id (UUID v7, made by the node that accepted it).
+    pub id: JobId,
+    /// `<pipeline>.<task>`.
+    pub name: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// Its priority.
+    pub priority: Priority,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Params, as JSON text.
+    pub params: String,
+    /// Dedup key.
+    pub unique_key: Option<String>,
+    /// Not before (Unix ms).
+    pub run_at: Option<i64>,
+}
+
+/// A job this node claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The job.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Its params.
+    pub params: String,
+    /// The attempt this claim starts, from 1.
+    pub attempt: u32,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The fence of its completion.
+    pub claim_no: i64,
+}
+
+/// What becomes of a claimed job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; its result as JSON text.
+    Succeeded(String),
+    /// Runs again after `delay_ms`; `counts` is false for a throttled attempt (the upstream
+    /// never did the work, so the attempt is given back).
+    Retrying {
+        /// Delay before the next attempt.
+        delay_ms: i64,
+        /// Why.
+        error: String,
+        /// Whether the attempt counts against `max_retries`.
+        counts: bool,
+    },
+    /// Retries spent, or a permanent error.
+    DeadLettered(String),
+    /// Back to its queue at once (its worker went down; the attempt counts).
+    Requeued(String),
+    /// Back to its queue at once, the attempt given back (it never started).
+    Released(String),
+}
+
+impl Outcome {
+    /// (state, history kind, attempt given back, delay ms, result, error).
+    fn columns(
+        &self,
+    ) -> (
+        &'static str,
+        &'static str,
+        i32,
+        i64,
+        Option<&str>,
+        Option<&str>,
+    ) {
+        match self {
+            Outcome::Succeeded(r) => ("succeeded", "succeeded", 0, 0, Some(r), None),
+            Outcome::Retrying {
+                delay_ms,
+                error,
+                counts,
+            } => (
+                "retrying",
+                "retrying",
+                i32::from(!counts),
+                *delay_ms,
+                None,
+                Some(error),
+            ),
+            Outcome::DeadLettered(e) => ("failed", "dead_lettered", 0, 0, None, Some(e)),
+            Outcome::Requeued(e) => ("pending", "requeued", 0, 0, None, Some(e)),
+            Outcome::Released(e) => ("pending", "released", 1, 0, None, Some(e)),
+        }
+    }
+}
+
+/// A claimed job's end, fenced by the claim.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The job.
+    pub id: JobId,
+    /// The claim it ends.
+    pub claim_no: i64,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// The jobs table of one schema, reached through a pool.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(super) pool: Pool,
+    pub(super) target: Target,
+    pub(super) schema: String,
+    pub(super) node: String,
+}
+
+impl Jobs {
+    /// A connection, `search_path` set to the schema.
+    pub(super) async fn client(&self) -> Result<Object, Failure> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.target.pool_failure(e))?;
+        Ok(client)
+    }
+
+    /// A driver error, classified and naming the server.
+    pub(super) fn pg(&self) -> impl Fn(tokio_postgres::Error) -> Failure + '_ {
+        move |e| self.target.failure(&e)
+    }
+
+    /// The NOTIFY channel `what` of this schema (channels are database-wide; schemas are not).
+    pub fn channel(&self, what: &str) -> String {
+        format!("{}_{what}", self.schema)
+    }
+
+    /// Announces new jobs of `pipeline` to every node.
+    pub async fn wake(&self, pipeline: &str) -> Result<(), Failure> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.channel(WAKE), &pipeline],
+            )
+            .await
+            .map_err(self.pg())?;
+        Ok(())
+    }
+
+    /// `table` qualified with the schema (a checked identifier).
+    pub(super) fn t(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+
+    /// Inserts `rows` (their keys distinct); returns, for each, the id of the job that holds its
+    /// place: its own, or that of the unfinished job already holding its `unique_key`, with
+    /// whether it was deduplicated. One statement per round; a key whose holder finished between
+    /// the insert and the look-up is inserted again on the next round.
+    pub async fn insert(&self, rows: &[NewRow]) -> Result<Vec<(JobId, bool)>, Failure> {
+        let client = self.client().await?;
+        let mut answer: Vec<Option<(JobId, bool)>> = vec![None; rows.len()];
+        for _round in 0..3 {
+            let todo: Vec<usize> = (0..rows.len()).filter(|i| answer[*i].is_none()).collect();
+            if todo.is_empty() {
+                break;
+            }
+            let inserted = self.insert_once(&client, rows, &todo).await?;
+            let mut keyed = Vec::new();
+            for i in todo {
+                if inserted.contains(&rows[i].id.0) {
+                    answer[i] = Some((rows[i].id, false));
+                } else if let Some(k) = &rows[i].unique_key {
+                    keyed.push((i, k.clone()));
+                }
+            }
+            let holders = self.holders(&client, &keyed).await?;
+            for (i, k) in keyed {
+                if let Some(id) = holders.get(&k) {
+                    answer[i] = Some((*id, true));
+                }
+            }
+        }
+        answer
+            .into_iter()
+            .map(|a| {
+                a.ok_or_else(|| {
+                    Failure::Unavailable(format!(
+                        "{}: a unique_key kept changing hands while it was submitted; retry",
+                        self.target.shown
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_once(
+        &self,
+        client: &Object,
+        rows: &[NewRow],
+        todo: &[usize],
+    ) -> Result<std::collections::HashSet<Uuid>, Failure> {
+        let ids: Vec<Uuid> = todo.iter().map(|i| rows[*i].id.0).collect();
+        let names: Vec<&str> = todo.iter().map(|i| rows[*i].name.as_str()).collect();
+        let pipes: Vec<&str> = todo.iter().map(|i| rows[*i].pipeline.as_str()).collect();
+        let prios: Vec<i16> = todo
+            .iter()
+            .map(|i| priority_no(rows[*i].priority))
+            .collect();
+        let run_at: Vec<Option<i64>> = todo.iter().map(|i| rows[*i].run_at).collect();
+        let retries: Vec<i32> = todo
+            .iter()
+            .map(|i| i32::try_from(rows[*i].max_retries).unwrap_or(i32::MAX))
+            .collect();
+        let params: Vec<&str> = todo.iter().map(|i| rows[*i].params.as_str()).collect();
+        let keys: Vec<Option<&str>> = todo
+            .iter()
+            .map(|i| rows[*i].unique_key.as_deref())
+            .collect();
+        let sql = format!(
+            "INSERT INTO {jobs} (id, name, pipeline, priority, state, run_at, max_retries, params, unique_key, history)
+             SELECT d.id, d.name, d.pipeline, d.priority, 'pending',
+                    coalesce(to_timestamp(d.run_at / 1000.0), now()), d.max_retries, d.params, d.unique_key,
+                    {submitted}
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int4[], $7::text[], $8::text[])
+                  AS d(id, name, pipeline, priority, run_at, max_retries, params, unique_key)
+             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} DO NOTHING
+             RETURNING id",
+            jobs = self.t("jobs"),
+            submitted = event("'submitted'", "0", "NULL::text"),
+        );
+        let found = client
+            .query(
+                &sql,
+                &[
+                    &ids, &names, &pipes, &prios, &run_at, &retries, &params, &keys,
+                ],
+            )
+            .await
+            .map_err(self.pg())?;
+        Ok(found.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+    }
+
+    /// The unfinished job holding each key.
+    async fn holders(
+        &self,
+        client: &Object,
+        keyed: &[(usize, String)],
+    ) -> Result<std::collections::HashMap<String, JobId>, Failure> {
+        if keyed.is_empty() {
+            return Ok(Default::default());
+        }
+        let keys: Vec<&str> = keyed.iter().map(|(_, k)| k.as_str()).collect();
+        let sql = format!(
+            "SELECT unique_key, id FROM {} WHERE unique_key = ANY($1) AND state IN {UNFINISHED}",
+            self.t("jobs")
+        );
+        let rows = client.query(&sql, &[&keys]).await.map_err(self.pg())?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), JobId(r.get(1))))
+            .collect())
+    }
+
+    /// Claims up to `n` runnable jobs of `pipeline` for this node, in run order (priority, then
+    /// due time, then id), skipping rows another node is claiming.
+    pub async fn claim(&self, pipeline: &str, n: usize) -> Result<Vec<Claimed>, Failure> {
+        let client = self.client().await?;
+        let sql = format!(
+            "WITH next AS (
+                 SELECT id FROM {jobs}
+                 WHERE pipeline = $1 AND state IN ('pending', 'retrying') AND run_at <= now()
+                 ORDER BY priority, run_at, id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE {jobs} j
+             SET state = 'running', claimed_by = $3, claimed_at = now(), started_at = now(),
+                 attempt = j.attempt + 1, claim_no = j.claim_no + 1, cancel_requested = false,
+                 history = j.history || {started}
+             FROM next WHERE j.id = next.id
+             RETURNING j.id, j.name, j.params, j.attempt, j.max_retries, j.claim_no",
+            jobs = self.t("jobs"),
+            started = event("'started'", "j.attempt + 1", "$3::text"),
+        );
+        let limit = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&sql, &[&pipeline, &limit, &self.node])
+            .await
+            .map_err(self.pg())?;
+        Ok(rows
+            .iter()
+            .map(|r| Claimed {
+                id: JobId(r.get(0)),
+                name: r.get(1),
+                params: r.get(2),
+                attempt: r.get::<_, i32>(3).max(0) as u32,
+                max_retries: r.get::<_, i32>(4).max(0) as u32,
+                claim_no: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Writes the ends of claimed jobs in one statement. A completion whose claim is no longer
+    /// this node's (rescued by the leader, cancelled) changes nothing: the ids written are
+    /// returned, the others were fenced out.
+    pub async fn complete(&self, done: &[Completion]) -> Result<Vec<JobId>, Failure> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let mut cols = CompletionColumns::default();
+        for c in done {
+            cols.push(c);
+        }
+        let sql = format!(
+            "UPDATE {jobs} j
+             SET state = d.state,
+                 attempt = j.attempt - d.given_back,
+                 run_at = CASE WHEN d.state IN ('retrying', 'pending')
+                               THEN now() + d.delay_ms * interval '1 millisecond' ELSE j.run_at END,
+                 completed_at = CASE WHEN d.state IN ('succeeded', 'failed') THEN now() END,
+                 result = coalesce(d.result, j.result),
+                 error = CASE WHEN d.state = 'succeeded' THEN NULL ELSE d.error END,
+                 history = j.history || {ended}
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::text[], $8::text[])
+                  AS d(id, claim_no, state, kind, given_back, delay_ms, result, error)
+             WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9 AND j.state = 'running'
+             RETURNING j.id",
+            jobs = self.t("jobs"),
+            ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
+        );
+        let rows = client
+            .query(
+                &sql,
+                &[
+                    &cols.ids,
+                    &cols.claims,
+                    &cols.states,
+                    &cols.kinds,
+                    &cols.given_back,
+                    &cols.delays,
+                    &cols.results,
+                    &cols.errors,
+                    &self.node,
+                ],
+            )
+            .await
+            .map_err(self.pg())?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// The record of `id`.
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, Failure> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {} WHERE id = $1",
+            self.t("jobs")
+        );
+        let row = client.query_opt(&sql, &[&id.0]).await.map_err(self.pg())?;
+        row.map(|r| self.record(&r)).transpose()
+    }
+
+    /// Newest first: jobs in `status` (any when None) whose name is LIKE `name` (any when
+    /// None), older than `before`, at most `limit`.
+    pub async fn list(
+        &self,
+        status: Option<JobStatus>,
+        name: Option<&str>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, Failure> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {} \
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR name LIKE $2) \
+               AND ($3::uuid IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+            self.t("jobs")
+        );
+        let status = status.map(JobStatus::as_str);
+        let before = before.map(|b| b.0);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&sql, &[&status, &name, &before, &limit])
+            .await
+            .map_err(self.pg())?;
+        rows.iter().map(|r| self.record(r)).collect()
+    }
+
+    /// A row of [`RECORD_COLUMNS`] as a record.
+    fn record(&self, r: &Row) -> Result<JobRecord, Failure> {
+        let corrupt = |what: String| {
+            Failure::Rejected(format!(
+                "{}: job {}: {what}",
+                self.target.shown,
+                r.get::<_, Uuid>(0)
+            ))
+        };
+        let state: String = r.get(4);
+        let status: JobStatus = state.parse().map_err(|e| corrupt(format!("state: {e}")))?;
+        let history: String = r.get(17);
+        let history: Vec<JobEvent> =
+            serde_json::from_str(&history).map_err(|e| corrupt(format!("history: {e}")))?;
+        Ok(JobRecord {
+            id: JobId(r.get(0)),
+            name: r.get(1),
+            pipeline: r.get(2),
+            priority: priority_of(r.get(3)),
+            status,
+            attempts: r.get::<_, i32>(5).max(0) as u32,
+            max_retries: r.get::<_, i32>(6).max(0) as u32,
+            unique_key: r.get(7),
+            created_at: r.get(8),
+            started_at: r.get(9),
+            completed_at: r.get(10),
+            next_attempt_at: r.get(11),
+            error: r.get(12),
+            result: r.get(13),
+            parent_id: r.get::<_, Option<Uuid>>(14).map(JobId),
+            workflow_id: r.get(15),
+            children: Vec::new(),
+            params: r.get(16),
+            history,
+        })
+    }
+}
+
+/// The columns of a batch of completions, for `unnest`.
+#[derive(Default)]
+struct CompletionColumns<'a> {
+    ids: Vec<Uuid>,
+    claims: Vec<i64>,
+    states: Vec<&'static str>,
+    kinds: Vec<&'static str>,
+    given_back: Vec<i32>,
+    delays: Vec<i64>,
+    results: Vec<Option<&'a str>>,
+    errors: Vec<Option<&'a str>>,
+}
+
+impl<'a> CompletionColumns<'a> {
+    fn push(&mut self, c: &'a Completion) {
+        let (state, kind, given_back, delay, result, error) = c.outcome.columns();
+        self.ids.push(c.id.0);
+        self.claims.push(c.claim_no);
+        self.states.push(state);
+        self.kinds.push(kind);
+        self.given_back.push(given_back);
+        self.delays.push(delay);
+        self.results.push(result);
+        self.errors.push(error);
+    }
+}
+
+/// A priority as the table stores it: ascending is the run order.
+pub fn priority_no(p: Priority) -> i16 {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
+fn priority_of(n: i16) -> Priority {
+    match n {
+        0 => Priority::High,
+        2 => Priority::Low,
+        _ => Priority::Normal,
+    }
+}
+
+/// A name glob as a `LIKE` pattern, when it has only `*` and `?` wildcards (None otherwise:
+/// the caller filters such globs itself).
+pub fn like_pattern(glob: &str) -> Option<String> {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '[' | ']' | '{' | '}' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ensures that simple globs become LIKE patterns with LIKE's own wildcards escaped, and
+    /// that classes and alternatives are left to the caller.
+    #[test]
+    fn globs_become_like_patterns() {
+        assert_eq!(like_pattern("sec.*").as_deref(), Some("sec.%"));
+        assert_eq!(like_pattern("a_b?").as_deref(), Some("a\\_b_"));
+        assert_eq!(
+            like_pattern("builtin.noop").as_deref(),
+            Some("builtin.noop")
+        );
+        assert_eq!(like_pattern("sec.{a,b}"), None);
+    }
+
+    /// Ensures that priorities keep their order through the table's numbers.
+    #[test]
+    fn priorities_round_trip_in_order() {
+        for p in Priority::ALL {
+            assert_eq!(priority_of(priority_no(p)), p);
+        }
+        assert!(priority_no(Priority::High) < priority_no(Priority::Low));
+    }
+}
