@@ -3,23 +3,15 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden::client::Client;
 
+use crate::process::{connect, free_port, spawn_node};
 use crate::support::{finished, job_ids, poll, req, status, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Writes a config for the binary and returns the admin address it will listen on.
 fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
@@ -36,54 +28,6 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
         .write_all(text.as_bytes())
         .unwrap();
     (path, admin)
-}
-
-/// A node process, killed and reaped when dropped, so that a failing test leaves no node behind.
-struct NodeChild(Child);
-
-impl std::ops::Deref for NodeChild {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for NodeChild {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for NodeChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_node(config: &Path) -> NodeChild {
-    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["node", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn warden node");
-    NodeChild(child)
-}
-
-async fn connect(addr: &str) -> Client {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
-            return c;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node at {addr} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Ensures that a node killed with SIGKILL while 1,500 acknowledged jobs are queued or running

@@ -2,6 +2,8 @@
 //! 0 with temporary data dirs and talks to them over TCP.
 
 mod support;
+// node processes of the real binary, killed and reaped when dropped
+mod process;
 
 // job life through the admin port: success, retries, dead letters, panics, dedup, delays, bounds
 mod jobs;
@@ -46,3 +48,6 @@ mod console;
 mod pg;
 // the PostgreSQL sink against a real PostgreSQL: typed tables, outage, kill -9, bad credentials
 mod sink;
+// cluster mode: node processes sharing one PostgreSQL: exactly once, rescue, unique keys, pause,
+// a PostgreSQL restart
+mod cluster;

@@ -114,6 +114,11 @@ pub struct State {
     healthy: bool,
     /// This node's previous incarnation's running jobs were sent back.
     own_rescued: bool,
+    /// The last write or claim failed: the job loop waits for the next tick (the poll) to try
+    /// again, rather than spin on a server that is down.
+    store_down: bool,
+    /// The current outage was logged.
+    down_logged: bool,
     /// The latest counts of the whole cluster.
     counts: Counts,
     totals: Totals,
@@ -214,6 +219,8 @@ impl State {
             flush_scheduled: false,
             healthy: true,
             own_rescued: false,
+            store_down: false,
+            down_logged: false,
             counts: Counts::default(),
             totals: Totals::default(),
             draining: false,
@@ -320,6 +327,9 @@ impl State {
 
     /// Whether a flush has work: ends to write, or idle workers where jobs may wait.
     fn wants_flush(&self) -> bool {
+        if self.store_down {
+            return false;
+        }
         !self.done.is_empty()
             || (self.may_claim()
                 && self
@@ -394,6 +404,7 @@ impl State {
     }
 
     async fn tick(&mut self) {
+        self.store_down = false;
         if !self.own_rescued {
             self.rescue_own().await;
         }
@@ -436,11 +447,11 @@ impl State {
                 if !self.dead.is_empty() {
                     self.alert(&written).await;
                 }
+                self.store_up();
                 true
             }
             Err(e) => {
-                warn!(actor = "root/dispatcher", error = %e.message(), kept = self.done.len(),
-                    "cannot write job ends; kept for the next try");
+                self.store_failed(&e, "cannot write job ends; kept for the next try");
                 false
             }
         }
@@ -456,6 +467,7 @@ impl State {
         let name = l.info.name.clone();
         match self.cluster.jobs.claim(&name, want).await {
             Ok(claimed) => {
+                self.store_up();
                 self.lanes[lane].maybe_work = claimed.len() == want;
                 for c in claimed {
                     self.start(lane, c);
@@ -463,9 +475,25 @@ impl State {
                 true
             }
             Err(e) => {
-                warn!(actor = "root/dispatcher", pipeline = %name, error = %e.message(), "claim failed");
+                self.store_failed(&e, "claim failed; trying again at the next poll");
                 false
             }
+        }
+    }
+
+    /// A write or claim failed: logged once per outage; the loop rests until the next poll.
+    fn store_failed(&mut self, e: &crate::postgres::Failure, what: &str) {
+        if !self.down_logged {
+            warn!(actor = "root/dispatcher", error = %e.message(), kept = self.done.len(), "{what}");
+            self.down_logged = true;
+        }
+        self.store_down = true;
+    }
+
+    /// A write or claim succeeded.
+    fn store_up(&mut self) {
+        if std::mem::take(&mut self.down_logged) {
+            info!(actor = "root/dispatcher", "the cluster store answers again");
         }
     }
 

@@ -1,0 +1,368 @@
+//! Cluster mode: node processes of the real binary on loopback, sharing one PostgreSQL schema
+//! (`[store] kind = "postgres"`). The jobs table is read directly to check what no admin answer
+//! could prove alone (who ran a job, how many times it started).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use warden::client::Client;
+
+use crate::pg::{self, PrivatePg, Schema};
+use crate::process::{connect, free_port, spawn_node_with, NodeChild};
+use crate::support::{eventually, job_ids, poll, req};
+
+/// The variable the test configs name in `url_env`.
+const URL_ENV: &str = "WARDEN_TEST_CLUSTER_URL";
+
+/// One node process of a test cluster.
+struct ClusterNode {
+    id: String,
+    addr: String,
+    config: PathBuf,
+    url: String,
+    child: Option<NodeChild>,
+    _dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    /// Starts node `id` on `url`, schema `schema`, with 4 builtin workers.
+    fn start(id: &str, url: &str, schema: &str) -> ClusterNode {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("node.toml");
+        let text = format!(
+            "[node]\nname = {id:?}\ndata_dir = {data:?}\nshutdown_timeout = \"10s\"\n\
+             [admin]\nlisten = {addr:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
+             [pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n\
+             [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n",
+            data = dir.path().join("data").display().to_string(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut node = ClusterNode {
+            id: id.to_string(),
+            addr,
+            config,
+            url: url.to_string(),
+            child: None,
+            _dir: dir,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts the process again on the same config.
+    fn restart(&mut self) {
+        self.child = Some(spawn_node_with(&self.config, &[(URL_ENV, &self.url)]));
+    }
+
+    /// SIGKILL, and reap.
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    async fn client(&self) -> Client {
+        connect(&self.addr).await
+    }
+}
+
+/// `n` nodes `node-0..` on the shared test server, in a fresh schema.
+async fn cluster(test: &str, n: usize) -> (Schema, Vec<ClusterNode>) {
+    let schema = Schema::fresh(test).await;
+    let url = pg::test_url();
+    let nodes = (0..n)
+        .map(|i| ClusterNode::start(&format!("node-{i}"), &url, &schema.name))
+        .collect();
+    (schema, nodes)
+}
+
+/// One number from a query on the schema (`{s}` stands for it).
+async fn number(schema: &Schema, query: &str) -> i64 {
+    let rows = schema.texts(&format!("SELECT ({query})::text")).await;
+    rows[0][0].as_deref().unwrap_or("0").parse().unwrap()
+}
+
+/// Waits until `query` counts `want`.
+async fn until_count(schema: &Schema, what: &str, within: Duration, query: &str, want: i64) {
+    eventually(what, within, || async {
+        (number(schema, query).await == want).then_some(())
+    })
+    .await;
+}
+
+fn noops(n: usize) -> Value {
+    let jobs: Vec<Value> = (0..n).map(|_| json!({"job": "builtin.noop"})).collect();
+    json!({"cmd": "submit_batch", "jobs": jobs})
+}
+
+/// Ensures that 20,000 jobs submitted through three nodes all succeed exactly once: every job
+/// started once (one `started` event, attempt 1), and each node ran some of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_run_each_of_20000_jobs_exactly_once() {
+    let (schema, nodes) = cluster("exactly_once", 3).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await);
+    }
+    let mut ids = 0;
+    for round in 0..40 {
+        let a = req(&mut clients[round % 3], noops(500)).await;
+        assert_eq!(a["ok"], true, "{a}");
+        ids += job_ids(&a).len();
+    }
+    assert_eq!(ids, 20_000);
+    until_count(
+        &schema,
+        "every job to succeed",
+        Duration::from_secs(240),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        20_000,
+    )
+    .await;
+    let twice = "SELECT count(*) FROM {s}.jobs WHERE attempt <> 1 OR \
+         jsonb_array_length(jsonb_path_query_array(history, '$[*] ? (@.kind == \"started\")')) <> 1";
+    assert_eq!(
+        number(&schema, twice).await,
+        0,
+        "jobs started more than once"
+    );
+    let ran = schema
+        .texts("SELECT claimed_by, count(*)::text FROM {s}.jobs GROUP BY 1 ORDER BY 1")
+        .await;
+    assert_eq!(ran.len(), 3, "each node runs jobs: {ran:?}");
+    let stats = req(&mut clients[1], json!({"cmd": "stats"})).await;
+    assert_eq!(
+        stats["jobs"],
+        json!({"pending": 0, "running": 0, "retrying": 0}),
+        "{stats}"
+    );
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that when a node is killed with SIGKILL while its workers run long jobs, those jobs
+/// finish on the other nodes within 30 s, their attempt counted and the rescue in their
+/// history; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_jobs_finish_on_the_others() {
+    let (schema, mut nodes) = cluster("rescue", 3).await;
+    let mut c = nodes[0].client().await;
+    for n in &nodes[1..] {
+        n.client().await;
+    }
+    let jobs: Vec<Value> = (0..12)
+        .map(|_| json!({"job": "builtin.sleep", "params": {"ms": 3000}}))
+        .collect();
+    let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+    assert_eq!(job_ids(&a).len(), 12, "{a}");
+    until_count(
+        &schema,
+        "all 12 jobs to run",
+        Duration::from_secs(30),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'running'",
+        12,
+    )
+    .await;
+    let victim = schema
+        .texts("SELECT claimed_by FROM {s}.jobs WHERE state = 'running' LIMIT 1")
+        .await[0][0]
+        .clone()
+        .unwrap();
+    let held = number(
+        &schema,
+        &format!("SELECT count(*) FROM {{s}}.jobs WHERE claimed_by = '{victim}'"),
+    )
+    .await;
+    let killed = Instant::now();
+    nodes.iter_mut().find(|n| n.id == victim).unwrap().kill_9();
+    until_count(
+        &schema,
+        "the killed node's jobs to finish elsewhere",
+        Duration::from_secs(30),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        12,
+    )
+    .await;
+    eprintln!(
+        "rescued {held} jobs of {victim}; all done {:?} after the kill",
+        killed.elapsed()
+    );
+    let rescued = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE attempt = 2 AND claimed_by <> '{victim}' \
+         AND history @> '[{{\"kind\": \"requeued\"}}]'"
+    );
+    assert_eq!(number(&schema, &rescued).await, held);
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that the same unique key submitted at once through three nodes makes one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unique_key_through_three_nodes_is_one_job() {
+    let (schema, nodes) = cluster("unique", 3).await;
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await);
+    }
+    for round in 0..20 {
+        let key = format!("report-{round}");
+        let submit =
+            json!({"cmd": "submit", "job": "builtin.noop", "unique_key": key, "delay": "1h"});
+        let [a, b, c] = &mut clients[..] else {
+            unreachable!()
+        };
+        let answers = tokio::join!(
+            req(a, submit.clone()),
+            req(b, submit.clone()),
+            req(c, submit.clone())
+        );
+        let ids = [&answers.0, &answers.1, &answers.2].map(|a| a["job_id"].clone());
+        assert!(
+            ids.iter().all(|i| *i == ids[0] && i.is_string()),
+            "{answers:?}"
+        );
+        let fresh = [&answers.0, &answers.1, &answers.2]
+            .iter()
+            .filter(|a| a["deduplicated"] == false)
+            .count();
+        assert_eq!(fresh, 1, "{answers:?}");
+        let q = format!("SELECT count(*) FROM {{s}}.jobs WHERE unique_key = '{key}'");
+        assert_eq!(number(&schema, &q).await, 1);
+    }
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that a second process started with a node id in use refuses to start, naming the
+/// key, and that a paused pipeline holds on every node until it is resumed on any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ids_are_unique_and_pause_holds_every_node() {
+    let (schema, nodes) = cluster("pause", 2).await;
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let twin = ClusterNode::start("node-0", &pg::test_url(), &schema.name);
+    let (status, err) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut twin = twin;
+        let mut child = twin.child.take().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (child.wait().unwrap(), err)
+    })
+    .await
+    .unwrap();
+    assert!(!status.success() && err.contains("store.node_id"), "{err}");
+
+    let p = req(&mut a, json!({"cmd": "pause", "pipeline": "builtin"})).await;
+    assert_eq!(p["ok"], true, "{p}");
+    poll(
+        &mut b,
+        "node-1 to see the pause",
+        Duration::from_secs(10),
+        json!({"cmd": "pipelines"}),
+        |v| v["pipelines"][0]["paused"] == true,
+    )
+    .await;
+    let id = req(&mut b, json!({"cmd": "submit", "job": "builtin.noop"})).await["job_id"].clone();
+    let why = req(&mut b, json!({"cmd": "why", "job_id": id})).await;
+    assert_eq!(why["blocker"]["kind"], "paused", "{why}");
+    let resumed_at = chrono::Utc::now().timestamp_millis();
+    req(&mut a, json!({"cmd": "resume", "pipeline": "builtin"})).await;
+    poll(
+        &mut b,
+        "the job to run after the resume",
+        Duration::from_secs(10),
+        json!({"cmd": "status", "job_id": id}),
+        |s| s["job"]["status"] == "succeeded",
+    )
+    .await;
+    let h = req(&mut b, json!({"cmd": "history", "job_id": id})).await;
+    let started = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "started")
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = chrono::DateTime::parse_from_rfc3339(&started)
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        started >= resumed_at - 1000,
+        "started {started}, resumed {resumed_at}"
+    );
+    let nodes_answer = req(&mut a, json!({"cmd": "nodes"})).await;
+    let listed = nodes_answer["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{nodes_answer}");
+    assert_eq!(
+        listed.iter().filter(|n| n["leader"] == true).count(),
+        1,
+        "{nodes_answer}"
+    );
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that when PostgreSQL is stopped (the way a crash stops it) and started again under
+/// load, the nodes reconnect, and every job whose submit was acknowledged runs to success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_loses_no_acknowledged_job() {
+    let pg = PrivatePg::start().await;
+    let url = pg.url();
+    let nodes: Vec<ClusterNode> = (0..2)
+        .map(|i| ClusterNode::start(&format!("node-{i}"), &url, "warden"))
+        .collect();
+    let mut c = nodes[0].client().await;
+    let mut c2 = nodes[1].client().await;
+    let mut acked: Vec<String> = Vec::new();
+    let mut refused = 0;
+    for round in 0..30 {
+        if round == 10 {
+            pg.pg_stop();
+        }
+        if round == 20 {
+            pg.pg_start().await;
+        }
+        let client = if round % 2 == 0 { &mut c } else { &mut c2 };
+        let a = req(client, noops(100)).await;
+        if a["ok"] == true {
+            acked.extend(job_ids(&a));
+        } else {
+            assert_eq!(a["error"]["code"], "storage_unavailable", "{a}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the outage must be seen");
+    let admin = pg::connect(&url).await.unwrap();
+    eventually(
+        "every acknowledged job to succeed",
+        Duration::from_secs(60),
+        || {
+            let admin = &admin;
+            let ids: Vec<uuid::Uuid> = acked.iter().map(|i| i.parse().unwrap()).collect();
+            async move {
+                let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM warden.jobs WHERE id = ANY($1) AND state = 'succeeded'",
+                    &[&ids],
+                )
+                .await
+                .ok()?
+                .get(0);
+                (n == ids.len() as i64).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(nodes);
+}

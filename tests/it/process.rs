@@ -1,0 +1,76 @@
+//! Node processes of the real binary, for the tests that kill them: started from a config file,
+//! killed and reaped when dropped, so a failing test leaves no node behind.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use warden::client::Client;
+
+/// How long a node process may take to answer its first command.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+/// A free port on loopback (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node process, killed and reaped when dropped.
+pub struct NodeChild(pub Child);
+
+impl std::ops::Deref for NodeChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `warden node --config <config>`, its stderr piped.
+pub fn spawn_node(config: &Path) -> NodeChild {
+    spawn_node_with(config, &[])
+}
+
+/// [`spawn_node`] with environment variables set.
+pub fn spawn_node_with(config: &Path, env: &[(&str, &str)]) -> NodeChild {
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["node", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warden node");
+    NodeChild(child)
+}
+
+/// A client of the node at `addr`, once it answers.
+pub async fn connect(addr: &str) -> Client {
+    let deadline = std::time::Instant::now() + ANSWER_WAIT;
+    loop {
+        if let Ok(c) = Client::connect(addr, Duration::from_secs(1)).await {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node at {addr} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
