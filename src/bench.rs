@@ -17,6 +17,7 @@
 //!   plus 10,000 pending jobs, until the restarted node answers `ping` (see `history.rs`);
 //! - `exec_*_jobs_per_s`: trivial exec tasks on a node of their own (see `exec.rs`).
 
+pub mod cluster;
 pub mod console;
 pub mod exec;
 pub mod history;

@@ -98,6 +98,8 @@ pub enum ClientCommand {
     },
     /// The live supervision tree, with status and restart counts.
     Tree,
+    /// The nodes of the cluster (cluster mode): heartbeat age, leader, running jobs.
+    Nodes,
     /// Pipelines: workers, queues, rate limits, breakers.
     Pipelines,
     /// Stop dispatching a pipeline's jobs (running ones finish).

@@ -42,6 +42,10 @@ enum Command {
     /// Measure the PostgreSQL sink: rows/s shipping a backlog of records from a `warden node`
     /// child process, beside multi-row INSERT and COPY of the same rows (the ceiling).
     BenchSink(bench::sink::SinkBenchArgs),
+    /// Measure cluster mode: durable no-op jobs/s with 1, 2 and 3 `warden node` child processes
+    /// on one PostgreSQL, beside the sled single node and the store's own statements (the
+    /// ceiling).
+    BenchCluster(bench::cluster::ClusterBenchArgs),
     /// Verify a stopped node's data dir offline: watermark, every record, the indexes. Exits 1
     /// on any problem.
     Check {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Node { config } => rt.block_on(run_node(config)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::BenchSink(args) => rt.block_on(bench::sink::run(args)),
+        Command::BenchCluster(args) => rt.block_on(bench::cluster::run(args)),
         Command::Check { data_dir } => warden::cli::check(&data_dir),
         Command::Client(cmd) => rt.block_on(warden::cli::run(cmd, cli.client)),
     }

@@ -23,6 +23,7 @@ pub(super) fn for_command(cmd: &ClientCommand) -> Render {
         C::History { .. } => history,
         C::List(_) | C::Dlq { .. } => jobs,
         C::Tree => tree,
+        C::Nodes => nodes,
         C::Pipelines => pipelines,
         C::Pause { .. } | C::Resume { .. } => pipeline,
         C::Stats => stats,
@@ -208,6 +209,36 @@ fn tree_node(n: &Value) -> String {
 }
 
 /// `pipelines`: one row per pipeline.
+/// `nodes`: one line per node, the leader starred; a single node says it runs alone.
+pub(super) fn nodes(a: &Value) -> String {
+    if a["cluster"] != Value::Bool(true) {
+        return format!(
+            "{} runs alone (no [store] kind = \"postgres\")",
+            text(&a["nodes"][0]["id"])
+        );
+    }
+    let rows = list_of(&a["nodes"]).iter().map(|n| {
+        let age = n["heartbeat_age_ms"].as_i64().unwrap_or(0);
+        vec![
+            text(&n["id"]),
+            if n["leader"] == Value::Bool(true) {
+                "leader"
+            } else {
+                "-"
+            }
+            .to_string(),
+            format!("{:.1}s", age as f64 / 1000.0),
+            text(&n["running"]),
+            text(&n["admin"]),
+            text(&n["started_at"]),
+        ]
+    });
+    table(
+        &["NODE", "ROLE", "HEARTBEAT", "RUNNING", "ADMIN", "STARTED"],
+        rows,
+    )
+}
+
 pub(super) fn pipelines(a: &Value) -> String {
     let all = list_of(&a["pipelines"]);
     if all.is_empty() {

@@ -22,6 +22,7 @@ pub(super) fn build(cmd: &ClientCommand) -> Result<Value, Failure> {
         C::Why { id } => json!({"cmd": "why", "job_id": id}),
         C::Dlq { limit } => with("dlq", [("limit", limit.map(Value::from))]),
         C::Tree => bare("tree"),
+        C::Nodes => bare("nodes"),
         C::Pipelines => bare("pipelines"),
         C::Pause { pipeline } => json!({"cmd": "pause", "pipeline": pipeline}),
         C::Resume { pipeline } => json!({"cmd": "resume", "pipeline": pipeline}),

@@ -1,0 +1,235 @@
+//! `warden bench-cluster --url URL`: durable no-op jobs per second with 1, 2 and 3 `warden node`
+//! child processes (this executable, the embedded default config plus `[store] kind =
+//! "postgres"`) sharing one PostgreSQL, beside the sled single node and a ceiling, all measured
+//! in the same run:
+//!
+//! - `sled_jobs_per_s`: one node on its journal (the default config as it ships);
+//! - `cluster_<n>_nodes_jobs_per_s`: `--jobs` no-ops submitted in batches through every node at
+//!   once (two connections each), counted from the first submit until the jobs table says every
+//!   one succeeded (polled every 20 ms); each `n` gets a schema of its own;
+//! - `ceiling_jobs_per_s`: what PostgreSQL takes at most for the same work from one connection
+//!   with nothing around it: per batch, the insert, the claim and the completion statements of
+//!   the store (a job costs those three writes in any mode), on a schema of its own;
+//!   `cluster_<n>_nodes_ratio_to_ceiling` compares each run with it.
+//!
+//! The role of the URL must be allowed to create schemas; every schema is `bench_cluster_<pid>_*`
+//! and dropped at the end. On this benchmark's machine the database, the nodes and the load
+//! share the same cores: the figures say what one machine does, not how a cluster scales.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use warden_actors::cluster::{Cluster, ClusterArgs, Completion, NewRow, Outcome, Timing};
+use warden_actors::job::{JobId, Priority};
+use warden_actors::sink::tokio_postgres::{self, Client, NoTls};
+
+use super::load::submit_parallel;
+use super::process::NodeProcess;
+use super::PHASE_TIMEOUT;
+
+/// What to measure.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterBenchArgs {
+    /// PostgreSQL URL of a database where the role may create schemas.
+    #[arg(long, env = "WARDEN_BENCH_PG", hide_env_values = true)]
+    pub url: String,
+    /// No-op jobs per run.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// The most nodes (runs go from 1 to this).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Jobs per submit_batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: ClusterBenchArgs) -> ExitCode {
+    match measure(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden bench-cluster: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn measure(args: &ClusterBenchArgs) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
+    let db = connect(&args.url).await?;
+    let prefix = format!("bench_cluster_{}", std::process::id());
+    println!("jobs={}", args.jobs);
+    let measured = async {
+        let ceiling = ceiling(args, &format!("{prefix}_raw")).await?;
+        println!("ceiling_jobs_per_s={ceiling:.0}");
+        let sled = sled(&exe, args).await?;
+        println!("sled_jobs_per_s={sled:.0}");
+        for n in 1..=args.nodes {
+            let rate = cluster_run(&exe, args, &db, &format!("{prefix}_{n}"), n).await?;
+            println!("cluster_{n}_nodes_jobs_per_s={rate:.0}");
+            println!("cluster_{n}_nodes_ratio_to_ceiling={:.3}", rate / ceiling);
+        }
+        Ok(())
+    }
+    .await;
+    let schemas = db
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+            &[&format!("{prefix}%")],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for s in schemas {
+        let name: String = s.get(0);
+        let _ = db
+            .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
+            .await;
+    }
+    measured
+}
+
+async fn connect(url: &str) -> Result<Client, String> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The store's own statements, one batch at a time from one connection: insert, claim,
+/// complete.
+async fn ceiling(args: &ClusterBenchArgs, schema: &str) -> Result<f64, String> {
+    let cluster = Cluster::new(ClusterArgs {
+        url: args.url.clone(),
+        url_env: "--url".into(),
+        schema: schema.into(),
+        node_id: "bench-ceiling".into(),
+        timeout: Duration::from_secs(30),
+        pool_size: 2,
+        timing: Timing::default(),
+    })?;
+    cluster.open().await.map_err(|e| e.message().to_string())?;
+    let jobs = &cluster.jobs;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < args.jobs {
+        let n = args.batch.min(args.jobs - done);
+        let rows: Vec<NewRow> = (0..n).map(|_| noop_row()).collect();
+        jobs.insert(&rows)
+            .await
+            .map_err(|e| e.message().to_string())?;
+        let claimed = jobs
+            .claim("builtin", n)
+            .await
+            .map_err(|e| e.message().to_string())?;
+        let ends: Vec<Completion> = claimed
+            .into_iter()
+            .map(|c| Completion {
+                id: c.id,
+                claim_no: c.claim_no,
+                outcome: Outcome::Succeeded("null".into()),
+            })
+            .collect();
+        jobs.complete(&ends)
+            .await
+            .map_err(|e| e.message().to_string())?;
+        done += n;
+    }
+    Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+fn noop_row() -> NewRow {
+    NewRow {
+        id: JobId::new(),
+        name: "builtin.noop".into(),
+        pipeline: "builtin".into(),
+        priority: Priority::Normal,
+        max_retries: 3,
+        params: "{}".into(),
+        unique_key: None,
+        run_at: None,
+    }
+}
+
+/// One node on its journal, the default config.
+async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let mut node = NodeProcess::spawn(exe, dir.path())?;
+    node.wait_ready(PHASE_TIMEOUT).await?;
+    let started = Instant::now();
+    submit_parallel(node.admin, args.jobs, args.batch, 2).await?;
+    let mut c = crate::client::Client::connect_addr(node.admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    super::load::wait_succeeded(&mut c, args.jobs as u64, PHASE_TIMEOUT).await?;
+    let rate = args.jobs as f64 / started.elapsed().as_secs_f64();
+    node.shutdown(PHASE_TIMEOUT).await?;
+    Ok(rate)
+}
+
+/// `n` nodes on schema `schema`: the jobs submitted through all of them at once.
+async fn cluster_run(
+    exe: &Path,
+    args: &ClusterBenchArgs,
+    db: &Client,
+    schema: &str,
+    n: usize,
+) -> Result<f64, String> {
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|_| tempfile::tempdir().map_err(|e| format!("temp dir: {e}")))
+        .collect::<Result<_, _>>()?;
+    let mut nodes = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let store = format!(
+            "\n[store]\nkind = \"postgres\"\nurl = {:?}\nschema = {schema:?}\nnode_id = \"bench-{i}\"\n",
+            args.url
+        );
+        nodes.push(NodeProcess::spawn_with(exe, d.path(), &store)?);
+    }
+    for node in &mut nodes {
+        node.wait_ready(PHASE_TIMEOUT).await?;
+    }
+    let per_node = args.jobs / n;
+    let started = Instant::now();
+    let submits: Vec<_> = nodes
+        .iter()
+        .map(|node| tokio::spawn(submit_parallel(node.admin, per_node, args.batch, 2)))
+        .collect();
+    let mut total = 0;
+    for s in submits {
+        total += s.await.map_err(|e| e.to_string())??;
+    }
+    wait_table(db, schema, total as i64).await?;
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    for node in nodes {
+        node.shutdown(PHASE_TIMEOUT).await?;
+    }
+    Ok(rate)
+}
+
+/// Waits until `n` jobs of `schema` succeeded.
+async fn wait_table(db: &Client, schema: &str, n: i64) -> Result<(), String> {
+    let q = format!("SELECT count(*) FROM {schema}.jobs WHERE state = 'succeeded'");
+    let deadline = Instant::now() + PHASE_TIMEOUT;
+    loop {
+        let done: i64 = db
+            .query_one(&q, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if done >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {done} of {n} jobs succeeded within {PHASE_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
