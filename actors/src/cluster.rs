@@ -7,6 +7,7 @@
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
+//! - `permits.rs`: the per-source rate limits and throttle pauses every node shares.
 //! - `background.rs`: the loops that drive those, and LISTEN for wake-ups and cancels.
 //! - `dispatcher.rs`: the dispatcher actor of cluster mode. It takes the same messages as the
 //!   single node's, so workers, the admin port and the supervision tree do not know which mode
@@ -19,25 +20,37 @@ mod background;
 mod dispatcher;
 mod liveness;
 mod operator;
+mod permits;
 mod store;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::postgres::{self, migrate::Migrations, Failure, Target};
 
+pub(crate) use self::background::Session;
+
 pub use self::dispatcher::{ClusterDispatcher, ClusterDispatcherArgs, Event};
 pub use self::liveness::{NodeView, Rescued};
 pub use self::operator::Counts;
+pub use self::permits::{Permit, Permits};
 pub use self::store::{like_pattern, Claimed, Completion, Jobs, NewRow, Outcome};
 
 /// The cluster store's schema, in order. Never edit a shipped one: add the next.
 pub static MIGRATIONS: Migrations = Migrations {
     owner: "cluster",
-    steps: &[(
-        1,
-        "jobs, nodes, leases, schedule ticks",
-        include_str!("cluster/migrations/0001_cluster.sql"),
-    )],
+    steps: &[
+        (
+            1,
+            "jobs, nodes, leases, schedule ticks",
+            include_str!("cluster/migrations/0001_cluster.sql"),
+        ),
+        (
+            2,
+            "per-source rate limits",
+            include_str!("cluster/migrations/0002_limits.sql"),
+        ),
+    ],
 };
 
 /// The intervals of cluster mode (the defaults are the documented ones; tests shorten none).
@@ -107,6 +120,9 @@ pub struct Cluster {
     pub config: tokio_postgres::Config,
     /// The configuration it was made from.
     pub args: ClusterArgs,
+    /// The session `open` took this node's id lock on, until the listener takes it over (so the
+    /// lock is held without a gap from the check at start).
+    session: Arc<Mutex<Option<Session>>>,
 }
 
 impl Cluster {
@@ -134,7 +150,15 @@ impl Cluster {
             },
             config,
             args,
+            session: Arc::default(),
         })
+    }
+
+    /// The rate-limit permits of this cluster.
+    pub fn permits(&self) -> Permits {
+        Permits {
+            jobs: self.jobs.clone(),
+        }
     }
 
     /// The server as people are shown it.
@@ -154,24 +178,29 @@ impl Cluster {
             &self.jobs.target,
         )
         .await?;
-        let pg = |e: tokio_postgres::Error| self.jobs.target.failure(&e);
-        let key = self.node_lock_key();
-        let free: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        let session = Session::connect(&self.config)
             .await
-            .map_err(pg)?
-            .get(0);
-        if !free {
+            .map_err(|e| Failure::Unavailable(format!("{}: {e}", self.jobs.target.shown)))?;
+        let held = session
+            .lock(self.node_lock_key())
+            .await
+            .map_err(|e| self.jobs.target.failure(&e))?;
+        if !held {
             return Err(Failure::Rejected(format!(
                 "store.node_id: {:?} is in use by a running node of schema {} on {}; give each node its own node_id",
                 self.args.node_id, self.args.schema, self.jobs.target.shown
             )));
         }
-        client
-            .query_one("SELECT pg_advisory_unlock($1)", &[&key])
-            .await
-            .map_err(pg)?;
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
         Ok(version)
+    }
+
+    /// The session `open` locked this node's id on, once (the listener's first).
+    pub(crate) fn take_session(&self) -> Option<Session> {
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The session lock a live node holds on its id.

@@ -165,6 +165,7 @@ impl Node {
                 records: Records::new(journal.clone()),
                 progress: progress.clone(),
             },
+            permits: cluster.as_ref().map(Cluster::permits),
         };
         let mut infos: Vec<crate::dispatcher::PipelineInfo> = Vec::new();
         let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();

@@ -45,6 +45,8 @@ pub struct Shared {
     pub node: NodeEnv,
     /// For every task's context.
     pub tasks: TaskEnv,
+    /// Cluster mode: the rate limits every node shares.
+    pub permits: Option<crate::cluster::Permits>,
 }
 
 /// Builds pipeline number `index` (its place in the dispatcher). Errors name the pipeline and
@@ -69,6 +71,7 @@ pub fn assemble(
                 up.rate_limit.clone(),
                 up.throttle_cooldown,
                 journal.clone(),
+                shared.permits.clone(),
             );
             let (link, alerter) = (dispatcher.clone(), alerter.clone());
             let on_change = Arc::new(move |c: BreakerStateChange| {

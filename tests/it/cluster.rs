@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use warden::client::Client;
 
+use crate::fakes::{self, Failure, FakeUpstream};
 use crate::pg::{self, PrivatePg, Schema};
 use crate::process::{connect, free_port, spawn_node_with, NodeChild};
 use crate::support::{eventually, job_ids, poll, req};
@@ -28,6 +29,11 @@ struct ClusterNode {
 impl ClusterNode {
     /// Starts node `id` on `url`, schema `schema`, with 4 builtin workers.
     fn start(id: &str, url: &str, schema: &str) -> ClusterNode {
+        Self::start_with(id, url, schema, "")
+    }
+
+    /// [`ClusterNode::start`] with `extra` TOML (whole sections) in its config.
+    fn start_with(id: &str, url: &str, schema: &str, extra: &str) -> ClusterNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("node.toml");
@@ -35,7 +41,7 @@ impl ClusterNode {
             "[node]\nname = {id:?}\ndata_dir = {data:?}\nshutdown_timeout = \"10s\"\n\
              [admin]\nlisten = {addr:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
              [pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n\
-             [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n",
+             [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n{extra}",
             data = dir.path().join("data").display().to_string(),
         );
         std::fs::write(&config, text).unwrap();
@@ -365,4 +371,132 @@ async fn a_postgres_restart_loses_no_acknowledged_job() {
     )
     .await;
     drop(nodes);
+}
+
+/// Three nodes with a `yahoo` pipeline on `fake`, limited to `rate`.
+async fn yahoo_cluster(test: &str, fake: &FakeUpstream, rate: &str) -> (Schema, Vec<ClusterNode>) {
+    let schema = Schema::fresh(test).await;
+    let extra = format!(
+        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = {rate:?}\n",
+        fake.base_url()
+    );
+    let nodes: Vec<ClusterNode> = (0..3)
+        .map(|i| {
+            ClusterNode::start_with(&format!("node-{i}"), &pg::test_url(), &schema.name, &extra)
+        })
+        .collect();
+    for n in &nodes {
+        n.client().await;
+    }
+    (schema, nodes)
+}
+
+/// Submits `n` `yahoo.chart` jobs, spread over the nodes.
+async fn charts(nodes: &[ClusterNode], n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut c = nodes[i % nodes.len()].client().await;
+        let a = req(
+            &mut c,
+            json!({"cmd": "submit", "job": "yahoo.chart", "params": {"ticker": "AAPL"}}),
+        )
+        .await;
+        assert_eq!(a["ok"], true, "{a}");
+        ids.push(a["job_id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+/// The most arrivals inside any window of `span` starting at an arrival.
+fn most_in_window(arrivals: &[Instant], span: Duration) -> usize {
+    (0..arrivals.len())
+        .map(|i| {
+            arrivals[i..]
+                .iter()
+                .take_while(|u| u.duration_since(arrivals[i]) < span)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Ensures that a source limited to `5/s, 20/m` across three nodes is never sent more by the
+/// cluster: 21 jobs through all nodes, no second at the fake upstream sees more than 5
+/// requests, and the 21st waits for the minute window (it retries later, never sent early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_for_the_whole_cluster() {
+    let fake = FakeUpstream::start().await;
+    let (schema, nodes) = yahoo_cluster("limit", &fake, "5/s, 20/m").await;
+    charts(&nodes, 21).await;
+    until_count(
+        &schema,
+        "20 jobs to succeed within the minute's quota",
+        Duration::from_secs(30),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        20,
+    )
+    .await;
+    until_count(
+        &schema,
+        "the 21st job to wait for the minute window",
+        Duration::from_secs(10),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'retrying' AND error LIKE '%throttled%'",
+        1,
+    )
+    .await;
+    let arrivals: Vec<Instant> = fake
+        .requests_to(fakes::YAHOO_CHART_PREFIX)
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(
+        arrivals.len(),
+        20,
+        "the 21st request must wait for the minute"
+    );
+    let most = most_in_window(&arrivals, Duration::from_secs(1));
+    assert!(most <= 5, "{most} requests within one second");
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that a 429 with Retry-After seen by one node pauses the source on all three: no
+/// request reaches the fake upstream from any node until the pause ends, and the jobs then
+/// succeed without spending an attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_node_pauses_every_node() {
+    let fake = FakeUpstream::start().await;
+    let (schema, nodes) = yahoo_cluster("pause429", &fake, "50/s").await;
+    fake.fail_next_to(
+        fakes::YAHOO_CHART_PREFIX,
+        1,
+        Failure::TooMany {
+            retry_after: Some(3),
+        },
+    );
+    charts(&nodes, 12).await;
+    until_count(
+        &schema,
+        "every job to succeed after the pause",
+        Duration::from_secs(30),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded' AND attempt = 1",
+        12,
+    )
+    .await;
+    let arrivals: Vec<Instant> = fake
+        .requests_to(fakes::YAHOO_CHART_PREFIX)
+        .iter()
+        .map(|r| r.at)
+        .collect();
+    let first = arrivals[0];
+    let during = arrivals[1..]
+        .iter()
+        .filter(|t| t.duration_since(first) < Duration::from_millis(2900))
+        .count();
+    assert_eq!(
+        during, 0,
+        "requests reached the upstream during the pause: {arrivals:?}"
+    );
+    drop(nodes);
+    schema.drop_now().await;
 }

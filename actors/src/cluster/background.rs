@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ractor::ActorRef;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,8 @@ pub(super) struct Loops {
     pub(super) running: Arc<AtomicUsize>,
     /// This node's admin address, shown by `nodes`.
     pub(super) admin: String,
+    /// This process's incarnation, in the node's row.
+    pub(super) incarnation: Uuid,
     /// Finished jobs older than this are compacted.
     pub(super) retention: Duration,
     pub(super) token: CancellationToken,
@@ -63,10 +66,10 @@ impl Loops {
 
     async fn heartbeat(self) {
         let timing = self.cluster.args.timing;
-        let incarnation = Uuid::now_v7();
+        let incarnation = self.incarnation;
         let mut tick = tokio::time::interval(timing.heartbeat);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_ok = Instant::now();
+        let mut last_ok: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.token.cancelled() => return,
@@ -75,12 +78,12 @@ impl Loops {
             let jobs = &self.cluster.jobs;
             let running = self.running.load(Ordering::Relaxed);
             match jobs.heartbeat(incarnation, &self.admin, running).await {
-                Ok(()) => last_ok = Instant::now(),
+                Ok(()) => last_ok = Some(Instant::now()),
                 Err(e) => {
                     warn!(actor = "root/dispatcher", error = %e.message(), "heartbeat failed")
                 }
             }
-            let healthy = last_ok.elapsed() < timing.stop_claiming_after;
+            let healthy = last_ok.is_some_and(|t| t.elapsed() < timing.stop_claiming_after);
             self.tell(Event::Beat {
                 healthy,
                 paused: jobs.paused().await.ok(),
@@ -188,32 +191,20 @@ impl Loops {
     async fn listen_once(&self) -> Result<(), String> {
         let c = &self.cluster;
         let words = |e: tokio_postgres::Error| c.target().scrub(&e.to_string());
-        let (client, mut conn) = c.config.connect(NoTls).await.map_err(words)?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                let failed = m.is_err();
-                if let Ok(AsyncMessage::Notification(_)) | Err(_) = &m {
-                    let _ = tx.send(m);
+        let mut session = match c.take_session() {
+            Some(s) => s,
+            None => {
+                let s = Session::connect(&c.config).await?;
+                if !s.lock(c.node_lock_key()).await.map_err(words)? {
+                    error!(actor = "root/dispatcher", node = %c.args.node_id,
+                        "another live process runs as this node_id; give each node its own [store] node_id");
                 }
-                if failed {
-                    return;
-                }
+                s
             }
-        });
-        let _abort = AbortOnDrop(driver);
-        let held: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&c.node_lock_key()])
-            .await
-            .map_err(words)?
-            .get(0);
-        if !held {
-            error!(actor = "root/dispatcher", node = %c.args.node_id,
-                "another live process runs as this node_id; give each node its own [store] node_id");
-        }
+        };
         let (wake, cancel) = (c.jobs.channel(WAKE), c.jobs.channel(CANCEL));
-        client
+        session
+            .client
             .batch_execute(&format!("LISTEN {wake}; LISTEN {cancel}"))
             .await
             .map_err(words)?;
@@ -222,7 +213,7 @@ impl Loops {
         loop {
             let m = tokio::select! {
                 _ = self.token.cancelled() => return Ok(()),
-                m = rx.recv() => m,
+                m = session.messages.recv() => m,
             };
             match m {
                 Some(Ok(AsyncMessage::Notification(n))) if n.channel() == wake => {
@@ -238,6 +229,48 @@ impl Loops {
                 None => return Err("the connection closed".into()),
             }
         }
+    }
+}
+
+/// A connection of its own (LISTEN and session locks are per session), its messages forwarded
+/// by a driver task that ends with it.
+pub struct Session {
+    client: tokio_postgres::Client,
+    messages: UnboundedReceiver<Result<AsyncMessage, tokio_postgres::Error>>,
+    _driver: AbortOnDrop,
+}
+
+impl Session {
+    /// Connects with `config`.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<Session, String> {
+        let (client, mut conn) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut stream = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = stream.next().await {
+                let failed = m.is_err();
+                if let Ok(AsyncMessage::Notification(_)) | Err(_) = &m {
+                    let _ = tx.send(m);
+                }
+                if failed {
+                    return;
+                }
+            }
+        });
+        Ok(Session {
+            client,
+            messages,
+            _driver: AbortOnDrop(driver),
+        })
+    }
+
+    /// Takes the session lock `key`; false when another session holds it.
+    pub async fn lock(&self, key: i64) -> Result<bool, tokio_postgres::Error> {
+        Ok(self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .get(0))
     }
 }
 

@@ -148,6 +148,16 @@ impl Actor for ClusterDispatcher {
         args: ClusterDispatcherArgs,
     ) -> Result<State, ActorProcessingErr> {
         let mut st = State::new(&args);
+        // The node's row first: the leader rescues the running jobs of any node without a
+        // recent heartbeat, so a node claims nothing before its first beat is stored.
+        let incarnation = uuid::Uuid::now_v7();
+        st.healthy = match st.cluster.jobs.heartbeat(incarnation, &args.admin, 0).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(actor = "root/dispatcher", error = %e.message(), "first heartbeat failed; claiming waits for one");
+                false
+            }
+        };
         st.rescue_own().await;
         args.link.set(me.clone());
         Loops {
@@ -155,6 +165,7 @@ impl Actor for ClusterDispatcher {
             me: me.clone(),
             running: st.running.clone(),
             admin: args.admin,
+            incarnation,
             retention: args.jobs.retention,
             token: st.token.clone(),
         }

@@ -310,6 +310,8 @@ impl Jobs {
             "WITH next AS (
                  SELECT id FROM {jobs}
                  WHERE pipeline = $1 AND state IN ('pending', 'retrying') AND run_at <= now()
+                   -- A pause holds from its commit, whatever a node's heartbeat last read.
+                   AND NOT EXISTS (SELECT 1 FROM {paused} WHERE pipeline = $1)
                  ORDER BY priority, run_at, id
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)
@@ -320,6 +322,7 @@ impl Jobs {
              FROM next WHERE j.id = next.id
              RETURNING j.id, j.name, j.params, j.attempt, j.max_retries, j.claim_no",
             jobs = self.t("jobs"),
+            paused = self.t("paused_pipelines"),
             started = event("'started'", "j.attempt + 1", "$3::text"),
         );
         let limit = i64::try_from(n).unwrap_or(i64::MAX);

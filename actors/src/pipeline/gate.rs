@@ -184,6 +184,7 @@ mod tests {
                 journal: journal.clone(),
                 throttle_cooldown: Duration::from_secs(45),
                 view: SharedView::default(),
+                shared: None,
             },
         )
         .await

@@ -72,6 +72,8 @@ pub const SEND_GUARD: Duration = Duration::from_millis(25);
 
 /// First byte of the persisted limiter state; bump it when the encoding changes.
 const STATE_VERSION: u8 = 1;
+/// How long a job waits when the cluster store cannot be asked for a permit.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// One UTC day in milliseconds.
 const DAY_MS: i64 = 86_400_000;
 
@@ -394,6 +396,9 @@ pub struct RateLimiterArgs {
     /// Where the actor publishes its [`LimiterView`] as JSON after every change (for
     /// [`ChildSpec::detail`]); pass `SharedView::default()` when nobody reads it.
     pub view: SharedView,
+    /// Cluster mode: every permit and pause goes through the cluster's store, so the windows
+    /// hold for all nodes together (`cluster/permits.rs`). None: this node alone.
+    pub shared: Option<crate::cluster::Permits>,
 }
 
 /// Why a permit was not granted: the caller should come back later (the job waits without
@@ -477,6 +482,8 @@ pub struct RateLimiterState {
     view: SharedView,
     /// What the paused gauge says now.
     gauge_paused: bool,
+    /// Cluster mode's shared permits (see [`RateLimiterArgs::shared`]).
+    shared: Option<crate::cluster::Permits>,
 }
 
 impl RateLimiterState {
@@ -572,13 +579,14 @@ impl RateLimiterState {
     }
 
     /// The grant timer fired: the pause may be over, a permit may be free.
-    fn tick(&mut self, me: &ActorRef<RateLimiterMsg>) {
+    async fn tick(&mut self, me: &ActorRef<RateLimiterMsg>) {
         self.timer = None;
-        self.pump(me);
+        self.pump_any(me).await;
     }
 
-    /// Answers `Throttle`: pause the source and persist the pause at once.
-    fn throttle(
+    /// Answers `Throttle`: pause the source and persist the pause at once (in cluster mode,
+    /// for every node).
+    async fn throttle(
         &mut self,
         me: &ActorRef<RateLimiterMsg>,
         retry_after: Option<Duration>,
@@ -599,7 +607,86 @@ impl RateLimiterState {
         }
         self.dirty = true;
         self.save(now);
-        self.pump(me);
+        if let Some(p) = self.shared.clone() {
+            if let Err(e) = p.pause(&self.pipeline, until - now).await {
+                warn!(actor = %self.path, pipeline = %self.pipeline, error = %e.message(),
+                    "the pause could not be shared with the other nodes; it holds on this one");
+            }
+        }
+        self.pump_any(me).await;
+    }
+
+    /// Grants what may be granted: through the cluster's store in cluster mode, else from this
+    /// node's windows.
+    async fn pump_any(&mut self, me: &ActorRef<RateLimiterMsg>) {
+        match self.shared.clone() {
+            Some(p) => self.pump_shared(me, &p).await,
+            None => self.pump(me),
+        }
+    }
+
+    /// [`RateLimiterState::pump`] in cluster mode: each permit is asked of the store, which
+    /// counts every node's grants; this node's windows only mirror its own, for the view.
+    async fn pump_shared(&mut self, me: &ActorRef<RateLimiterMsg>, p: &crate::cluster::Permits) {
+        use crate::cluster::Permit;
+        let now = Instant::now();
+        if let Some(until) = self.core.paused(now) {
+            self.refuse_all(Refusal::Paused {
+                remaining: until - now,
+            });
+            self.arm(me, until, now);
+            return;
+        }
+        while let Some(w) = self.waiters.front() {
+            if w.reply.is_closed() {
+                self.waiters.pop_front();
+                continue;
+            }
+            let asked = p
+                .acquire(&self.pipeline, self.core.windows(), SEND_GUARD)
+                .await;
+            let now = Instant::now();
+            match asked {
+                Ok(Permit::Granted) => {
+                    let w = self.waiters.pop_front().expect("front exists");
+                    metrics::histogram!(RATE_LIMITER_WAIT, "pipeline" => self.pipeline.clone())
+                        .record((now - w.since).as_secs_f64());
+                    // A caller that gave up meanwhile wastes this permit: never more than the
+                    // windows allow, at worst fewer.
+                    if w.reply.send(Ok(())).is_ok() {
+                        self.core.take(now);
+                    }
+                }
+                Ok(Permit::FreeIn(free_in)) if free_in > MAX_PERMIT_WAIT => {
+                    self.refuse_all(Refusal::WindowsFull { free_in });
+                }
+                Ok(Permit::FreeIn(free_in)) => {
+                    self.arm(me, now + free_in, now);
+                    return;
+                }
+                Ok(Permit::Paused(remaining)) => {
+                    self.core.pause(now + remaining);
+                    self.refuse_all(Refusal::Paused { remaining });
+                    self.arm(me, now + remaining, now);
+                    return;
+                }
+                Err(e) => {
+                    warn!(actor = %self.path, pipeline = %self.pipeline, error = %e.message(),
+                        "no permit: the cluster store cannot be asked; the jobs wait");
+                    self.refuse_all(Refusal::WindowsFull {
+                        free_in: STORE_RETRY,
+                    });
+                }
+            }
+        }
+        self.disarm();
+    }
+
+    /// Refuses every waiter with `why`.
+    fn refuse_all(&mut self, why: Refusal) {
+        for w in self.waiters.drain(..) {
+            let _ = w.reply.send(Err(why));
+        }
     }
 
     /// Notes a change of the persisted state and saves it, at most every [`SAVE_EVERY`].
@@ -710,6 +797,7 @@ impl Actor for RateLimiter {
             save_timer: None,
             view: args.view,
             gauge_paused: false,
+            shared: args.shared,
         };
         // A pause carried over a restart needs its end timer (for the gauge and the view).
         st.pump(&me);
@@ -724,15 +812,22 @@ impl Actor for RateLimiter {
         st: &mut RateLimiterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RateLimiterMsg::Acquire(reply) if st.shared.is_some() => {
+                st.waiters.push_back(Waiter {
+                    reply,
+                    since: Instant::now(),
+                });
+                st.pump_any(&me).await;
+            }
             RateLimiterMsg::Acquire(reply) => st.acquire(&me, reply),
             RateLimiterMsg::Throttle {
                 retry_after,
                 until_next_utc_day,
-            } => st.throttle(&me, retry_after, until_next_utc_day),
+            } => st.throttle(&me, retry_after, until_next_utc_day).await,
             RateLimiterMsg::State(reply) => {
                 let _ = reply.send(st.view());
             }
-            RateLimiterMsg::Tick => st.tick(&me),
+            RateLimiterMsg::Tick => st.tick(&me).await,
             RateLimiterMsg::Flush => st.save(Instant::now()),
         }
         st.publish();
@@ -761,15 +856,17 @@ pub struct LimiterSpec {
     throttle_cooldown: Duration,
     incarnation: Incarnation<RateLimiterMsg>,
     view: SharedView,
+    shared: Option<crate::cluster::Permits>,
 }
 
 impl LimiterSpec {
-    /// A recipe for the limiter of `pipeline`.
+    /// A recipe for the limiter of `pipeline`; `shared` in cluster mode.
     pub fn new(
         pipeline: impl Into<String>,
         windows: Vec<RateWindow>,
         throttle_cooldown: Duration,
         journal: Journal,
+        shared: Option<crate::cluster::Permits>,
     ) -> Arc<Self> {
         Arc::new(Self {
             pipeline: pipeline.into(),
@@ -778,6 +875,7 @@ impl LimiterSpec {
             throttle_cooldown,
             incarnation: Incarnation::default(),
             view: SharedView::default(),
+            shared,
         })
     }
 
@@ -805,6 +903,7 @@ impl ChildSpec for LimiterSpec {
             journal: self.journal.clone(),
             throttle_cooldown: self.throttle_cooldown,
             view: self.view.clone(),
+            shared: self.shared.clone(),
         };
         spawn_child(RateLimiter, args, supervisor)
     }
@@ -1083,6 +1182,7 @@ mod tests {
             journal: journal.clone(),
             throttle_cooldown: Duration::from_secs(45),
             view: SharedView::default(),
+            shared: None,
         };
         Actor::spawn(None, RateLimiter, args).await.unwrap().0
     }
@@ -1269,6 +1369,7 @@ mod tests {
             vec![w(5, 60)],
             Duration::from_secs(45),
             rig.journal.clone(),
+            None,
         );
         let (sup, _) = Actor::spawn(
             None,
