@@ -7,6 +7,7 @@
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
+//! - `settings.rs`: the settings every node must agree on (rate limits, retry policies).
 //! - `permits.rs`: the per-source rate limits and throttle pauses every node shares.
 //! - `background.rs`: the loops that drive those, and LISTEN for wake-ups and cancels.
 //! - `dispatcher.rs`: the dispatcher actor of cluster mode. It takes the same messages as the
@@ -21,6 +22,7 @@ mod dispatcher;
 mod liveness;
 mod operator;
 mod permits;
+mod settings;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ pub use self::dispatcher::{ClusterDispatcher, ClusterDispatcherArgs, Event};
 pub use self::liveness::{NodeView, Rescued};
 pub use self::operator::Counts;
 pub use self::permits::{Permit, Permits};
+pub use self::settings::of_pipelines as settings_of;
 pub use self::store::{like_pattern, Claimed, Completion, Jobs, NewRow, Outcome};
 
 /// The cluster store's schema, in order. Never edit a shipped one: add the next.
@@ -49,6 +52,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             2,
             "per-source rate limits",
             include_str!("cluster/migrations/0002_limits.sql"),
+        ),
+        (
+            3,
+            "settings the nodes agree on",
+            include_str!("cluster/migrations/0003_settings.sql"),
         ),
     ],
 };
@@ -166,10 +174,11 @@ impl Cluster {
         &self.jobs.target
     }
 
-    /// Connects, applies the migrations this schema lacks, and checks that no live process
+    /// Connects, applies the migrations this schema lacks, checks that no live process
     /// already runs as this `node_id` (each node holds a session lock on its id while it
-    /// listens). The node refuses to start on any of these failing.
-    pub async fn open(&self) -> Result<i32, Failure> {
+    /// listens) and that `settings` agree with the cluster's (`settings.rs`). The node refuses
+    /// to start on any of these failing.
+    pub async fn open(&self, settings: &[(String, String)]) -> Result<i32, Failure> {
         let mut client = self.jobs.client().await?;
         let version = postgres::migrate::migrate(
             &mut client,
@@ -191,6 +200,9 @@ impl Cluster {
                 self.args.node_id, self.args.schema, self.jobs.target.shown
             )));
         }
+        self.jobs
+            .agree(settings, self.args.timing.silent_after)
+            .await?;
         *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(session);
         Ok(version)
     }

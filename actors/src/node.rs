@@ -133,7 +133,7 @@ impl Node {
         })?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
         let cluster = match args.store.clone() {
-            Some(c) => Some(open_cluster(c).await?),
+            Some(c) => Some(open_cluster(c, &args.pipelines).await?),
             None => None,
         };
 
@@ -375,10 +375,13 @@ impl Node {
 
 /// The dispatcher's recipe under the root.
 /// Opens the cluster store: connects, migrates, and makes sure no live node has this id.
-async fn open_cluster(args: ClusterArgs) -> Result<Cluster, NodeError> {
+async fn open_cluster(
+    args: ClusterArgs,
+    pipelines: &[crate::args::PipelineArgs],
+) -> Result<Cluster, NodeError> {
     let cluster = Cluster::new(args).map_err(NodeError::Invalid)?;
     let version = cluster
-        .open()
+        .open(&crate::cluster::settings_of(pipelines))
         .await
         .map_err(|e| NodeError::Store(e.message().to_string()))?;
     info!(store = %cluster.target().shown, schema = %cluster.args.schema,

@@ -113,7 +113,10 @@ async fn ceiling(args: &ClusterBenchArgs, schema: &str) -> Result<f64, String> {
         pool_size: 2,
         timing: Timing::default(),
     })?;
-    cluster.open().await.map_err(|e| e.message().to_string())?;
+    cluster
+        .open(&[])
+        .await
+        .map_err(|e| e.message().to_string())?;
     let jobs = &cluster.jobs;
     let started = Instant::now();
     let mut done = 0;

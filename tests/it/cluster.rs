@@ -85,6 +85,31 @@ async fn cluster(test: &str, n: usize) -> (Schema, Vec<ClusterNode>) {
     (schema, nodes)
 }
 
+/// How a node that should refuse to start ended, and its stderr; one that started anyway is
+/// killed after 30 s rather than waited for forever.
+async fn refusal(mut node: ClusterNode) -> (std::process::ExitStatus, String) {
+    let mut child = node.child.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap()
+}
+
 /// One number from a query on the schema (`{s}` stands for it).
 async fn number(schema: &Schema, query: &str) -> i64 {
     let rows = schema.texts(&format!("SELECT ({query})::text")).await;
@@ -250,21 +275,7 @@ async fn node_ids_are_unique_and_pause_holds_every_node() {
     let mut a = nodes[0].client().await;
     let mut b = nodes[1].client().await;
     let twin = ClusterNode::start("node-0", &pg::test_url(), &schema.name);
-    let (status, err) = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut twin = twin;
-        let mut child = twin.child.take().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (child.wait().unwrap(), err)
-    })
-    .await
-    .unwrap();
+    let (status, err) = refusal(twin).await;
     assert!(!status.success() && err.contains("store.node_id"), "{err}");
 
     let p = req(&mut a, json!({"cmd": "pause", "pipeline": "builtin"})).await;
@@ -498,5 +509,72 @@ async fn a_429_on_one_node_pauses_every_node() {
         "requests reached the upstream during the pause: {arrivals:?}"
     );
     drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that a job running on one node and cancelled through another stops on its node
+/// (its worker is told at once through NOTIFY), and that its late end does not overwrite the
+/// cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_another_node_stops_the_job_where_it_runs() {
+    let (schema, nodes) = cluster("cancel", 2).await;
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let id = req(
+        &mut a,
+        json!({"cmd": "submit", "job": "builtin.sleep", "params": {"ms": 60000}}),
+    )
+    .await["job_id"]
+        .clone();
+    let runner = eventually("the job to run", Duration::from_secs(10), || async {
+        let q = format!(
+            "SELECT claimed_by FROM {{s}}.jobs WHERE id = '{}' AND state = 'running'",
+            id.as_str().unwrap()
+        );
+        schema.texts(&q).await.first().and_then(|r| r[0].clone())
+    })
+    .await;
+    let other = if runner == "node-0" { &mut b } else { &mut a };
+    let c = req(other, json!({"cmd": "cancel", "job_id": id})).await;
+    assert_eq!(c["job"]["status"], "cancelled", "{c}");
+    poll(
+        &mut a,
+        "the runner's worker to be free again",
+        Duration::from_secs(10),
+        json!({"cmd": "nodes"}),
+        |v| {
+            v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().all(|n| n["running"] == 0))
+        },
+    )
+    .await;
+    let s = req(&mut b, json!({"cmd": "status", "job_id": id})).await;
+    assert_eq!(s["job"]["status"], "cancelled", "{s}");
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that a node whose rate limit differs from the one the live cluster recorded refuses
+/// to start, naming the key and both values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_disagrees_with_the_cluster_refuses_to_start() {
+    let schema = Schema::fresh("settings").await;
+    let url = pg::test_url();
+    let yahoo = |rate: &str| {
+        format!("[pipelines.yahoo]\nworkers = 1\nbase_url = \"http://127.0.0.1:9\"\nrate_limit = {rate:?}\n")
+    };
+    let first = ClusterNode::start_with("node-0", &url, &schema.name, &yahoo("5/s"));
+    first.client().await;
+    let odd = ClusterNode::start_with("node-1", &url, &schema.name, &yahoo("10/s"));
+    let (status, err) = refusal(odd).await;
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("pipelines.yahoo.rate_limit")
+            && err.contains("\"10/s\"")
+            && err.contains("\"5/s\""),
+        "{err}"
+    );
+    drop(first);
     schema.drop_now().await;
 }
