@@ -17,7 +17,7 @@ use crate::args::{Overlap, ScheduleArgs};
 use crate::dispatcher::{Accepted, DispatcherLink, DispatcherMsg};
 use crate::job::{now_ms, rfc3339_ms, JobId};
 use crate::metrics as m;
-use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::protocol::{ApiError, ErrorCode, ScheduleTick, SubmitSpec};
 use crate::store::journal::Journal;
 
 /// How long a submit waits for the dispatcher.
@@ -260,6 +260,10 @@ impl SchedulerState {
             unique_key: Some(unique_key(&name, tick)),
             max_retries: None,
             run_at: None,
+            tick: Some(ScheduleTick {
+                schedule: name.clone(),
+                tick_ms: tick,
+            }),
         };
         let result = self.submit(spec).await;
         let s = &mut self.schedules[i];
