@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warden::client::Client;
+use warden_actors::cluster::{Cluster, ClusterArgs, NewRow, Timing};
+use warden_actors::job::{JobId, Priority};
+use warden_actors::protocol::ScheduleTick;
+use warden_actors::scheduler::unique_key;
 
 use crate::fakes::{self, Failure, FakeUpstream};
 use crate::pg::{self, PrivatePg, Schema};
@@ -498,5 +502,131 @@ async fn a_429_on_one_node_pauses_every_node() {
         "requests reached the upstream during the pause: {arrivals:?}"
     );
     drop(nodes);
+    schema.drop_now().await;
+}
+
+/// A handle on the cluster store of `schema`, as node `node` holds it (no process).
+async fn store(schema: &Schema, node: &str) -> Cluster {
+    let c = Cluster::new(ClusterArgs {
+        url: pg::test_url(),
+        url_env: URL_ENV.into(),
+        schema: schema.name.clone(),
+        node_id: node.into(),
+        timeout: Duration::from_secs(10),
+        pool_size: 2,
+        timing: Timing::default(),
+    })
+    .unwrap();
+    c.open().await.unwrap();
+    c
+}
+
+/// The row the scheduler's submit of `tick_ms` of schedule `schedule` becomes.
+fn tick_row(schedule: &str, tick_ms: i64) -> NewRow {
+    NewRow {
+        id: JobId::new(),
+        name: "builtin.noop".into(),
+        pipeline: "builtin".into(),
+        priority: Priority::Normal,
+        max_retries: 0,
+        params: "{}".into(),
+        unique_key: Some(unique_key(schedule, tick_ms)),
+        run_at: None,
+        tick: Some(ScheduleTick {
+            schedule: schedule.into(),
+            tick_ms,
+        }),
+    }
+}
+
+/// The job `schedule_ticks` records for a tick of schedule `s`, as text.
+async fn tick_job(schema: &Schema, tick_ms: i64) -> Option<String> {
+    let q = format!(
+        "SELECT job_id::text FROM {{s}}.schedule_ticks \
+         WHERE schedule = 's' AND tick = to_timestamp({tick_ms} / 1000.0)"
+    );
+    schema.texts(&q).await.first().and_then(|r| r[0].clone())
+}
+
+/// A client's submit of `key` in a transaction left open: the caller commits it.
+async fn racing_submit(schema: &Schema, key: &str) -> warden_actors::sink::tokio_postgres::Client {
+    let racing = pg::connect(&pg::test_url()).await.unwrap();
+    racing
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {}.jobs (id, name, pipeline, priority, state, max_retries, params, unique_key) \
+             VALUES (gen_random_uuid(), 'builtin.noop', 'builtin', 1, 'pending', 0, '{{}}', '{key}')",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    racing
+}
+
+/// Ensures that one schedule tick inserted through three nodes' stores at once is one job,
+/// answered to the two others as deduplicated; that firing it again after its job finished
+/// (where a unique key no longer dedups) still answers that job; and that a tick whose key a
+/// client's unfinished job holds records that job rather than a second one, even when that
+/// job commits while the tick is being inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_inserted_through_every_node_is_one_job() {
+    let schema = Schema::fresh("tick_store").await;
+    let [a, b, c] = [
+        store(&schema, "node-a").await,
+        store(&schema, "node-b").await,
+        store(&schema, "node-c").await,
+    ];
+    let t = 1_767_225_600_000;
+    let rows = [[tick_row("s", t)], [tick_row("s", t)], [tick_row("s", t)]];
+    let (ra, rb, rc) = tokio::join!(
+        a.jobs.insert(&rows[0]),
+        b.jobs.insert(&rows[1]),
+        c.jobs.insert(&rows[2])
+    );
+    let answers = [ra.unwrap()[0], rb.unwrap()[0], rc.unwrap()[0]];
+    let job = answers[0].0;
+    assert!(answers.iter().all(|(id, _)| *id == job), "{answers:?}");
+    let fresh = answers.iter().filter(|(_, dedup)| !dedup).count();
+    assert_eq!(fresh, 1, "{answers:?}");
+    assert_eq!(schema.count("jobs").await, 1);
+    assert_eq!(tick_job(&schema, t).await, Some(job.to_string()));
+
+    let finish = format!(
+        "UPDATE {}.jobs SET state = 'succeeded', completed_at = now()",
+        schema.name
+    );
+    schema.client.batch_execute(&finish).await.unwrap();
+    let again = b.jobs.insert(&[tick_row("s", t)]).await.unwrap();
+    assert_eq!(again, vec![(job, true)], "a re-fire after the job finished");
+    assert_eq!(schema.count("jobs").await, 1);
+
+    let by_hand = NewRow {
+        tick: None,
+        ..tick_row("s", t + 1000)
+    };
+    let held = a.jobs.insert(&[by_hand]).await.unwrap()[0];
+    assert!(!held.1);
+    let fired = c.jobs.insert(&[tick_row("s", t + 1000)]).await.unwrap();
+    assert_eq!(
+        fired,
+        vec![(held.0, true)],
+        "the tick takes the client's job"
+    );
+    assert_eq!(tick_job(&schema, t + 1000).await, Some(held.0.to_string()));
+    assert_eq!(schema.count("jobs").await, 2);
+
+    let racing = racing_submit(&schema, &unique_key("s", t + 2000)).await;
+    let row = [tick_row("s", t + 2000)];
+    let fired = tokio::spawn(async move { c.jobs.insert(&row).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    racing.batch_execute("COMMIT").await.unwrap();
+    let fired = fired.await.unwrap();
+    let holder = tick_job(&schema, t + 2000).await.unwrap();
+    assert_eq!(
+        fired[0].0.to_string(),
+        holder,
+        "the tick takes the racing job"
+    );
+    assert_eq!(schema.count("jobs").await, 3);
+    drop([a, b]);
     schema.drop_now().await;
 }
