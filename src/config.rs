@@ -573,20 +573,6 @@ impl Config {
         })
     }
 
-    /// What cluster mode does not run yet, refused by name rather than ignored.
-    fn validate_cluster_mode(&self) -> Result<(), Problem> {
-        if !self.store.is_cluster() {
-            return Ok(());
-        }
-        if !self.schedules.is_empty() {
-            return Err(Problem::new(
-                "schedules",
-                "expected no [[schedules]] with [store] kind = \"postgres\": schedules do not run in cluster mode yet (docs/cluster.md)",
-            ));
-        }
-        Ok(())
-    }
-
     /// Checks the rules the schema can't express; the first broken one is reported.
     fn validate(&self) -> Result<(), Problem> {
         let node = &self.node;
@@ -670,7 +656,6 @@ impl Config {
         }
         sinks::validate(&self.sinks)?;
         store::validate(&self.store)?;
-        self.validate_cluster_mode()?;
 
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(why) = glob_problem(&route.pattern) {

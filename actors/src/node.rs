@@ -180,13 +180,15 @@ impl Node {
             .iter()
             .map(|i| (i.name.clone(), i.tasks.clone()))
             .collect();
+        // Where job records are read, the same way in both modes (the admin, the scheduler).
+        let jobs = match &cluster {
+            Some(c) => crate::store::JobStore::Cluster(c.jobs.clone()),
+            None => crate::store::JobStore::Journal(journal.clone()),
+        };
         let admin_ctx = Arc::new(AdminCtx {
             limits: args.admin.clone(),
             journal: journal.clone(),
-            jobs: match &cluster {
-                Some(c) => crate::store::JobStore::Cluster(c.jobs.clone()),
-                None => crate::store::JobStore::Journal(journal.clone()),
-            },
+            jobs: jobs.clone(),
             cluster: cluster.clone(),
             dispatcher: dispatcher.clone(),
             root: root_link.clone(),
@@ -241,6 +243,7 @@ impl Node {
             let spec = SchedulerSpec::new(
                 &args.schedules,
                 journal.clone(),
+                jobs,
                 dispatcher.clone(),
                 scheduler,
             );

@@ -179,6 +179,19 @@ pub struct SubmitSpec {
     pub max_retries: Option<u32>,
     /// Not before this time (Unix ms).
     pub run_at: Option<i64>,
+    /// The schedule tick this job is, when the scheduler submits it. Never on the wire (a
+    /// client cannot claim a tick): in cluster mode the store records the tick beside the job,
+    /// so that a tick fired by several nodes makes one job.
+    pub tick: Option<ScheduleTick>,
+}
+
+/// One tick of one schedule: which job fires it is decided once per cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScheduleTick {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The tick's time (Unix ms), as the cron gives it, not when it was fired.
+    pub tick_ms: i64,
 }
 
 impl SubmitReq {
@@ -217,6 +230,7 @@ impl SubmitReq {
             unique_key: self.unique_key,
             max_retries: self.max_retries,
             run_at,
+            tick: None,
         })
     }
 }

@@ -22,13 +22,31 @@
 //! the first finds its predecessor unfinished and is skipped: use `overlap = "allow"` to get
 //! one run per missed tick. A node without schedules runs no scheduler.
 //!
+//! # Cluster mode
+//!
+//! Every node runs the same schedules, each keeping its own record in its own journal, and
+//! fires every tick it sees due. The submit carries the tick
+//! ([`ScheduleTick`](crate::protocol::ScheduleTick)): the cluster store records
+//! `(schedule, tick)` in `schedule_ticks` in the statement that inserts the job, so the first
+//! node to fire a tick makes its one job, and every other node (or a re-fire of a pending
+//! intent, even after that job finished) is answered that job as deduplicated. A tick gets its
+//! job as long as one node is up when it comes due. The leader forgets ticks older than
+//! `[jobs] retention` with the jobs: a node down for longer that catches up with
+//! `catch_up = "all"` fires such old ticks again.
+//!
+//! The overlap check reads the previous run through [`JobStore`], the cluster's table, since
+//! that job may have been made by another node. A node that skips a tick for overlap records
+//! nothing shared, so a node that sees the previous run finished may still fire that tick.
+//!
 //! # Refused submits
 //!
 //! - `shutting_down`: the node is draining. The tick stays pending for the next start and the
 //!   scheduler fires nothing more in this incarnation (retrying would only spin until the stop).
-//! - `overloaded`, `internal`, a dispatcher that is restarting or does not answer: the tick
-//!   stays pending and is retried with backoff (1 s doubling to 1 min); ticks that come due
-//!   meanwhile are missed ones once it goes through (see [`Plan`]).
+//! - `overloaded`, `internal`, `storage_unavailable`, a dispatcher that is restarting or does
+//!   not answer: the tick stays pending and is retried with backoff (1 s doubling to 1 min);
+//!   ticks that come due meanwhile are missed ones once it goes through (see [`Plan`]). A
+//!   previous run that cannot be read for the overlap check backs off the same way, before
+//!   anything is intended.
 //! - Anything else (`unknown_job`, `bad_request`, …) will not get better by retrying: the tick is
 //!   logged with the schedule's name, counted as `failed` and let go; the next tick tries again.
 
@@ -50,6 +68,7 @@ use crate::args::ScheduleArgs;
 use crate::dispatcher::DispatcherLink;
 use crate::protocol::ApiError;
 use crate::store::journal::Journal;
+use crate::store::JobStore;
 use crate::supervisor::{spawn_child, ChildSpec};
 
 pub use self::plan::{
@@ -129,6 +148,7 @@ pub async fn list(link: &SchedulerLink) -> Result<Vec<ScheduleView>, ApiError> {
 pub struct SchedulerArgs {
     schedules: Vec<(ScheduleArgs, Cron)>,
     journal: Journal,
+    jobs: JobStore,
     dispatcher: DispatcherLink,
     link: SchedulerLink,
 }
@@ -192,10 +212,12 @@ impl Actor for Scheduler {
 pub struct SchedulerSpec(SchedulerArgs);
 
 impl SchedulerSpec {
-    /// Checks the schedules (names unique, crons parse) and keeps what each incarnation needs.
+    /// Checks the schedules (names unique, crons parse) and keeps what each incarnation needs:
+    /// the journal for the schedules' own state, `jobs` to read their previous runs.
     pub fn new(
         schedules: &[ScheduleArgs],
         journal: Journal,
+        jobs: JobStore,
         dispatcher: DispatcherLink,
         link: SchedulerLink,
     ) -> Result<Self, String> {
@@ -213,6 +235,7 @@ impl SchedulerSpec {
         Ok(Self(SchedulerArgs {
             schedules: parsed,
             journal,
+            jobs,
             dispatcher,
             link,
         }))
@@ -268,8 +291,15 @@ mod tests {
             overlap: Default::default(),
         };
         let new = |v: &[ScheduleArgs]| {
-            SchedulerSpec::new(v, journal.clone(), Default::default(), Default::default())
-                .map(|_| ())
+            let jobs = JobStore::Journal(journal.clone());
+            SchedulerSpec::new(
+                v,
+                journal.clone(),
+                jobs,
+                Default::default(),
+                Default::default(),
+            )
+            .map(|_| ())
         };
         assert_eq!(new(std::slice::from_ref(&s)), Ok(()));
         assert!(new(&[s.clone(), s.clone()]).unwrap_err().contains("unique"));

@@ -299,6 +299,7 @@ pub fn fan_out(
                     unique_key: None,
                     max_retries: None,
                     run_at: None,
+                    tick: None,
                 }
             })
             .collect())

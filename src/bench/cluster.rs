@@ -156,6 +156,7 @@ fn noop_row() -> NewRow {
         params: "{}".into(),
         unique_key: None,
         run_at: None,
+        tick: None,
     }
 }
 

@@ -210,4 +210,19 @@ mod tests {
         assert_eq!(store.schema, "warden");
         assert!(store.node_id.ends_with(":7701"), "{}", store.node_id);
     }
+
+    /// Ensures that cron schedules are accepted in cluster mode: every node runs them and the
+    /// store fires each tick once.
+    #[test]
+    fn schedules_run_in_cluster_mode() {
+        let c = parse(
+            "[store]\nkind = \"postgres\"\nurl_env = \"DB\"\n\
+             [[schedules]]\nname = \"s\"\ncron = \"* * * * * *\"\njob = \"builtin.noop\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "DB").then(|| "postgres://u:p@h/db".to_string());
+        let args = c.into_args("t.toml", &env).unwrap();
+        assert!(args.store.is_some());
+        assert_eq!(args.schedules.len(), 1);
+    }
 }

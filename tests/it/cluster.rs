@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warden::client::Client;
+use warden_actors::cluster::{Cluster, ClusterArgs, NewRow, Timing};
+use warden_actors::job::{JobId, Priority};
+use warden_actors::protocol::ScheduleTick;
+use warden_actors::scheduler::unique_key;
 
 use crate::fakes::{self, Failure, FakeUpstream};
 use crate::pg::{self, PrivatePg, Schema};
@@ -77,10 +81,15 @@ impl ClusterNode {
 
 /// `n` nodes `node-0..` on the shared test server, in a fresh schema.
 async fn cluster(test: &str, n: usize) -> (Schema, Vec<ClusterNode>) {
+    cluster_with(test, n, "").await
+}
+
+/// [`cluster`], each node's config with `extra` appended.
+async fn cluster_with(test: &str, n: usize, extra: &str) -> (Schema, Vec<ClusterNode>) {
     let schema = Schema::fresh(test).await;
     let url = pg::test_url();
     let nodes = (0..n)
-        .map(|i| ClusterNode::start(&format!("node-{i}"), &url, &schema.name))
+        .map(|i| ClusterNode::start_with(&format!("node-{i}"), &url, &schema.name, extra))
         .collect();
     (schema, nodes)
 }
@@ -577,4 +586,238 @@ async fn a_node_that_disagrees_with_the_cluster_refuses_to_start() {
     );
     drop(first);
     schema.drop_now().await;
+}
+
+/// A handle on the cluster store of `schema`, as node `node` holds it (no process).
+async fn store(schema: &Schema, node: &str) -> Cluster {
+    let c = Cluster::new(ClusterArgs {
+        url: pg::test_url(),
+        url_env: URL_ENV.into(),
+        schema: schema.name.clone(),
+        node_id: node.into(),
+        timeout: Duration::from_secs(10),
+        pool_size: 2,
+        timing: Timing::default(),
+    })
+    .unwrap();
+    c.open(&[]).await.unwrap();
+    c
+}
+
+/// The row the scheduler's submit of `tick_ms` of schedule `schedule` becomes.
+fn tick_row(schedule: &str, tick_ms: i64) -> NewRow {
+    NewRow {
+        id: JobId::new(),
+        name: "builtin.noop".into(),
+        pipeline: "builtin".into(),
+        priority: Priority::Normal,
+        max_retries: 0,
+        params: "{}".into(),
+        unique_key: Some(unique_key(schedule, tick_ms)),
+        run_at: None,
+        tick: Some(ScheduleTick {
+            schedule: schedule.into(),
+            tick_ms,
+        }),
+    }
+}
+
+/// The job `schedule_ticks` records for a tick of schedule `s`, as text.
+async fn tick_job(schema: &Schema, tick_ms: i64) -> Option<String> {
+    let q = format!(
+        "SELECT job_id::text FROM {{s}}.schedule_ticks \
+         WHERE schedule = 's' AND tick = to_timestamp({tick_ms} / 1000.0)"
+    );
+    schema.texts(&q).await.first().and_then(|r| r[0].clone())
+}
+
+/// A client's submit of `key` in a transaction left open: the caller commits it.
+async fn racing_submit(schema: &Schema, key: &str) -> warden_actors::sink::tokio_postgres::Client {
+    let racing = pg::connect(&pg::test_url()).await.unwrap();
+    racing
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {}.jobs (id, name, pipeline, priority, state, max_retries, params, unique_key) \
+             VALUES (gen_random_uuid(), 'builtin.noop', 'builtin', 1, 'pending', 0, '{{}}', '{key}')",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    racing
+}
+
+/// Ensures that one schedule tick inserted through three nodes' stores at once is one job,
+/// answered to the two others as deduplicated; that firing it again after its job finished
+/// (where a unique key no longer dedups) still answers that job; and that a tick whose key a
+/// client's unfinished job holds records that job rather than a second one, even when that
+/// job commits while the tick is being inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_inserted_through_every_node_is_one_job() {
+    let schema = Schema::fresh("tick_store").await;
+    let [a, b, c] = [
+        store(&schema, "node-a").await,
+        store(&schema, "node-b").await,
+        store(&schema, "node-c").await,
+    ];
+    let t = 1_767_225_600_000;
+    let rows = [[tick_row("s", t)], [tick_row("s", t)], [tick_row("s", t)]];
+    let (ra, rb, rc) = tokio::join!(
+        a.jobs.insert(&rows[0]),
+        b.jobs.insert(&rows[1]),
+        c.jobs.insert(&rows[2])
+    );
+    let answers = [ra.unwrap()[0], rb.unwrap()[0], rc.unwrap()[0]];
+    let job = answers[0].0;
+    assert!(answers.iter().all(|(id, _)| *id == job), "{answers:?}");
+    let fresh = answers.iter().filter(|(_, dedup)| !dedup).count();
+    assert_eq!(fresh, 1, "{answers:?}");
+    assert_eq!(schema.count("jobs").await, 1);
+    assert_eq!(tick_job(&schema, t).await, Some(job.to_string()));
+
+    let finish = format!(
+        "UPDATE {}.jobs SET state = 'succeeded', completed_at = now()",
+        schema.name
+    );
+    schema.client.batch_execute(&finish).await.unwrap();
+    let again = b.jobs.insert(&[tick_row("s", t)]).await.unwrap();
+    assert_eq!(again, vec![(job, true)], "a re-fire after the job finished");
+    assert_eq!(schema.count("jobs").await, 1);
+
+    let by_hand = NewRow {
+        tick: None,
+        ..tick_row("s", t + 1000)
+    };
+    let held = a.jobs.insert(&[by_hand]).await.unwrap()[0];
+    assert!(!held.1);
+    let fired = c.jobs.insert(&[tick_row("s", t + 1000)]).await.unwrap();
+    assert_eq!(
+        fired,
+        vec![(held.0, true)],
+        "the tick takes the client's job"
+    );
+    assert_eq!(tick_job(&schema, t + 1000).await, Some(held.0.to_string()));
+    assert_eq!(schema.count("jobs").await, 2);
+
+    let racing = racing_submit(&schema, &unique_key("s", t + 2000)).await;
+    let row = [tick_row("s", t + 2000)];
+    let fired = tokio::spawn(async move { c.jobs.insert(&row).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    racing.batch_execute("COMMIT").await.unwrap();
+    let fired = fired.await.unwrap();
+    let holder = tick_job(&schema, t + 2000).await.unwrap();
+    assert_eq!(
+        fired[0].0.to_string(),
+        holder,
+        "the tick takes the racing job"
+    );
+    assert_eq!(schema.count("jobs").await, 3);
+    drop([a, b]);
+    schema.drop_now().await;
+}
+
+/// A per-second schedule of `builtin.noop` that catches up on every missed tick and never skips
+/// one for overlap (a killed node's running job must not hold the next ticks back).
+const EVERY_SECOND: &str = "[[schedules]]\nname = \"every-second\"\ncron = \"* * * * * *\"\n\
+     job = \"builtin.noop\"\ncatch_up = \"all\"\noverlap = \"allow\"\n";
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The index in `nodes` of the node holding the leader lease, once one does.
+async fn leader(nodes: &[ClusterNode]) -> usize {
+    let mut c = nodes[0].client().await;
+    let is_leader = |n: &&Value| n["leader"] == true;
+    let a = poll(
+        &mut c,
+        "a leader",
+        Duration::from_secs(20),
+        json!({"cmd": "nodes"}),
+        |v| {
+            v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| is_leader(&n)))
+        },
+    )
+    .await;
+    let listed = a["nodes"].as_array().unwrap();
+    let id = listed.iter().find(is_leader).unwrap()["id"]
+        .as_str()
+        .unwrap();
+    nodes.iter().position(|n| n.id == id).unwrap()
+}
+
+/// Ensures that a per-second schedule run by three nodes gets exactly one job per tick, for
+/// consecutive ticks with none missing, while the leader is killed with SIGKILL and restarted
+/// in the middle: the others fire the ticks it misses, and what it fires after its restart (its
+/// catch-up of those ticks, then the current ones) is answered with the jobs already made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tick_fires_once_across_three_nodes_while_the_leader_restarts() {
+    let (schema, mut nodes) = cluster_with("ticks", 3, EVERY_SECOND).await;
+    let victim = leader(&nodes).await;
+    let victim_id = nodes[victim].id.clone();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nodes[victim].kill_9();
+    let killed = now_ms();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nodes[victim].restart();
+    let restarted = now_ms();
+    let mut c = nodes[victim].client().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = req(&mut c, json!({"cmd": "schedules"})).await;
+    // Every node stopped: the tables are final.
+    drop(nodes);
+    eprintln!("{victim_id} killed at {killed}, restarted at {restarted}; then {s}");
+
+    assert_one_job_per_consecutive_tick(&schema).await;
+    let down = format!(
+        "SELECT count(*) FROM {{s}}.schedule_ticks WHERE node <> '{victim_id}' \
+         AND tick > to_timestamp({killed} / 1000.0) AND tick < to_timestamp({restarted} / 1000.0)"
+    );
+    let fired_meanwhile = number(&schema, &down).await;
+    assert!(
+        fired_meanwhile >= 3,
+        "{fired_meanwhile} ticks while {victim_id} was down"
+    );
+    assert_last_run_is_the_ticks_job(&schema, &s["schedules"][0], restarted).await;
+    schema.drop_now().await;
+}
+
+/// Checks the jobs table of a finished run of [`EVERY_SECOND`]: each key has one job, every
+/// job is a recorded tick's, each recorded tick names the job of its key, and the ticks are
+/// every second from the first to the last.
+async fn assert_one_job_per_consecutive_tick(schema: &Schema) {
+    let repeated = "SELECT count(*) FROM (SELECT unique_key FROM {s}.jobs \
+         GROUP BY unique_key HAVING count(*) <> 1) r";
+    assert_eq!(number(schema, repeated).await, 0, "a key with several jobs");
+    let ticks = number(schema, "SELECT count(*) FROM {s}.schedule_ticks").await;
+    let jobs = number(schema, "SELECT count(*) FROM {s}.jobs").await;
+    assert_eq!(jobs, ticks, "one job per recorded tick");
+    let named = "SELECT count(*) FROM {s}.schedule_ticks t JOIN {s}.jobs j ON j.id = t.job_id \
+         AND j.unique_key = 'schedule:every-second:' \
+             || to_char(t.tick AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+    assert_eq!(
+        number(schema, named).await,
+        ticks,
+        "a tick naming another job"
+    );
+    let span = "SELECT extract(epoch FROM max(tick) - min(tick))::int8 + 1 FROM {s}.schedule_ticks";
+    assert_eq!(number(schema, span).await, ticks, "a tick is missing");
+    assert!(ticks >= 14, "{ticks} ticks");
+}
+
+/// Checks that the restarted node's last run (`schedules`) is after its restart and is the
+/// job recorded for that tick, whichever node made it.
+async fn assert_last_run_is_the_ticks_job(schema: &Schema, last: &Value, restarted: i64) {
+    let at = last["last_run_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{last}"));
+    let at = chrono::DateTime::parse_from_rfc3339(at)
+        .unwrap()
+        .timestamp_millis();
+    assert!(at > restarted, "the restarted node fires: {last}");
+    let q = format!(
+        "SELECT job_id::text FROM {{s}}.schedule_ticks WHERE tick = to_timestamp({at} / 1000.0)"
+    );
+    let recorded = schema.texts(&q).await.first().and_then(|r| r[0].clone());
+    assert_eq!(recorded.as_deref(), last["last_job_id"].as_str(), "{last}");
 }

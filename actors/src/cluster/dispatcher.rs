@@ -747,6 +747,7 @@ impl State {
                 max_retries: spec.max_retries.unwrap_or(info.retry.max_retries),
                 unique_key: spec.unique_key,
                 run_at: spec.run_at.filter(|t| *t > now),
+                tick: spec.tick,
                 name: spec.name,
             });
         }

@@ -1,18 +1,21 @@
 //! The jobs table: every statement cluster mode runs on jobs, and the conversions between rows
 //! and [`JobRecord`]s. Nothing here keeps state between calls; the dispatcher decides, this
 //! module writes what it decided, in as few round trips as the decision allows (a submit is
-//! one `INSERT ... SELECT FROM unnest(...)`, a claim one `UPDATE ... FOR UPDATE SKIP LOCKED`,
-//! the completions gathered while a claim was out one `UPDATE ... FROM unnest(...)`).
+//! one `INSERT ... SELECT FROM unnest(...)`, the schedule ticks it fires recorded in the same
+//! statement, a claim one `UPDATE ... FOR UPDATE SKIP LOCKED`, the completions gathered while
+//! a claim was out one `UPDATE ... FROM unnest(...)`).
 //!
 //! Times that decide anything (`run_at`, `claimed_at`) are the database's clock. Times shown
 //! to people are read back as Unix milliseconds, so a record looks the same in both modes.
 
 use deadpool_postgres::{Object, Pool};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::job::{JobEvent, JobId, JobRecord, JobStatus, Priority};
 use crate::postgres::{Failure, Target};
+use crate::protocol::ScheduleTick;
 
 /// The unfinished states, as the unique index and the claim name them.
 pub const UNFINISHED: &str = "('pending', 'running', 'retrying')";
@@ -30,6 +33,10 @@ const RECORD_COLUMNS: &str = "id, name, pipeline, priority, state, attempt, max_
      CASE WHEN state = 'retrying' OR (state = 'pending' AND run_at > now()) \
           THEN (extract(epoch FROM run_at) * 1000)::int8 END, \
      error, result, parent_id, workflow_id, params, history::text";
+
+/// The columns a submit writes (the rest take their defaults).
+const JOB_COLUMNS: &str =
+    "id, name, pipeline, priority, state, run_at, max_retries, params, unique_key, history";
 
 /// An event appended to `history`, in SQL: `kind` and `detail` are SQL expressions, `attempt`
 /// the attempt expression; `at` is the database's now, in ms.
@@ -59,6 +66,49 @@ pub struct NewRow {
     pub unique_key: Option<String>,
     /// Not before (Unix ms).
     pub run_at: Option<i64>,
+    /// The schedule tick it fires: at most one job per tick is ever inserted.
+    pub tick: Option<ScheduleTick>,
+}
+
+/// The columns of the rows `todo`, for `unnest`.
+struct InsertColumns<'a> {
+    ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    pipes: Vec<&'a str>,
+    prios: Vec<i16>,
+    run_at: Vec<Option<i64>>,
+    retries: Vec<i32>,
+    params: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    schedules: Vec<Option<&'a str>>,
+    tick_ms: Vec<Option<i64>>,
+}
+
+impl<'a> InsertColumns<'a> {
+    fn of(rows: &'a [NewRow], todo: &[usize]) -> Self {
+        let rows: Vec<&NewRow> = todo.iter().map(|i| &rows[*i]).collect();
+        InsertColumns {
+            ids: rows.iter().map(|r| r.id.0).collect(),
+            names: rows.iter().map(|r| r.name.as_str()).collect(),
+            pipes: rows.iter().map(|r| r.pipeline.as_str()).collect(),
+            prios: rows.iter().map(|r| priority_no(r.priority)).collect(),
+            run_at: rows.iter().map(|r| r.run_at).collect(),
+            retries: rows
+                .iter()
+                .map(|r| i32::try_from(r.max_retries).unwrap_or(i32::MAX))
+                .collect(),
+            params: rows.iter().map(|r| r.params.as_str()).collect(),
+            keys: rows.iter().map(|r| r.unique_key.as_deref()).collect(),
+            schedules: rows
+                .iter()
+                .map(|r| r.tick.as_ref().map(|t| t.schedule.as_str()))
+                .collect(),
+            tick_ms: rows
+                .iter()
+                .map(|r| r.tick.as_ref().map(|t| t.tick_ms))
+                .collect(),
+        }
+    }
 }
 
 /// A job this node claimed.
@@ -193,9 +243,10 @@ impl Jobs {
         format!("{}.{table}", self.schema)
     }
 
-    /// Inserts `rows` (their keys distinct); returns, for each, the id of the job that holds its
-    /// place: its own, or that of the unfinished job already holding its `unique_key`, with
-    /// whether it was deduplicated. One statement per round; a key whose holder finished between
+    /// Inserts `rows` (their keys and ticks distinct); returns, for each, the id of the job that
+    /// holds its place, with whether it was deduplicated: its own; for a schedule tick, the job
+    /// that tick got first (on whichever node fired it); else that of the unfinished job already
+    /// holding its `unique_key`. One statement per round; a key whose holder finished between
     /// the insert and the look-up is inserted again on the next round.
     pub async fn insert(&self, rows: &[NewRow]) -> Result<Vec<(JobId, bool)>, Failure> {
         let client = self.client().await?;
@@ -205,21 +256,7 @@ impl Jobs {
             if todo.is_empty() {
                 break;
             }
-            let inserted = self.insert_once(&client, rows, &todo).await?;
-            let mut keyed = Vec::new();
-            for i in todo {
-                if inserted.contains(&rows[i].id.0) {
-                    answer[i] = Some((rows[i].id, false));
-                } else if let Some(k) = &rows[i].unique_key {
-                    keyed.push((i, k.clone()));
-                }
-            }
-            let holders = self.holders(&client, &keyed).await?;
-            for (i, k) in keyed {
-                if let Some(id) = holders.get(&k) {
-                    answer[i] = Some((*id, true));
-                }
-            }
+            self.insert_round(&client, rows, &todo, &mut answer).await?;
         }
         answer
             .into_iter()
@@ -234,51 +271,110 @@ impl Jobs {
             .collect()
     }
 
+    /// Inserts the rows `todo`, then answers those inserted and those whose place is held.
+    async fn insert_round(
+        &self,
+        client: &Object,
+        rows: &[NewRow],
+        todo: &[usize],
+        answer: &mut [Option<(JobId, bool)>],
+    ) -> Result<(), Failure> {
+        let inserted = self.insert_once(client, rows, todo).await?;
+        let mut keyed = Vec::new();
+        let mut ticked = Vec::new();
+        for &i in todo {
+            let row = &rows[i];
+            if inserted.contains(&row.id.0) {
+                answer[i] = Some((row.id, false));
+            } else if let Some(t) = &row.tick {
+                ticked.push((i, t.clone()));
+            } else if let Some(k) = &row.unique_key {
+                keyed.push((i, k.clone()));
+            }
+        }
+        let holders = self.holders(client, &keyed).await?;
+        for (i, k) in keyed {
+            if let Some(id) = holders.get(&k) {
+                answer[i] = Some((*id, true));
+            }
+        }
+        let fired = self.tick_jobs(client, &ticked).await?;
+        for (i, t) in ticked {
+            if let Some(id) = fired.get(&t) {
+                answer[i] = Some((*id, true));
+            }
+        }
+        Ok(())
+    }
+
+    /// One statement: the tick rows first, then the jobs, those with a tick only where this
+    /// statement recorded the tick. Returns the ids inserted; none when a tick's job lost its
+    /// key to a submit committed meanwhile (the statement failed as a whole, the tick included,
+    /// and the next round finds that holder).
     async fn insert_once(
         &self,
         client: &Object,
         rows: &[NewRow],
         todo: &[usize],
     ) -> Result<std::collections::HashSet<Uuid>, Failure> {
-        let ids: Vec<Uuid> = todo.iter().map(|i| rows[*i].id.0).collect();
-        let names: Vec<&str> = todo.iter().map(|i| rows[*i].name.as_str()).collect();
-        let pipes: Vec<&str> = todo.iter().map(|i| rows[*i].pipeline.as_str()).collect();
-        let prios: Vec<i16> = todo
-            .iter()
-            .map(|i| priority_no(rows[*i].priority))
-            .collect();
-        let run_at: Vec<Option<i64>> = todo.iter().map(|i| rows[*i].run_at).collect();
-        let retries: Vec<i32> = todo
-            .iter()
-            .map(|i| i32::try_from(rows[*i].max_retries).unwrap_or(i32::MAX))
-            .collect();
-        let params: Vec<&str> = todo.iter().map(|i| rows[*i].params.as_str()).collect();
-        let keys: Vec<Option<&str>> = todo
-            .iter()
-            .map(|i| rows[*i].unique_key.as_deref())
-            .collect();
+        let c = InsertColumns::of(rows, todo);
+        let values = format!(
+            "d.id, d.name, d.pipeline, d.priority, 'pending', \
+             coalesce(to_timestamp(d.run_at / 1000.0), now()), d.max_retries, d.params, d.unique_key, {}",
+            event("'submitted'", "0", "NULL::text"),
+        );
+        // A tick whose key an unfinished job holds already (a client's submit) records that
+        // job, so the tick row never names a job that was not inserted. The jobs of ticks
+        // insert without ON CONFLICT: losing the key to a concurrent submit fails the whole
+        // statement rather than leave a tick row pointing at nothing.
         let sql = format!(
-            "INSERT INTO {jobs} (id, name, pipeline, priority, state, run_at, max_retries, params, unique_key, history)
-             SELECT d.id, d.name, d.pipeline, d.priority, 'pending',
-                    coalesce(to_timestamp(d.run_at / 1000.0), now()), d.max_retries, d.params, d.unique_key,
-                    {submitted}
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int4[], $7::text[], $8::text[])
-                  AS d(id, name, pipeline, priority, run_at, max_retries, params, unique_key)
-             ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} DO NOTHING
-             RETURNING id",
+            "WITH d AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int4[],
+                                      $7::text[], $8::text[], $9::text[], $10::int8[])
+                 AS d(id, name, pipeline, priority, run_at, max_retries, params, unique_key, schedule, tick_ms)),
+             ticks AS (
+                 INSERT INTO {ticks} (schedule, tick, job_id, node)
+                 SELECT d.schedule, to_timestamp(d.tick_ms / 1000.0),
+                        coalesce((SELECT h.id FROM {jobs} h
+                                  WHERE h.unique_key = d.unique_key AND h.state IN {UNFINISHED}), d.id),
+                        $11
+                 FROM d WHERE d.schedule IS NOT NULL
+                 ON CONFLICT (schedule, tick) DO NOTHING
+                 RETURNING job_id),
+             plain AS (
+                 INSERT INTO {jobs} ({JOB_COLUMNS}) SELECT {values} FROM d WHERE d.schedule IS NULL
+                 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {UNFINISHED} DO NOTHING
+                 RETURNING id),
+             fired AS (
+                 INSERT INTO {jobs} ({JOB_COLUMNS}) SELECT {values} FROM d JOIN ticks ON ticks.job_id = d.id
+                 RETURNING id)
+             SELECT id FROM plain UNION ALL SELECT id FROM fired",
             jobs = self.t("jobs"),
-            submitted = event("'submitted'", "0", "NULL::text"),
+            ticks = self.t("schedule_ticks"),
         );
         let found = client
             .query(
                 &sql,
                 &[
-                    &ids, &names, &pipes, &prios, &run_at, &retries, &params, &keys,
+                    &c.ids,
+                    &c.names,
+                    &c.pipes,
+                    &c.prios,
+                    &c.run_at,
+                    &c.retries,
+                    &c.params,
+                    &c.keys,
+                    &c.schedules,
+                    &c.tick_ms,
+                    &self.node,
                 ],
             )
-            .await
-            .map_err(self.pg())?;
-        Ok(found.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+            .await;
+        match found {
+            Ok(found) => Ok(found.iter().map(|r| r.get::<_, Uuid>(0)).collect()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(Default::default()),
+            Err(e) => Err(self.target.failure(&e)),
+        }
     }
 
     /// The unfinished job holding each key.
@@ -299,6 +395,39 @@ impl Jobs {
         Ok(rows
             .iter()
             .map(|r| (r.get::<_, String>(0), JobId(r.get(1))))
+            .collect())
+    }
+
+    /// The job each tick got, whichever node recorded it.
+    async fn tick_jobs(
+        &self,
+        client: &Object,
+        ticked: &[(usize, ScheduleTick)],
+    ) -> Result<std::collections::HashMap<ScheduleTick, JobId>, Failure> {
+        if ticked.is_empty() {
+            return Ok(Default::default());
+        }
+        let schedules: Vec<&str> = ticked.iter().map(|(_, t)| t.schedule.as_str()).collect();
+        let ms: Vec<i64> = ticked.iter().map(|(_, t)| t.tick_ms).collect();
+        let sql = format!(
+            "SELECT d.schedule, d.tick_ms, t.job_id
+             FROM unnest($1::text[], $2::int8[]) AS d(schedule, tick_ms)
+             JOIN {} t ON t.schedule = d.schedule AND t.tick = to_timestamp(d.tick_ms / 1000.0)",
+            self.t("schedule_ticks")
+        );
+        let rows = client
+            .query(&sql, &[&schedules, &ms])
+            .await
+            .map_err(self.pg())?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let tick = ScheduleTick {
+                    schedule: r.get(0),
+                    tick_ms: r.get(1),
+                };
+                (tick, JobId(r.get(2)))
+            })
             .collect())
     }
 

@@ -82,6 +82,7 @@ impl DispatcherState {
                 max_retries: None,
                 unique_key: None,
                 run_at: None,
+                tick: None,
                 ..spec
             };
             let new = NewJob {

@@ -94,6 +94,7 @@ fn spec(name: &str, unique_key: Option<&str>) -> SubmitSpec {
         unique_key: unique_key.map(String::from),
         max_retries: None,
         run_at: None,
+        tick: None,
     }
 }
 

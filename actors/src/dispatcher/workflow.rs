@@ -56,6 +56,7 @@ impl DispatcherState {
             let spec = SubmitSpec {
                 unique_key: None,
                 run_at: None,
+                tick: None,
                 ..s
             };
             let new = NewJob {

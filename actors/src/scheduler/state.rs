@@ -17,8 +17,9 @@ use crate::args::{Overlap, ScheduleArgs};
 use crate::dispatcher::{Accepted, DispatcherLink, DispatcherMsg};
 use crate::job::{now_ms, rfc3339_ms, JobId};
 use crate::metrics as m;
-use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
+use crate::protocol::{ApiError, ErrorCode, ScheduleTick, SubmitSpec};
 use crate::store::journal::Journal;
+use crate::store::JobStore;
 
 /// How long a submit waits for the dispatcher.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,11 +47,33 @@ struct Schedule {
 }
 
 impl Schedule {
-    /// When this schedule next needs the actor: its retry, or its next tick.
+    /// When this schedule next needs the actor: its retry, its pending tick (at once), or its
+    /// next tick.
     fn due_at(&self) -> Option<i64> {
-        match self.rec.pending_ms {
-            Some(_) => Some(self.retry.map_or(0, |(at, _)| at)),
-            None => self.next,
+        match (self.retry, self.rec.pending_ms) {
+            (Some((at, _)), _) => Some(at),
+            (None, Some(_)) => Some(0),
+            (None, None) => self.next,
+        }
+    }
+
+    /// The submit of `tick`: the same tick always gets the same key and tick.
+    fn spec(&self, tick: i64) -> SubmitSpec {
+        let a = &self.args;
+        SubmitSpec {
+            name: a.job.clone(),
+            params: match &a.params {
+                serde_json::Value::Null => serde_json::json!({}),
+                p => p.clone(),
+            },
+            priority: a.priority,
+            unique_key: Some(unique_key(&a.name, tick)),
+            max_retries: None,
+            run_at: None,
+            tick: Some(ScheduleTick {
+                schedule: a.name.clone(),
+                tick_ms: tick,
+            }),
         }
     }
 
@@ -76,10 +99,22 @@ enum Refusal {
     Permanent(ApiError),
 }
 
+/// What the overlap check lets a tick do.
+enum Gate {
+    /// Fire it.
+    Open,
+    /// The previous run is unfinished: it was let go.
+    Skipped,
+    /// The previous run could not be read: it is retried later.
+    Unknown,
+}
+
 /// The scheduler's mutable state.
 pub struct SchedulerState {
     schedules: Vec<Schedule>,
     journal: Journal,
+    /// Where the previous runs' jobs are read: the journal, or the cluster's table.
+    jobs: JobStore,
     dispatcher: DispatcherLink,
     link: SchedulerLink,
     timer: Option<JoinHandle<Result<(), MessagingErr<SchedulerMsg>>>>,
@@ -105,6 +140,7 @@ impl SchedulerState {
         let mut st = SchedulerState {
             schedules: Vec::with_capacity(args.schedules.len()),
             journal: args.journal,
+            jobs: args.jobs,
             dispatcher: args.dispatcher,
             link: args.link,
             timer: None,
@@ -204,7 +240,7 @@ impl SchedulerState {
             }
         }
         let s = &self.schedules[i];
-        if s.next.is_none_or(|next| next > now) {
+        if s.next.is_none_or(|next| next > now) || s.retry.is_some_and(|(at, _)| at > now) {
             return Ok(());
         }
         let check_overlap = s.args.overlap == Overlap::Skip;
@@ -227,8 +263,9 @@ impl SchedulerState {
         Ok(())
     }
 
-    /// Fires `tick` of schedule `i`. Returns false when the tick stays pending (the schedule
-    /// must not go on to later ticks), true when it was dealt with.
+    /// Fires `tick` of schedule `i`. Returns false when the tick is not dealt with yet (it stays
+    /// pending, or is retried later): the schedule must not go on to later ticks; true when it
+    /// was dealt with.
     async fn fire(
         &mut self,
         i: usize,
@@ -238,29 +275,15 @@ impl SchedulerState {
     ) -> Result<bool, ActorProcessingErr> {
         let name = self.schedules[i].args.name.clone();
         if check_overlap {
-            if let Some(prev) = self.unfinished_previous(i)? {
-                info!(actor = PATH, schedule = %name, tick = %rfc3339_ms(tick), previous_job = %prev,
-                    "tick skipped: the previous run is unfinished (overlap = skip)");
-                count(&name, "skipped_overlap", 1);
-                self.schedules[i].rec.passed(tick);
-                self.persist(i)?;
-                return Ok(true);
+            match self.overlap(i, tick, now).await? {
+                Gate::Open => {}
+                Gate::Skipped => return Ok(true),
+                Gate::Unknown => return Ok(false),
             }
         }
         self.schedules[i].rec.intend(tick);
         self.persist(i)?;
-        let a = &self.schedules[i].args;
-        let spec = SubmitSpec {
-            name: a.job.clone(),
-            params: match &a.params {
-                serde_json::Value::Null => serde_json::json!({}),
-                p => p.clone(),
-            },
-            priority: a.priority,
-            unique_key: Some(unique_key(&name, tick)),
-            max_retries: None,
-            run_at: None,
-        };
+        let spec = self.schedules[i].spec(tick);
         let result = self.submit(spec).await;
         let s = &mut self.schedules[i];
         match result {
@@ -278,13 +301,7 @@ impl SchedulerState {
                 return Ok(false);
             }
             Err(Refusal::Transient(why)) => {
-                let attempt = s.retry.map_or(0, |(_, n)| n) + 1;
-                let delay = RETRY_MIN
-                    .saturating_mul(1 << (attempt - 1).min(6))
-                    .min(RETRY_MAX);
-                s.retry = Some((now + delay.as_millis() as i64, attempt));
-                warn!(actor = PATH, schedule = %name, tick = %rfc3339_ms(tick), reason = %why, attempt,
-                    retry_in_ms = delay.as_millis() as u64, "submit failed; the tick stays pending and is retried");
+                self.back_off(i, tick, now, &format!("submit failed: {why}"));
                 return Ok(false);
             }
             Err(Refusal::Permanent(e)) => {
@@ -299,13 +316,51 @@ impl SchedulerState {
         Ok(true)
     }
 
-    /// The previous run's job when it is still unfinished.
-    fn unfinished_previous(&self, i: usize) -> Result<Option<JobId>, ActorProcessingErr> {
+    /// With `overlap = skip`: lets `tick` go when the previous run is unfinished, and retries
+    /// it later when the previous run cannot be read (nothing was intended yet, so the retry
+    /// decides again).
+    async fn overlap(&mut self, i: usize, tick: i64, now: i64) -> Result<Gate, ActorProcessingErr> {
+        match self.unfinished_previous(i).await {
+            Ok(None) => Ok(Gate::Open),
+            Ok(Some(prev)) => {
+                let name = &self.schedules[i].args.name;
+                info!(actor = PATH, schedule = %name, tick = %rfc3339_ms(tick), previous_job = %prev,
+                    "tick skipped: the previous run is unfinished (overlap = skip)");
+                count(name, "skipped_overlap", 1);
+                self.schedules[i].rec.passed(tick);
+                self.schedules[i].retry = None;
+                self.persist(i)?;
+                Ok(Gate::Skipped)
+            }
+            Err(why) => {
+                let why = format!("the previous run could not be read: {why}");
+                self.back_off(i, tick, now, &why);
+                Ok(Gate::Unknown)
+            }
+        }
+    }
+
+    /// Schedule `i` tries `tick` again later: 1 s, doubling up to a minute.
+    fn back_off(&mut self, i: usize, tick: i64, now: i64, why: &str) {
+        let s = &mut self.schedules[i];
+        let attempt = s.retry.map_or(0, |(_, n)| n) + 1;
+        let delay = RETRY_MIN
+            .saturating_mul(1 << (attempt - 1).min(6))
+            .min(RETRY_MAX);
+        s.retry = Some((now + delay.as_millis() as i64, attempt));
+        warn!(actor = PATH, schedule = %s.args.name, tick = %rfc3339_ms(tick), reason = %why, attempt,
+            retry_in_ms = delay.as_millis() as u64, "the tick is retried");
+    }
+
+    /// The previous run's job when it is still unfinished. In cluster mode that job may have
+    /// been fired by another node (this node's submit was answered with it): it is read from
+    /// the cluster's table, never from this node's journal.
+    async fn unfinished_previous(&self, i: usize) -> Result<Option<JobId>, String> {
         let Some(prev) = self.schedules[i].rec.last_job else {
             return Ok(None);
         };
         // A job compacted away finished long ago.
-        let rec = self.journal.get(prev)?;
+        let rec = self.jobs.get(prev).await?;
         Ok(rec.filter(|r| !r.status.is_finished()).map(|r| r.id))
     }
 
@@ -326,7 +381,8 @@ impl SchedulerState {
                 .ok_or_else(|| Refusal::Transient("the dispatcher accepted nothing".into())),
             Ok(CallResult::Success(Err(e))) => Err(match e.code {
                 ErrorCode::ShuttingDown => Refusal::Draining(e.message),
-                ErrorCode::Overloaded | ErrorCode::Internal => {
+                // The store may take writes again (a full disk freed, PostgreSQL back).
+                ErrorCode::Overloaded | ErrorCode::Internal | ErrorCode::StorageUnavailable => {
                     Refusal::Transient(format!("{}: {}", e.code.as_str(), e.message))
                 }
                 _ => Refusal::Permanent(e),
@@ -356,5 +412,63 @@ impl SchedulerState {
         let wait = u64::try_from(due - now_ms()).unwrap_or(0);
         let wait = Duration::from_millis(wait).min(MAX_SLEEP);
         self.timer = Some(me.send_after(wait, || SchedulerMsg::Tick));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::parse_cron;
+
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600_000;
+
+    fn every_second() -> Schedule {
+        let args = ScheduleArgs {
+            name: "tick".into(),
+            cron: "* * * * * *".into(),
+            job: "builtin.noop".into(),
+            params: serde_json::Value::Null,
+            priority: None,
+            catch_up: Default::default(),
+            overlap: Overlap::Skip,
+        };
+        Schedule {
+            cron: parse_cron(&args.cron).unwrap(),
+            meta_key: "schedule/tick".into(),
+            rec: ScheduleRecord::new(T0),
+            next: Some(T0 + 1000),
+            retry: None,
+            args,
+        }
+    }
+
+    /// Ensures that a tick's submit names the tick as a typed value beside its key, so the
+    /// cluster store can record it without parsing the key.
+    #[test]
+    fn a_submit_carries_its_tick() {
+        let spec = every_second().spec(T0 + 1000);
+        let tick = ScheduleTick {
+            schedule: "tick".into(),
+            tick_ms: T0 + 1000,
+        };
+        assert_eq!(spec.tick, Some(tick));
+        assert_eq!(spec.unique_key, Some(unique_key("tick", T0 + 1000)));
+        assert_eq!(spec.params, serde_json::json!({}));
+    }
+
+    /// Ensures that a schedule backing off is due at its retry, also when nothing is pending
+    /// (its previous run could not be read), so the timer does not spin on a past tick; a
+    /// pending tick without a retry is due at once, and otherwise the next tick.
+    #[test]
+    fn a_backing_off_schedule_is_due_at_its_retry() {
+        let mut s = every_second();
+        assert_eq!(s.due_at(), Some(T0 + 1000));
+        s.retry = Some((T0 + 5000, 1));
+        assert_eq!(s.due_at(), Some(T0 + 5000));
+        s.rec.intend(T0 + 1000);
+        assert_eq!(s.due_at(), Some(T0 + 5000));
+        s.retry = None;
+        assert_eq!(s.due_at(), Some(0));
     }
 }
