@@ -44,6 +44,10 @@ pub struct ClusterBenchArgs {
     /// Jobs per submit_batch.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// `builtin`'s workers on every node (default: the default config's). A node claims at most
+    /// its idle workers at a time, so this sets how many jobs one round trip moves.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -62,6 +66,9 @@ async fn measure(args: &ClusterBenchArgs) -> Result<(), String> {
     let db = connect(&args.url).await?;
     let prefix = format!("bench_cluster_{}", std::process::id());
     println!("jobs={}", args.jobs);
+    if let Some(w) = args.workers {
+        println!("builtin_workers_per_node={w}");
+    }
     let measured = async {
         let ceiling = ceiling(args, &format!("{prefix}_raw")).await?;
         println!("ceiling_jobs_per_s={ceiling:.0}");
@@ -163,7 +170,7 @@ fn noop_row() -> NewRow {
 /// One node on its journal, the default config.
 async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<f64, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let mut node = NodeProcess::spawn(exe, dir.path())?;
+    let mut node = NodeProcess::spawn_workers(exe, dir.path(), "", args.workers)?;
     node.wait_ready(PHASE_TIMEOUT).await?;
     let started = Instant::now();
     submit_parallel(node.admin, args.jobs, args.batch, 2).await?;
@@ -193,7 +200,12 @@ async fn cluster_run(
             "\n[store]\nkind = \"postgres\"\nurl = {:?}\nschema = {schema:?}\nnode_id = \"bench-{i}\"\n",
             args.url
         );
-        nodes.push(NodeProcess::spawn_with(exe, d.path(), &store)?);
+        nodes.push(NodeProcess::spawn_workers(
+            exe,
+            d.path(),
+            &store,
+            args.workers,
+        )?);
     }
     for node in &mut nodes {
         node.wait_ready(PHASE_TIMEOUT).await?;

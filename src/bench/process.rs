@@ -47,6 +47,18 @@ pub fn default_config_with(
     toml::to_string(&doc).map_err(|e| format!("writing the config: {e}"))
 }
 
+/// `config` with `[pipelines.builtin] workers` set to `n`.
+fn with_builtin_workers(config: &str, n: usize) -> Result<String, String> {
+    let mut doc: toml::Table = config.parse().map_err(|e| format!("the config: {e}"))?;
+    let builtin = doc
+        .get_mut("pipelines")
+        .and_then(|p| p.get_mut("builtin"))
+        .and_then(toml::Value::as_table_mut)
+        .ok_or("the embedded default config has no [pipelines.builtin]")?;
+    builtin.insert("workers".into(), toml::Value::Integer(n as i64));
+    toml::to_string(&doc).map_err(|e| format!("writing the config: {e}"))
+}
+
 /// Resource figures of a live process, from `/proc/<pid>/status` and `/proc/<pid>/fd`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -99,9 +111,23 @@ impl NodeProcess {
 
     /// [`NodeProcess::spawn`] with `extra` TOML (new sections only) appended to the config.
     pub fn spawn_with(exe: &Path, dir: &Path, extra: &str) -> Result<NodeProcess, String> {
+        Self::spawn_workers(exe, dir, extra, None)
+    }
+
+    /// [`NodeProcess::spawn_with`], `builtin`'s workers set to `workers` when given.
+    pub fn spawn_workers(
+        exe: &Path,
+        dir: &Path,
+        extra: &str,
+        workers: Option<usize>,
+    ) -> Result<NodeProcess, String> {
         let (admin, metrics, console) = (free_addr()?, free_addr()?, free_addr()?);
         let config = dir.join("node.toml");
-        let text = default_config_with(&dir.join("data"), admin, metrics, console)? + extra;
+        let mut text = default_config_with(&dir.join("data"), admin, metrics, console)?;
+        if let Some(n) = workers {
+            text = with_builtin_workers(&text, n)?;
+        }
+        let text = text + extra;
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
         let log = dir.join("node.log");
         let child = start(exe, &config, &log)?;

@@ -423,30 +423,71 @@ impl State {
         self.announce().await;
     }
 
-    /// Writes the gathered ends, then claims for idle workers.
+    /// Writes the gathered ends and claims for idle workers, both at once on two connections:
+    /// they touch different rows (running jobs, runnable jobs), and overlapping the two round
+    /// trips and their commits is what a worker waits for between two jobs.
     async fn flush(&mut self) {
         self.flush_scheduled = false;
-        if !self.write_done().await {
-            return;
-        }
-        if self.may_claim() {
-            for lane in 0..self.lanes.len() {
-                if !self.claim(lane).await {
-                    break;
+        let done = std::mem::take(&mut self.done);
+        let asks: Vec<(usize, String, usize)> = if self.may_claim() {
+            self.lanes
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.maybe_work && !l.idle.is_empty() && !l.paused && !l.breaker_open)
+                .map(|(i, l)| (i, l.info.name.clone(), l.idle.len()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let jobs = self.cluster.jobs.clone();
+        let write = async {
+            if done.is_empty() {
+                Ok(Vec::new())
+            } else {
+                jobs.complete(&done).await
+            }
+        };
+        let claims = async {
+            let mut out = Vec::with_capacity(asks.len());
+            for (lane, name, want) in &asks {
+                out.push((*lane, *want, jobs.claim(name, *want).await));
+            }
+            out
+        };
+        let (written, claimed) = tokio::join!(write, claims);
+        self.written(done, written).await;
+        for (lane, want, got) in claimed {
+            match got {
+                Ok(c) => {
+                    self.store_up();
+                    self.lanes[lane].maybe_work = c.len() == want;
+                    c.into_iter().for_each(|c| self.start(lane, c));
                 }
+                Err(e) => self.store_failed(&e, "claim failed; trying again at the next poll"),
             }
         }
         self.check_drained();
     }
 
-    /// Writes the gathered ends; false when the store refused (they are kept).
-    async fn write_done(&mut self) -> bool {
-        if self.done.is_empty() {
-            return true;
+    /// Writes the gathered ends alone (at stop).
+    async fn write_done(&mut self) {
+        if !self.done.is_empty() {
+            let done = std::mem::take(&mut self.done);
+            let written = self.cluster.jobs.complete(&done).await;
+            self.written(done, written).await;
         }
-        match self.cluster.jobs.complete(&self.done).await {
+    }
+
+    /// Takes the answer to writing `done`: a refused write keeps them, ahead of the ends
+    /// gathered since, for the next try.
+    async fn written(
+        &mut self,
+        mut done: Vec<Completion>,
+        answer: Result<Vec<JobId>, crate::postgres::Failure>,
+    ) {
+        match answer {
             Ok(written) => {
-                let fenced = self.done.len() - written.len();
+                let fenced = done.len() - written.len();
                 if fenced > 0 {
                     warn!(
                         actor = "root/dispatcher",
@@ -454,40 +495,17 @@ impl State {
                         "job ends not written: those jobs were rescued or cancelled meanwhile"
                     );
                 }
-                self.done.clear();
                 if !self.dead.is_empty() {
                     self.alert(&written).await;
                 }
-                self.store_up();
-                true
-            }
-            Err(e) => {
-                self.store_failed(&e, "cannot write job ends; kept for the next try");
-                false
-            }
-        }
-    }
-
-    /// Claims for the idle workers of `lane`; false when the store refused.
-    async fn claim(&mut self, lane: usize) -> bool {
-        let l = &self.lanes[lane];
-        if !l.maybe_work || l.idle.is_empty() || l.paused || l.breaker_open {
-            return true;
-        }
-        let want = l.idle.len();
-        let name = l.info.name.clone();
-        match self.cluster.jobs.claim(&name, want).await {
-            Ok(claimed) => {
-                self.store_up();
-                self.lanes[lane].maybe_work = claimed.len() == want;
-                for c in claimed {
-                    self.start(lane, c);
+                if !done.is_empty() {
+                    self.store_up();
                 }
-                true
             }
             Err(e) => {
-                self.store_failed(&e, "claim failed; trying again at the next poll");
-                false
+                done.append(&mut self.done);
+                self.done = done;
+                self.store_failed(&e, "cannot write job ends; kept for the next try");
             }
         }
     }
