@@ -33,7 +33,7 @@ use crate::routing::Router;
 use crate::store::journal::{Journal, JournalError};
 use crate::tasks::TaskResult;
 
-pub use self::admission::{route, route_all};
+pub use self::admission::{no_pipeline, route, route_all};
 pub use self::core::DispatcherState;
 pub use self::verdict::{retry_or_give_up, verdict, ThrottleCause, Verdict};
 pub use self::views::{
@@ -208,6 +208,7 @@ impl DispatcherMsg {
 }
 
 /// The dispatcher actor.
+#[derive(Clone, Copy)]
 pub struct Dispatcher;
 
 impl Actor for Dispatcher {

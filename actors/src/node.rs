@@ -205,24 +205,30 @@ impl Node {
             ctx: admin_ctx.clone(),
         });
         let dispatcher_spec: Arc<dyn ChildSpec> = match cluster {
-            Some(cluster) => Arc::new(ClusterDispatcherSpec(ClusterDispatcherArgs {
-                cluster,
-                jobs: args.jobs.clone(),
-                pipelines: infos,
-                router,
-                link: dispatcher.clone(),
-                alerter: alerter.clone(),
-                admin: admin_addr.to_string(),
-            })),
-            None => Arc::new(DispatcherSpec(DispatcherArgs {
-                journal: journal.clone(),
-                jobs: args.jobs.clone(),
-                pipelines: infos,
-                router,
-                link: dispatcher.clone(),
-                alerter: alerter.clone(),
-                tasks: tasks.clone(),
-            })),
+            Some(cluster) => Arc::new(DispatcherSpec(
+                ClusterDispatcher,
+                ClusterDispatcherArgs {
+                    cluster,
+                    jobs: args.jobs.clone(),
+                    pipelines: infos,
+                    router,
+                    link: dispatcher.clone(),
+                    alerter: alerter.clone(),
+                    admin: admin_addr.to_string(),
+                },
+            )),
+            None => Arc::new(DispatcherSpec(
+                Dispatcher,
+                DispatcherArgs {
+                    journal: journal.clone(),
+                    jobs: args.jobs.clone(),
+                    pipelines: infos,
+                    router,
+                    link: dispatcher.clone(),
+                    alerter: alerter.clone(),
+                    tasks: tasks.clone(),
+                },
+            )),
         };
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
         // no worker keeps waiting on a dead dispatcher; the admin actor (then the console) starts last, so a
@@ -392,9 +398,15 @@ async fn open_cluster(
     Ok(cluster)
 }
 
-struct DispatcherSpec(DispatcherArgs);
+/// The dispatcher's recipe under the root: the single node's or cluster mode's actor (both take
+/// the same messages), restarting every child after it.
+struct DispatcherSpec<A: Actor>(A, A::Arguments);
 
-impl ChildSpec for DispatcherSpec {
+impl<A> ChildSpec for DispatcherSpec<A>
+where
+    A: Actor<Msg = DispatcherMsg> + Clone,
+    A::Arguments: Clone + Sync,
+{
     fn name(&self) -> String {
         "dispatcher".into()
     }
@@ -406,30 +418,7 @@ impl ChildSpec for DispatcherSpec {
         supervisor: ActorCell,
         _path: String,
     ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
-        let args = self.0.clone();
-        spawn_child(Dispatcher, args, supervisor)
-    }
-    fn restarts_later_siblings(&self) -> bool {
-        true
-    }
-}
-
-/// The dispatcher of cluster mode, in the same place of the tree.
-struct ClusterDispatcherSpec(ClusterDispatcherArgs);
-
-impl ChildSpec for ClusterDispatcherSpec {
-    fn name(&self) -> String {
-        "dispatcher".into()
-    }
-    fn kind(&self) -> &'static str {
-        "dispatcher"
-    }
-    fn spawn(
-        &self,
-        supervisor: ActorCell,
-        _path: String,
-    ) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> {
-        spawn_child(ClusterDispatcher, self.0.clone(), supervisor)
+        spawn_child(self.0.clone(), self.1.clone(), supervisor)
     }
     fn restarts_later_siblings(&self) -> bool {
         true

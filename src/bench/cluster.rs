@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use warden_actors::cluster::{Cluster, ClusterArgs, Completion, NewRow, Outcome, Timing};
 use warden_actors::job::{JobId, Priority};
-use warden_actors::sink::tokio_postgres::{self, Client, NoTls};
+use warden_actors::sink::tokio_postgres::Client;
 
 use super::load::submit_parallel;
 use super::process::NodeProcess;
+use super::sink::connect;
 use super::PHASE_TIMEOUT;
 
 /// What to measure.
@@ -96,16 +97,6 @@ async fn measure(args: &ClusterBenchArgs) -> Result<(), String> {
             .await;
     }
     measured
-}
-
-async fn connect(url: &str) -> Result<Client, String> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 /// The store's own statements, one batch at a time from one connection: insert, claim,

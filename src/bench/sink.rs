@@ -83,7 +83,8 @@ async fn measure(args: &SinkBenchArgs) -> Result<(), String> {
     measured
 }
 
-async fn connect(url: &str) -> Result<Client, String> {
+/// A client on `url`, its connection driven by a task of its own.
+pub(super) async fn connect(url: &str) -> Result<Client, String> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;

@@ -15,7 +15,7 @@ use warden_actors::scheduler::unique_key;
 use crate::fakes::{self, Failure, FakeUpstream};
 use crate::pg::{self, PrivatePg, Schema};
 use crate::process::{connect, free_port, spawn_node_with, NodeChild};
-use crate::support::{eventually, job_ids, poll, req};
+use crate::support::{eventually, job_ids, most_in_window, poll, req};
 
 /// The variable the test configs name in `url_env`.
 const URL_ENV: &str = "WARDEN_TEST_CLUSTER_URL";
@@ -425,19 +425,6 @@ async fn charts(nodes: &[ClusterNode], n: usize) -> Vec<String> {
         ids.push(a["job_id"].as_str().unwrap().to_string());
     }
     ids
-}
-
-/// The most arrivals inside any window of `span` starting at an arrival.
-fn most_in_window(arrivals: &[Instant], span: Duration) -> usize {
-    (0..arrivals.len())
-        .map(|i| {
-            arrivals[i..]
-                .iter()
-                .take_while(|u| u.duration_since(arrivals[i]) < span)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Ensures that a source limited to `5/s, 20/m` across three nodes is never sent more by the

@@ -325,3 +325,16 @@ pub fn code(a: &Value) -> &str {
     assert_eq!(a["ok"], false, "expected an error, got {a}");
     a["error"]["code"].as_str().unwrap()
 }
+
+/// The most arrivals inside any window of `span` starting at an arrival.
+pub fn most_in_window(arrivals: &[Instant], span: Duration) -> usize {
+    (0..arrivals.len())
+        .map(|i| {
+            arrivals[i..]
+                .iter()
+                .take_while(|u| u.duration_since(arrivals[i]) < span)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}

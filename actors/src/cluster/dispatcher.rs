@@ -29,8 +29,9 @@ use super::Cluster;
 use crate::alerts::Alerter;
 use crate::args::JobsArgs;
 use crate::dispatcher::{
-    retry_or_give_up, route_all, verdict, Accepted, Blocker, BlockerKind, DispatcherLink,
-    DispatcherMsg, PipelineInfo, PipelineView, QueueDepths, Stats, Totals, Verdict, WorkersView,
+    no_pipeline, retry_or_give_up, route_all, verdict, Accepted, Blocker, BlockerKind,
+    DispatcherLink, DispatcherMsg, PipelineInfo, PipelineView, QueueDepths, Stats, Totals, Verdict,
+    WorkersView,
 };
 use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
@@ -135,6 +136,7 @@ pub struct State {
 }
 
 /// The dispatcher actor of cluster mode.
+#[derive(Clone, Copy)]
 pub struct ClusterDispatcher;
 
 impl Actor for ClusterDispatcher {
@@ -729,8 +731,7 @@ impl State {
                 "the node is draining; submit to another node",
             ));
         }
-        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
-        let routed = route_all(&self.router, &infos, &specs)?;
+        let routed = route_all(&self.router, &self.infos(), &specs)?;
         let unfinished = self.counts.unfinished();
         if unfinished + specs.len() > self.limits.max_queued {
             return Err(ApiError::new(
@@ -850,31 +851,22 @@ impl State {
 
     fn view(&self, lane: usize) -> PipelineView {
         let l = &self.lanes[lane];
-        PipelineView {
-            name: l.info.name.clone(),
-            paused: l.paused,
-            workers: WorkersView {
-                total: l.workers.len(),
-                busy: l.running.len(),
-            },
-            queue: self.depths(&l.info.name),
-            scheduled: 0,
-            rate_limit: l.info.limiter_view.as_ref().and_then(|v| v()),
-            breaker: l.info.breaker_view.as_ref().and_then(|v| v()),
-        }
+        let workers = WorkersView {
+            total: l.workers.len(),
+            busy: l.running.len(),
+        };
+        PipelineView::of(&l.info, l.paused, workers, self.depths(&l.info.name), 0)
     }
 
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
         self.lanes
             .iter()
             .position(|l| l.info.name == name)
-            .ok_or_else(|| {
-                let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
-                ApiError::not_found(format!(
-                    "pipeline: no pipeline named {name:?}; configured: {}",
-                    known.join(", ")
-                ))
-            })
+            .ok_or_else(|| no_pipeline(name, &self.infos()))
+    }
+
+    fn infos(&self) -> Vec<&PipelineInfo> {
+        self.lanes.iter().map(|l| &l.info).collect()
     }
 
     async fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ApiError> {

@@ -44,6 +44,15 @@ pub fn route(
     Ok((lane, route.priority))
 }
 
+/// `not_found` for a pipeline name no lane has, listing the configured ones.
+pub fn no_pipeline(name: &str, pipelines: &[&PipelineInfo]) -> ApiError {
+    let known: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    ApiError::not_found(format!(
+        "pipeline: no pipeline named {name:?}; configured: {}",
+        known.join(", ")
+    ))
+}
+
 /// [`route`] for every job of a submit, naming the one at fault.
 pub fn route_all(
     router: &Router,

@@ -825,31 +825,22 @@ impl DispatcherState {
 
     fn view(&self, lane: usize) -> PipelineView {
         let l = &self.lanes[lane];
-        PipelineView {
-            name: l.info.name.clone(),
-            paused: l.paused,
-            workers: WorkersView {
-                total: l.workers.len(),
-                busy: l.running.len(),
-            },
-            queue: depths(&l.queue),
-            scheduled: self
-                .live
-                .values()
-                .filter(|j| j.lane == lane && j.due.is_some())
-                .count(),
-            rate_limit: l.info.limiter_view.as_ref().and_then(|v| v()),
-            breaker: l.info.breaker_view.as_ref().and_then(|v| v()),
-        }
+        let workers = WorkersView {
+            total: l.workers.len(),
+            busy: l.running.len(),
+        };
+        let scheduled = self
+            .live
+            .values()
+            .filter(|j| j.lane == lane && j.due.is_some())
+            .count();
+        PipelineView::of(&l.info, l.paused, workers, depths(&l.queue), scheduled)
     }
 
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
         self.lane_by_name.get(name).copied().ok_or_else(|| {
-            let known: Vec<_> = self.lanes.iter().map(|l| l.info.name.as_str()).collect();
-            ApiError::not_found(format!(
-                "pipeline: no pipeline named {name:?}; configured: {}",
-                known.join(", ")
-            ))
+            let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
+            super::admission::no_pipeline(name, &infos)
         })
     }
 

@@ -53,6 +53,27 @@ pub struct PipelineView {
     pub breaker: Option<serde_json::Value>,
 }
 
+impl PipelineView {
+    /// The view of pipeline `info` with these run-state figures (either dispatcher's).
+    pub fn of(
+        info: &super::PipelineInfo,
+        paused: bool,
+        workers: WorkersView,
+        queue: QueueDepths,
+        scheduled: usize,
+    ) -> PipelineView {
+        PipelineView {
+            name: info.name.clone(),
+            paused,
+            workers,
+            queue,
+            scheduled,
+            rate_limit: info.limiter_view.as_ref().and_then(|v| v()),
+            breaker: info.breaker_view.as_ref().and_then(|v| v()),
+        }
+    }
+}
+
 /// Counts for `stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
