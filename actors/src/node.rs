@@ -107,30 +107,9 @@ pub struct Node {
 impl Node {
     /// Opens the journal, binds the admin port, spawns the tree and replays the journal.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
-        std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir {
-            dir: args.data_dir.clone(),
-            source,
-        })?;
-        let opening = std::time::Instant::now();
-        let journal = Journal::open_with(
-            &args.data_dir,
-            crate::store::journal::JournalOptions {
-                min_free_space: args.min_free_space,
-                cache_bytes: args.cache_size,
-                ..Default::default()
-            },
-        )?;
-        info!(data_dir = %args.data_dir.display(), took_ms = opening.elapsed().as_millis() as u64, "journal opened");
+        let journal = open_journal(&args)?;
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
-        let listener =
-            std::net::TcpListener::bind(args.admin.listen).map_err(|source| NodeError::Bind {
-                addr: args.admin.listen,
-                source,
-            })?;
-        let admin_addr = listener.local_addr().map_err(|source| NodeError::Bind {
-            addr: args.admin.listen,
-            source,
-        })?;
+        let (listener, admin_addr) = bind_admin(args.admin.listen)?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
         let cluster = match args.store.clone() {
             Some(c) => Some(open_cluster(c, &args.pipelines).await?),
@@ -204,32 +183,19 @@ impl Node {
             listener: Arc::new(listener),
             ctx: admin_ctx.clone(),
         });
-        let dispatcher_spec: Arc<dyn ChildSpec> = match cluster {
-            Some(cluster) => Arc::new(DispatcherSpec(
-                ClusterDispatcher,
-                ClusterDispatcherArgs {
-                    cluster,
-                    jobs: args.jobs.clone(),
-                    pipelines: infos,
-                    router,
-                    link: dispatcher.clone(),
-                    alerter: alerter.clone(),
-                    admin: admin_addr.to_string(),
-                },
-            )),
-            None => Arc::new(DispatcherSpec(
-                Dispatcher,
-                DispatcherArgs {
-                    journal: journal.clone(),
-                    jobs: args.jobs.clone(),
-                    pipelines: infos,
-                    router,
-                    link: dispatcher.clone(),
-                    alerter: alerter.clone(),
-                    tasks: tasks.clone(),
-                },
-            )),
-        };
+        let dispatcher_spec = dispatcher_spec(
+            cluster,
+            DispatcherArgs {
+                journal: journal.clone(),
+                jobs: args.jobs.clone(),
+                pipelines: infos,
+                router,
+                link: dispatcher.clone(),
+                alerter: alerter.clone(),
+                tasks: tasks.clone(),
+            },
+            admin_addr,
+        );
         // Order matters: the dispatcher restarts every child after it (the pipelines), so that
         // no worker keeps waiting on a dead dispatcher; the admin actor (then the console) starts last, so a
         // command never finds the dispatcher missing (the port is bound already: early clients wait in
@@ -272,19 +238,7 @@ impl Node {
             }
             _ => None,
         };
-        let fatal_w = fatal.clone();
-        let root_args = SupervisorArgs {
-            path: "root".into(),
-            pipeline: "-".into(),
-            policy: args.restart,
-            children,
-            on_escalate: Some(Box::new(move |why| {
-                *fatal_w.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-            })),
-        };
-        let (root, root_done) = Actor::spawn(None, Supervisor, root_args)
-            .await
-            .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let (root, root_done) = spawn_root(args.restart, children, fatal.clone()).await?;
         root_link.set(root.clone());
         info!(admin = %admin_addr, data_dir = %args.data_dir.display(), node = %args.name, "node started");
         Ok(Node {
@@ -383,6 +337,76 @@ impl Node {
 }
 
 /// The dispatcher's recipe under the root.
+/// Creates the data dir and opens the journal in it.
+fn open_journal(args: &NodeArgs) -> Result<Journal, NodeError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir {
+        dir: args.data_dir.clone(),
+        source,
+    })?;
+    let opening = std::time::Instant::now();
+    let journal = Journal::open_with(
+        &args.data_dir,
+        crate::store::journal::JournalOptions {
+            min_free_space: args.min_free_space,
+            cache_bytes: args.cache_size,
+            ..Default::default()
+        },
+    )?;
+    info!(data_dir = %args.data_dir.display(), took_ms = opening.elapsed().as_millis() as u64, "journal opened");
+    Ok(journal)
+}
+
+/// Binds the admin port (before anything runs: early clients wait in the listen backlog).
+fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), NodeError> {
+    let bind = |source| NodeError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
+    let bound = listener.local_addr().map_err(bind)?;
+    Ok((listener, bound))
+}
+
+/// The dispatcher's recipe: cluster mode's on `cluster`, else the single node's on `args`.
+fn dispatcher_spec(
+    cluster: Option<Cluster>,
+    args: DispatcherArgs,
+    admin: SocketAddr,
+) -> Arc<dyn ChildSpec> {
+    match cluster {
+        Some(cluster) => Arc::new(DispatcherSpec(
+            ClusterDispatcher,
+            ClusterDispatcherArgs {
+                cluster,
+                jobs: args.jobs,
+                pipelines: args.pipelines,
+                router: args.router,
+                link: args.link,
+                alerter: args.alerter,
+                admin: admin.to_string(),
+            },
+        )),
+        None => Arc::new(DispatcherSpec(Dispatcher, args)),
+    }
+}
+
+/// Spawns the root supervisor over `children`; an escalation's reason lands in `fatal`.
+async fn spawn_root(
+    policy: crate::args::RestartPolicy,
+    children: Vec<Arc<dyn ChildSpec>>,
+    fatal: Arc<Mutex<Option<String>>>,
+) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), NodeError> {
+    let root_args = SupervisorArgs {
+        path: "root".into(),
+        pipeline: "-".into(),
+        policy,
+        children,
+        on_escalate: Some(Box::new(move |why| {
+            *fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        })),
+    };
+    Actor::spawn(None, Supervisor, root_args)
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))
+}
+
 /// Opens the cluster store: connects, migrates, and makes sure no live node has this id.
 async fn open_cluster(
     args: ClusterArgs,
