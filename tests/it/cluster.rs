@@ -564,7 +564,9 @@ async fn a_node_that_disagrees_with_the_cluster_refuses_to_start() {
         format!("[pipelines.yahoo]\nworkers = 1\nbase_url = \"http://127.0.0.1:9\"\nrate_limit = {rate:?}\n")
     };
     let first = ClusterNode::start_with("node-0", &url, &schema.name, &yahoo("5/s"));
-    first.client().await;
+    // An answer, not just a connection: the node has beaten (its row is live) once it answers.
+    let pong = req(&mut first.client().await, json!({"cmd": "ping"})).await;
+    assert_eq!(pong["ok"], true, "{pong}");
     let odd = ClusterNode::start_with("node-1", &url, &schema.name, &yahoo("10/s"));
     let (status, err) = refusal(odd).await;
     assert!(!status.success(), "{err}");
