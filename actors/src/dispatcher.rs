@@ -207,6 +207,20 @@ impl DispatcherMsg {
     }
 }
 
+/// Counts `worker` among a lane's workers and its idle ones (once, however often it says it is
+/// ready): the same bookkeeping in both dispatchers.
+pub fn enlist(
+    workers: &mut std::collections::HashMap<ActorId, ActorRef<WorkerMsg>>,
+    idle: &mut Vec<ActorRef<WorkerMsg>>,
+    worker: ActorRef<WorkerMsg>,
+) {
+    let wid = worker.get_id();
+    workers.insert(wid, worker.clone());
+    if !idle.iter().any(|w| w.get_id() == wid) {
+        idle.push(worker);
+    }
+}
+
 /// The dispatcher actor.
 #[derive(Clone, Copy)]
 pub struct Dispatcher;

@@ -560,13 +560,8 @@ impl State {
     }
 
     fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
-        let Some(l) = self.lanes.get_mut(lane) else {
-            return;
-        };
-        let wid = worker.get_id();
-        l.workers.insert(wid, worker.clone());
-        if !l.idle.iter().any(|w| w.get_id() == wid) {
-            l.idle.push(worker);
+        if let Some(l) = self.lanes.get_mut(lane) {
+            crate::dispatcher::enlist(&mut l.workers, &mut l.idle, worker);
         }
     }
 

@@ -429,11 +429,7 @@ impl DispatcherState {
         let Some(l) = self.lanes.get_mut(lane) else {
             return;
         };
-        let wid = worker.get_id();
-        l.workers.insert(wid, worker.clone());
-        if !l.idle.iter().any(|w| w.get_id() == wid) {
-            l.idle.push(worker);
-        }
+        super::enlist(&mut l.workers, &mut l.idle, worker);
         self.pump(lane);
     }
 
