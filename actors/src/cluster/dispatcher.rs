@@ -98,6 +98,19 @@ struct Lane {
     maybe_work: bool,
 }
 
+impl AsRef<PipelineInfo> for Lane {
+    fn as_ref(&self) -> &PipelineInfo {
+        &self.info
+    }
+}
+
+impl Lane {
+    /// Whether a claim for this lane may find work and has a worker for it.
+    fn claimable(&self) -> bool {
+        self.maybe_work && !self.idle.is_empty() && !self.paused && !self.breaker_open
+    }
+}
+
 /// Everything the cluster dispatcher knows.
 pub struct State {
     cluster: Cluster,
@@ -106,6 +119,8 @@ pub struct State {
     link: DispatcherLink,
     alerter: Alerter,
     lanes: Vec<Lane>,
+    /// Metric handles of the job loop.
+    meters: crate::dispatcher::Meters,
     /// Ends of jobs not written yet.
     done: Vec<Completion>,
     /// The dead-lettered among them, for the alert webhook once written.
@@ -227,6 +242,7 @@ impl State {
             link: args.link.clone(),
             alerter: args.alerter.clone(),
             lanes,
+            meters: Default::default(),
             done: Vec::new(),
             dead: Vec::new(),
             flush_scheduled: false,
@@ -343,12 +359,7 @@ impl State {
         if self.store_down {
             return false;
         }
-        !self.done.is_empty()
-            || (self.may_claim()
-                && self
-                    .lanes
-                    .iter()
-                    .any(|l| l.maybe_work && !l.idle.is_empty() && !l.paused && !l.breaker_open))
+        !self.done.is_empty() || (self.may_claim() && self.lanes.iter().any(Lane::claimable))
     }
 
     fn may_claim(&self) -> bool {
@@ -435,7 +446,7 @@ impl State {
             self.lanes
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.maybe_work && !l.idle.is_empty() && !l.paused && !l.breaker_open)
+                .filter(|(_, l)| l.claimable())
                 .map(|(i, l)| (i, l.info.name.clone(), l.idle.len()))
                 .collect()
         } else {
@@ -577,7 +588,9 @@ impl State {
             return;
         };
         let c = &r.claim;
-        metrics::histogram!(m::JOB_DURATION, "job_name" => c.name.clone())
+        self.meters
+            .job(&c.name)
+            .duration
             .record(r.started.elapsed().as_secs_f64());
         let policy = self.lanes[lane].info.retry;
         let v = verdict(outcome, c.attempt, c.max_retries, &policy);
@@ -626,8 +639,7 @@ impl State {
         let outcome = match v {
             Verdict::Succeed(value) => {
                 self.totals.succeeded += 1;
-                metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded")
-                    .increment(1);
+                self.meters.job(&name).succeeded.increment(1);
                 Outcome::Succeeded(value.to_string())
             }
             Verdict::Retry {
@@ -726,7 +738,7 @@ impl State {
                 "the node is draining; submit to another node",
             ));
         }
-        let routed = route_all(&self.router, &self.infos(), &specs)?;
+        let routed = route_all(&self.router, &self.lanes, &specs)?;
         let unfinished = self.counts.unfinished();
         if unfinished + specs.len() > self.limits.max_queued {
             return Err(ApiError::new(
@@ -774,7 +786,7 @@ impl State {
         for (row, (_, dedup)) in rows.iter().zip(&placed) {
             if !dedup {
                 self.totals.submitted += 1;
-                metrics::counter!(m::JOBS_SUBMITTED, "job_name" => row.name.clone()).increment(1);
+                self.meters.job(&row.name).submitted.increment(1);
                 self.owed.insert(row.pipeline.clone());
                 if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
                     l.maybe_work = true;
@@ -857,11 +869,7 @@ impl State {
         self.lanes
             .iter()
             .position(|l| l.info.name == name)
-            .ok_or_else(|| no_pipeline(name, &self.infos()))
-    }
-
-    fn infos(&self) -> Vec<&PipelineInfo> {
-        self.lanes.iter().map(|l| &l.info).collect()
+            .ok_or_else(|| no_pipeline(name, &self.lanes))
     }
 
     async fn set_paused(&mut self, name: &str, paused: bool) -> Result<PipelineView, ApiError> {

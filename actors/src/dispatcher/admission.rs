@@ -12,25 +12,27 @@ use crate::routing::Router;
 
 /// The lane (index into `pipelines`) and route priority of job `name`, or why none serves
 /// it; `at` names the field in the answer (`jobs[3].job` in a batch).
-pub fn route(
+pub fn route<L: AsRef<PipelineInfo>>(
     router: &Router,
-    pipelines: &[&PipelineInfo],
+    pipelines: &[L],
     name: &str,
     at: &str,
 ) -> Result<(usize, Priority), ApiError> {
     let route = router.route(name);
-    let Some(lane) = pipelines.iter().position(|p| p.name == route.pipeline) else {
-        let known: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    let Some(lane) = pipelines
+        .iter()
+        .position(|p| p.as_ref().name == route.pipeline)
+    else {
         return Err(ApiError::new(
             ErrorCode::UnknownJob,
             format!(
                 "{at}: {name:?} matches no pipeline task: pipeline {:?} is not configured (configured: {})",
                 route.pipeline,
-                known.join(", ")
+                configured(pipelines)
             ),
         ));
     };
-    let info = pipelines[lane];
+    let info = pipelines[lane].as_ref();
     if !info.tasks.iter().any(|t| t == name) {
         return Err(ApiError::new(
             ErrorCode::UnknownJob,
@@ -45,18 +47,23 @@ pub fn route(
 }
 
 /// `not_found` for a pipeline name no lane has, listing the configured ones.
-pub fn no_pipeline(name: &str, pipelines: &[&PipelineInfo]) -> ApiError {
-    let known: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
+pub fn no_pipeline<L: AsRef<PipelineInfo>>(name: &str, pipelines: &[L]) -> ApiError {
     ApiError::not_found(format!(
         "pipeline: no pipeline named {name:?}; configured: {}",
-        known.join(", ")
+        configured(pipelines)
     ))
 }
 
+/// The configured pipelines' names, for an answer.
+fn configured<L: AsRef<PipelineInfo>>(pipelines: &[L]) -> String {
+    let names: Vec<&str> = pipelines.iter().map(|p| p.as_ref().name.as_str()).collect();
+    names.join(", ")
+}
+
 /// [`route`] for every job of a submit, naming the one at fault.
-pub fn route_all(
+pub fn route_all<L: AsRef<PipelineInfo>>(
     router: &Router,
-    pipelines: &[&PipelineInfo],
+    pipelines: &[L],
     specs: &[SubmitSpec],
 ) -> Result<Vec<(usize, Priority)>, ApiError> {
     let batch = specs.len() > 1;

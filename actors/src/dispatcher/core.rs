@@ -49,6 +49,12 @@ pub(super) struct Lane {
     pub(super) queue_wait: metrics::Histogram,
 }
 
+impl AsRef<PipelineInfo> for Lane {
+    fn as_ref(&self) -> &PipelineInfo {
+        &self.info
+    }
+}
+
 /// Everything the dispatcher knows.
 pub struct DispatcherState {
     pub(super) journal: Journal,
@@ -293,8 +299,7 @@ impl DispatcherState {
 
     /// The lane and route priority of each submit, naming the one at fault.
     fn route_submits(&self, specs: &[SubmitSpec]) -> Result<Vec<(usize, Priority)>, ApiError> {
-        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
-        super::admission::route_all(&self.router, &infos, specs)
+        super::admission::route_all(&self.router, &self.lanes, specs)
     }
 
     /// Journals new jobs' records, then takes them into their queues.
@@ -355,8 +360,7 @@ impl DispatcherState {
 
     /// The lane and route priority of job `name` (see `admission::route`).
     pub(super) fn route(&self, name: &str, at: &str) -> Result<(usize, Priority), ApiError> {
-        let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
-        super::admission::route(&self.router, &infos, name, at)
+        super::admission::route(&self.router, &self.lanes, name, at)
     }
 
     /// Takes an unfinished job into memory: onto the timer while its `next_attempt_at` is in
@@ -834,10 +838,10 @@ impl DispatcherState {
     }
 
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
-        self.lane_by_name.get(name).copied().ok_or_else(|| {
-            let infos: Vec<&PipelineInfo> = self.lanes.iter().map(|l| &l.info).collect();
-            super::admission::no_pipeline(name, &infos)
-        })
+        self.lane_by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| super::admission::no_pipeline(name, &self.lanes))
     }
 
     /// Records a breaker transition; jobs flow again once it is no longer open.

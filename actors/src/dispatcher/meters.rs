@@ -1,6 +1,7 @@
 //! Metric handles for the job loop. The `metrics` macros look a series up in the recorder's
 //! registry on every call, hashing its labels; on the path every job takes (submitted, started,
-//! succeeded) the dispatcher instead keeps one handle per job name, registered once.
+//! succeeded) each dispatcher (the single node's, cluster mode's) instead keeps one handle per job
+//! name, registered once.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use metrics::{Counter, Histogram};
 use crate::metrics as m;
 
 /// The handles of one job name.
-pub(super) struct JobMeters {
+pub(crate) struct JobMeters {
     /// `warden_jobs_submitted_total{job_name}`.
     pub submitted: Counter,
     /// `warden_job_executions_total{job_name, status="succeeded"}`.
@@ -20,7 +21,7 @@ pub(super) struct JobMeters {
 
 /// Handles by job name (job names are bounded: they must name a task).
 #[derive(Default)]
-pub(super) struct Meters {
+pub(crate) struct Meters {
     by_name: HashMap<String, JobMeters>,
 }
 
