@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::error::SqlState;
 
-use super::store::{Jobs, CANCEL, UNFINISHED};
+use super::store::{Jobs, CANCEL, RECORD_COLUMNS, UNFINISHED};
 use crate::dispatcher::{QueueDepths, UnfinishedCounts};
 use crate::job::{JobId, JobRecord, JobStatus};
 use crate::postgres::Failure;
@@ -38,10 +38,7 @@ impl Jobs {
     /// runs it (told on the `cancel` channel, payload the job id).
     pub async fn cancel(&self, id: JobId) -> Result<(JobRecord, Option<String>), ApiError> {
         let mut client = self.client().await.map_err(unavailable)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| unavailable(self.target.failure(&e)))?;
+        let tx = client.transaction().await.map_err(self.refused())?;
         let sql = format!(
             "UPDATE {jobs} SET state = 'cancelled', completed_at = now(),
                  cancel_requested = (state = 'running'),
@@ -52,34 +49,29 @@ impl Jobs {
                          THEN 'cancelled while running: asked to stop, aborted after [jobs] cancel_grace'
                          ELSE 'cancelled before it ran' END))
              WHERE id = $1 AND state IN {UNFINISHED}
-             RETURNING cancel_requested, claimed_by",
+             RETURNING {RECORD_COLUMNS}, cancel_requested, claimed_by",
             jobs = self.t("jobs")
         );
-        let row = tx
-            .query_opt(&sql, &[&id.0])
-            .await
-            .map_err(|e| unavailable(self.target.failure(&e)))?;
+        let row = tx.query_opt(&sql, &[&id.0]).await.map_err(self.refused())?;
         let Some(row) = row else {
             drop(tx);
             return Err(self
                 .refusal(id, "cancelled", "only unfinished jobs can be cancelled")
                 .await);
         };
-        let owner: Option<String> = row.get::<_, bool>(0).then(|| row.get(1));
+        // The two columns after the record's.
+        let owner: Option<String> = row.get::<_, bool>(18).then(|| row.get(19));
+        let rec = self.record(&row).map_err(unavailable)?;
         if owner.is_some() {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
                 &[&self.channel(CANCEL), &id.0.to_string()],
             )
             .await
-            .map_err(|e| unavailable(self.target.failure(&e)))?;
+            .map_err(self.refused())?;
         }
-        tx.commit()
-            .await
-            .map_err(|e| unavailable(self.target.failure(&e)))?;
-        let rec = self.get(id).await.map_err(unavailable)?;
-        rec.map(|r| (r, owner))
-            .ok_or_else(|| ApiError::not_found(format!("job_id: no job with id {id}")))
+        tx.commit().await.map_err(self.refused())?;
+        Ok((rec, owner))
     }
 
     /// Sends a failed or cancelled job back to its queue with its attempts reset.
@@ -92,28 +84,25 @@ impl Jobs {
                      'at', (extract(epoch FROM clock_timestamp()) * 1000)::int8,
                      'kind', 'retried', 'attempt', 0, 'detail', 'sent back by an operator'))
              WHERE id = $1 AND state IN ('failed', 'cancelled')
-             RETURNING unique_key",
+             RETURNING {RECORD_COLUMNS}",
             jobs = self.t("jobs")
         );
         match client.query_opt(&sql, &[&id.0]).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(self
-                    .refusal(id, "retried", "only failed or cancelled jobs can be retried")
-                    .await)
-            }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("job {id}: its unique_key is held by an unfinished job; retry it after that one ends"),
-                ))
-            }
-            Err(e) => return Err(unavailable(self.target.failure(&e))),
+            Ok(Some(row)) => self.record(&row).map_err(unavailable),
+            Ok(None) => Err(self
+                .refusal(id, "retried", "only failed or cancelled jobs can be retried")
+                .await),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("job {id}: its unique_key is held by an unfinished job; retry it after that one ends"),
+            )),
+            Err(e) => Err(unavailable(self.target.failure(&e))),
         }
-        self.get(id)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| ApiError::not_found(format!("job_id: no job with id {id}")))
+    }
+
+    /// A driver error as an admin answer.
+    fn refused(&self) -> impl Fn(tokio_postgres::Error) -> ApiError + '_ {
+        move |e| unavailable(self.target.failure(&e))
     }
 
     /// Why `id` could not be `verb`: it does not exist, or its state forbids it.

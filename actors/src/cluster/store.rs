@@ -26,7 +26,8 @@ pub const WAKE: &str = "jobs";
 pub const CANCEL: &str = "cancel";
 
 /// Columns of a [`JobRecord`], times as Unix ms.
-const RECORD_COLUMNS: &str = "id, name, pipeline, priority, state, attempt, max_retries, \
+pub(super) const RECORD_COLUMNS: &str =
+    "id, name, pipeline, priority, state, attempt, max_retries, \
      unique_key, (extract(epoch FROM created_at) * 1000)::int8, \
      (extract(epoch FROM started_at) * 1000)::int8, \
      (extract(epoch FROM completed_at) * 1000)::int8, \
@@ -205,7 +206,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// A connection, `search_path` set to the schema.
+    /// A connection from the pool (statements name the schema: see [`Jobs::t`]).
     pub(super) async fn client(&self) -> Result<Object, Failure> {
         let client = self
             .pool
@@ -560,7 +561,7 @@ impl Jobs {
     }
 
     /// A row of [`RECORD_COLUMNS`] as a record.
-    fn record(&self, r: &Row) -> Result<JobRecord, Failure> {
+    pub(super) fn record(&self, r: &Row) -> Result<JobRecord, Failure> {
         let corrupt = |what: String| {
             Failure::Rejected(format!(
                 "{}: job {}: {what}",
