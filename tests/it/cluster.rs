@@ -451,11 +451,7 @@ async fn a_rate_limit_holds_for_the_whole_cluster() {
         1,
     )
     .await;
-    let arrivals: Vec<Instant> = fake
-        .requests_to(fakes::YAHOO_CHART_PREFIX)
-        .iter()
-        .map(|r| r.at)
-        .collect();
+    let arrivals = fake.arrivals_to(fakes::YAHOO_CHART_PREFIX);
     assert_eq!(
         arrivals.len(),
         20,
@@ -490,11 +486,7 @@ async fn a_429_on_one_node_pauses_every_node() {
         12,
     )
     .await;
-    let arrivals: Vec<Instant> = fake
-        .requests_to(fakes::YAHOO_CHART_PREFIX)
-        .iter()
-        .map(|r| r.at)
-        .collect();
+    let arrivals = fake.arrivals_to(fakes::YAHOO_CHART_PREFIX);
     // A request already granted when the 429 came back still goes (as on a single node); none
     // granted after the pause was recorded may arrive before it ends.
     let first = arrivals[0];

@@ -307,6 +307,11 @@ impl FakeUpstream {
             .collect()
     }
 
+    /// When the requests whose path starts with `path_prefix` arrived, in order.
+    pub fn arrivals_to(&self, path_prefix: &str) -> Vec<Instant> {
+        self.requests_to(path_prefix).iter().map(|r| r.at).collect()
+    }
+
     /// Forgets the requests received so far.
     pub fn clear_requests(&self) {
         lock(&self.shared.requests).clear();

@@ -207,11 +207,7 @@ async fn breaker_opens_probes_and_closes() {
         |s| s["totals"]["succeeded"] == 5,
     )
     .await;
-    let arrivals: Vec<Instant> = fake
-        .requests_to(fakes::YAHOO_CHART_PREFIX)
-        .iter()
-        .map(|r| r.at)
-        .collect();
+    let arrivals = fake.arrivals_to(fakes::YAHOO_CHART_PREFIX);
     assert!(
         arrivals.len() >= 15,
         "10 failures, a probe, then the 5 jobs: {}",
