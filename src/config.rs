@@ -316,6 +316,44 @@ impl From<TaskLimitsSection> for TimeLimits {
 }
 
 impl PipelineSection {
+    /// The pipeline `name` as the node takes it: its upstream resolved (secrets from `env`),
+    /// with the exec and custom tasks (and their time limits) `own` places on it.
+    fn into_args(
+        self,
+        name: String,
+        own: Option<&tasks::Own>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineArgs, Problem> {
+        let key = format!("pipelines.{name}");
+        let upstream = upstream::resolve(&name, &self.upstream_keys(), &key, env)?;
+        let mut task_limits: BTreeMap<String, TimeLimits> = self
+            .tasks
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
+        let (exec, custom) = own
+            .map(|m| (m.exec.clone(), m.custom.clone()))
+            .unwrap_or_default();
+        for (task, limits) in own.map(|m| m.limits.clone()).unwrap_or_default() {
+            task_limits.insert(task, limits);
+        }
+        Ok(PipelineArgs {
+            name,
+            workers: self.workers,
+            retry: self.retry.into(),
+            restart: self.restart.into(),
+            upstream,
+            limits: TimeLimits {
+                soft: self.soft_time_limit,
+                hard: self.time_limit,
+            },
+            task_limits,
+            max_jobs_per_worker: self.max_jobs_per_worker,
+            exec,
+            custom,
+        })
+    }
+
     fn upstream_keys(&self) -> UpstreamKeys<'_> {
         UpstreamKeys {
             base_url: self.base_url.as_deref(),
@@ -498,36 +536,8 @@ impl Config {
             .or(self.admin.token);
         let mut pipelines = Vec::with_capacity(self.pipelines.len());
         for (name, p) in self.pipelines {
-            let key = format!("pipelines.{name}");
-            let upstream =
-                upstream::resolve(&name, &p.upstream_keys(), &key, env).map_err(invalid)?;
-            let mut task_limits: BTreeMap<String, TimeLimits> = p
-                .tasks
-                .iter()
-                .map(|(k, v)| (k.clone(), (*v).into()))
-                .collect();
             let mine = own.pipelines.get(&name);
-            let (exec, custom) = mine
-                .map(|m| (m.exec.clone(), m.custom.clone()))
-                .unwrap_or_default();
-            for (task, limits) in mine.map(|m| m.limits.clone()).unwrap_or_default() {
-                task_limits.insert(task, limits);
-            }
-            pipelines.push(PipelineArgs {
-                name,
-                workers: p.workers,
-                retry: p.retry.into(),
-                restart: p.restart.into(),
-                upstream,
-                limits: TimeLimits {
-                    soft: p.soft_time_limit,
-                    hard: p.time_limit,
-                },
-                task_limits,
-                max_jobs_per_worker: p.max_jobs_per_worker,
-                exec,
-                custom,
-            });
+            pipelines.push(p.into_args(name, mine, env).map_err(invalid)?);
         }
         let routes = own
             .routes
@@ -575,6 +585,38 @@ impl Config {
 
     /// Checks the rules the schema can't express; the first broken one is reported.
     fn validate(&self) -> Result<(), Problem> {
+        self.validate_node()?;
+        self.validate_admin()?;
+        self.console
+            .validate(self.admin.listen, self.metrics.listen)?;
+        validate_log_level(&self.log.level)?;
+        at_least("jobs.max_queued", self.jobs.max_queued, 1)?;
+        self.supervisor.restart.validate("supervisor.restart")?;
+        for (name, pipeline) in &self.pipelines {
+            if let Some(why) = pipeline_name_problem(name) {
+                return Err(Problem::new(format!("pipelines.{name}"), why));
+            }
+            pipeline.validate(&format!("pipelines.{name}"))?;
+            upstream::validate(
+                name,
+                &pipeline.upstream_keys(),
+                &format!("pipelines.{name}"),
+            )?;
+        }
+        for (name, task) in &self.tasks {
+            tasks::validate(name, task, &self.routes)?;
+        }
+        extras::validate_schedules(&self.schedules, &self.universe)?;
+        if let Some(alerts) = &self.alerts {
+            extras::validate_alerts(alerts)?;
+        }
+        sinks::validate(&self.sinks)?;
+        store::validate(&self.store)?;
+        self.validate_routes()
+    }
+
+    /// `[node]`: a name, a data dir, a cache the journal can work with.
+    fn validate_node(&self) -> Result<(), Problem> {
         let node = &self.node;
         if node.name.is_empty() {
             return Err(Problem::new(
@@ -588,8 +630,11 @@ impl Config {
                 "expected a directory path, got \"\"",
             ));
         }
+        at_least("node.cache_size", node.cache_size, MIN_CACHE_BYTES)
+    }
 
-        at_least("node.cache_size", self.node.cache_size, MIN_CACHE_BYTES)?;
+    /// `[admin]`: limits above zero, a non-empty token, a port of its own.
+    fn validate_admin(&self) -> Result<(), Problem> {
         let admin = &self.admin;
         at_least("admin.max_connections", admin.max_connections, 1)?;
         at_least("admin.max_line_bytes", admin.max_line_bytes, MIN_LINE_BYTES)?;
@@ -616,47 +661,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
 
-        self.console.validate(admin.listen, self.metrics.listen)?;
-
-        // Checked here so a typo is reported with its file and key, not when main.rs installs
-        // the subscriber.
-        let level = &self.log.level;
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(level) {
-            return Err(Problem::new(
-                "log.level",
-                format!(
-                    "expected an EnvFilter directive like \"info\" or \"warden=debug,info\", \
-                     got {level:?} ({err})"
-                ),
-            ));
-        }
-
-        at_least("jobs.max_queued", self.jobs.max_queued, 1)?;
-        self.supervisor.restart.validate("supervisor.restart")?;
-
-        for (name, pipeline) in &self.pipelines {
-            if let Some(why) = pipeline_name_problem(name) {
-                return Err(Problem::new(format!("pipelines.{name}"), why));
-            }
-            pipeline.validate(&format!("pipelines.{name}"))?;
-            upstream::validate(
-                name,
-                &pipeline.upstream_keys(),
-                &format!("pipelines.{name}"),
-            )?;
-        }
-
-        for (name, task) in &self.tasks {
-            tasks::validate(name, task, &self.routes)?;
-        }
-        extras::validate_schedules(&self.schedules, &self.universe)?;
-        if let Some(alerts) = &self.alerts {
-            extras::validate_alerts(alerts)?;
-        }
-        sinks::validate(&self.sinks)?;
-        store::validate(&self.store)?;
-
+    /// `[[routes]]`: each pattern a glob, each target a configured pipeline.
+    fn validate_routes(&self) -> Result<(), Problem> {
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(why) = glob_problem(&route.pattern) {
                 return Err(Problem::new(
@@ -667,21 +676,38 @@ impl Config {
                     ),
                 ));
             }
-            if let Some(target) = &route.pipeline {
-                if !self.pipelines.contains_key(target) {
-                    let configured: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
-                    return Err(Problem::new(
-                        format!("routes[{i}].pipeline"),
-                        format!(
-                            "expected a configured pipeline (one of {}), got {target:?}",
-                            configured.join(", ")
-                        ),
-                    ));
-                }
+            let Some(target) = &route.pipeline else {
+                continue;
+            };
+            if !self.pipelines.contains_key(target) {
+                let configured: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
+                return Err(Problem::new(
+                    format!("routes[{i}].pipeline"),
+                    format!(
+                        "expected a configured pipeline (one of {}), got {target:?}",
+                        configured.join(", ")
+                    ),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// `[log] level`, checked here so a typo is reported with its file and key, not when main.rs
+/// installs the subscriber.
+fn validate_log_level(level: &str) -> Result<(), Problem> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|err| {
+            Problem::new(
+                "log.level",
+                format!(
+                    "expected an EnvFilter directive like \"info\" or \"warden=debug,info\", \
+                 got {level:?} ({err})"
+                ),
+            )
+        })
 }
 
 impl PipelineSection {

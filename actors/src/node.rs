@@ -23,7 +23,8 @@ use crate::admin::{AdminCtx, AdminSpec, ShutdownRequest};
 use crate::alerts::{Alerter, AlertsSpec};
 use crate::args::NodeArgs;
 use crate::cluster::{Cluster, ClusterArgs, ClusterDispatcher, ClusterDispatcherArgs};
-use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg};
+use crate::console::{ConsoleCtx, ConsoleSpec};
+use crate::dispatcher::{Dispatcher, DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::exec::NodeEnv;
 use crate::link::Link;
 use crate::progress::ProgressBoard;
@@ -115,15 +116,7 @@ impl Node {
             Some(c) => Some(open_cluster(c, &args.pipelines).await?),
             None => None,
         };
-
-        let dispatcher = DispatcherLink::default();
-        // The webhook, when configured; everyone else holds a cheap handle that casts to it.
-        let alerts = args
-            .alerts
-            .clone()
-            .map(|a| AlertsSpec::new(a, args.name.clone()));
-        let alerter = alerts.as_ref().map_or_else(Alerter::none, |s| s.alerter());
-        let alerts_spec = alerts.map(|s| s as Arc<dyn ChildSpec>);
+        let links = Links::new(&args);
         // Before anything runs, so that no record is stored without its outbox entry.
         let sink = args
             .sink
@@ -131,129 +124,65 @@ impl Node {
             .map(|s| SinkSpec::new(s, journal.clone()))
             .transpose()
             .map_err(NodeError::Invalid)?;
-        let scheduler = SchedulerLink::default();
-        let tasks = TaskTracker::new();
-        let root_link: Link<SupervisorMsg> = Link::default();
-        let (shutdown_tx, shutdown_rx) = watch::channel(None);
-        let fatal = Arc::new(Mutex::new(None));
-
         let progress = ProgressBoard::default();
-        let shared = crate::pipeline::Shared {
-            node: NodeEnv::from_process(admin_addr, args.admin.token.clone()),
-            tasks: TaskEnv {
-                records: Records::new(journal.clone()),
-                progress: progress.clone(),
-            },
-            permits: cluster.as_ref().map(Cluster::permits),
-        };
-        let mut infos: Vec<crate::dispatcher::PipelineInfo> = Vec::new();
-        let mut pipeline_specs: Vec<Arc<dyn ChildSpec>> = Vec::new();
-        for (i, p) in args.pipelines.iter().enumerate() {
-            let a = crate::pipeline::assemble(i, p, &journal, &dispatcher, &alerter, &shared)
-                .map_err(NodeError::Invalid)?;
-            infos.push(a.info);
-            pipeline_specs.push(a.spec);
-        }
-
+        let shared = shared_env(&args, admin_addr, &journal, &progress, cluster.as_ref());
+        let (infos, pipelines) = assemble_pipelines(&args, &journal, &links, &shared)?;
         let served: Vec<(String, Vec<String>)> = infos
             .iter()
             .map(|i| (i.name.clone(), i.tasks.clone()))
             .collect();
-        // Where job records are read, the same way in both modes (the admin, the scheduler).
-        let jobs = match &cluster {
-            Some(c) => crate::store::JobStore::Cluster(c.jobs.clone()),
-            None => crate::store::JobStore::Journal(journal.clone()),
-        };
-        let admin_ctx = Arc::new(AdminCtx {
-            limits: args.admin.clone(),
-            journal: journal.clone(),
-            jobs: jobs.clone(),
-            cluster: cluster.clone(),
-            dispatcher: dispatcher.clone(),
-            root: root_link.clone(),
-            scheduler: (!args.schedules.is_empty()).then(|| scheduler.clone()),
-            node_name: args.name.clone(),
-            started: std::time::Instant::now(),
-            shutdown: shutdown_tx.clone(),
-            tasks: tasks.clone(),
+        let jobs = job_store(cluster.as_ref(), &journal);
+        let admin_ctx = links.admin_ctx(
+            &args,
+            &journal,
+            jobs.clone(),
+            cluster.clone(),
             progress,
-            sink: sink.clone(),
-        });
-        let admin = Arc::new(AdminSpec {
-            listener: Arc::new(listener),
-            ctx: admin_ctx.clone(),
-        });
-        let dispatcher_spec = dispatcher_spec(
+            sink.clone(),
+        );
+        let dispatcher = dispatcher_spec(
             cluster,
             DispatcherArgs {
                 journal: journal.clone(),
                 jobs: args.jobs.clone(),
                 pipelines: infos,
                 router,
-                link: dispatcher.clone(),
-                alerter: alerter.clone(),
-                tasks: tasks.clone(),
+                link: links.dispatcher.clone(),
+                alerter: links.alerter.clone(),
+                tasks: links.tasks.clone(),
             },
             admin_addr,
         );
-        // Order matters: the dispatcher restarts every child after it (the pipelines), so that
-        // no worker keeps waiting on a dead dispatcher; the admin actor (then the console) starts last, so a
-        // command never finds the dispatcher missing (the port is bound already: early clients wait in
-        // the listen backlog).
-        let mut children: Vec<Arc<dyn ChildSpec>> = Vec::new();
-        if let Some(spec) = alerts_spec {
-            children.push(spec);
-        }
-        // Before the dispatcher, so that a dispatcher restart (rest-for-one) leaves it running.
-        if let Some(spec) = sink {
-            children.push(Arc::new(spec));
-        }
-        children.push(dispatcher_spec);
-        children.extend(pipeline_specs);
-        // After the pipelines: it submits through the dispatcher; a node without schedules runs none.
-        if !args.schedules.is_empty() {
-            let spec = SchedulerSpec::new(
-                &args.schedules,
-                journal.clone(),
-                jobs,
-                dispatcher.clone(),
-                scheduler,
-            );
-            children.push(Arc::new(spec.map_err(NodeError::Invalid)?));
-        }
-        children.push(admin);
-        // Last: a client of the admin commands like any other.
-        let console_addr = match (console_listener, &args.console) {
-            (Some((listener, addr)), Some(console)) => {
-                children.push(Arc::new(crate::console::ConsoleSpec::new(
-                    listener,
-                    crate::console::ConsoleCtx::new(
-                        admin_ctx,
-                        console.clone(),
-                        served,
-                        args.schedules.clone(),
-                    ),
-                )));
-                Some(addr)
-            }
-            _ => None,
+        let console = console_spec(console_listener, &args, &admin_ctx, served);
+        let children = Children {
+            alerts: links.alerts.clone(),
+            sink: sink.map(|s| Arc::new(s) as Spec),
+            dispatcher,
+            pipelines,
+            scheduler: scheduler_spec(&args, &journal, jobs, &links)?,
+            admin: Arc::new(AdminSpec {
+                listener: Arc::new(listener),
+                ctx: admin_ctx,
+            }),
+            console: console.as_ref().map(|(spec, _)| spec.clone()),
         };
-        let (root, root_done) = spawn_root(args.restart, children, fatal.clone()).await?;
-        root_link.set(root.clone());
+        let (root, root_done) =
+            spawn_root(args.restart, children.in_start_order(), links.fatal.clone()).await?;
+        links.root.set(root.clone());
         info!(admin = %admin_addr, data_dir = %args.data_dir.display(), node = %args.name, "node started");
         Ok(Node {
             admin_addr,
-            console_addr,
+            console_addr: console.map(|(_, addr)| addr),
             name: args.name,
             root,
             root_done,
             journal,
-            dispatcher,
-            _shutdown_tx: shutdown_tx,
-            shutdown_rx,
-            fatal,
+            dispatcher: links.dispatcher,
+            _shutdown_tx: links.shutdown_tx,
+            shutdown_rx: links.shutdown_rx,
+            fatal: links.fatal,
             shutdown_timeout: args.shutdown_timeout,
-            tasks,
+            tasks: links.tasks,
         })
     }
 
@@ -336,7 +265,190 @@ impl Node {
     }
 }
 
-/// The dispatcher's recipe under the root.
+/// A child's recipe under the root.
+type Spec = Arc<dyn ChildSpec>;
+
+/// The handles the parts of the tree are wired with before any actor runs: links filled in
+/// once their actor exists, the node-wide task tracker, the shutdown channel, the alerter.
+struct Links {
+    dispatcher: DispatcherLink,
+    scheduler: SchedulerLink,
+    root: Link<SupervisorMsg>,
+    tasks: TaskTracker,
+    shutdown_tx: watch::Sender<Option<ShutdownRequest>>,
+    shutdown_rx: watch::Receiver<Option<ShutdownRequest>>,
+    /// Why the root escalated, once it has.
+    fatal: Arc<Mutex<Option<String>>>,
+    /// A cheap handle that casts to the webhook actor (or drops, with no `[alerts]`).
+    alerter: Alerter,
+    /// The webhook actor's recipe, when `[alerts]` is configured.
+    alerts: Option<Spec>,
+}
+
+impl Links {
+    fn new(args: &NodeArgs) -> Links {
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let alerts = args
+            .alerts
+            .clone()
+            .map(|a| AlertsSpec::new(a, args.name.clone()));
+        Links {
+            dispatcher: DispatcherLink::default(),
+            scheduler: SchedulerLink::default(),
+            root: Link::default(),
+            tasks: TaskTracker::new(),
+            shutdown_tx,
+            shutdown_rx,
+            fatal: Arc::new(Mutex::new(None)),
+            alerter: alerts.as_ref().map_or_else(Alerter::none, |s| s.alerter()),
+            alerts: alerts.map(|s| s as Spec),
+        }
+    }
+
+    /// What every admin command (and the console) works with.
+    fn admin_ctx(
+        &self,
+        args: &NodeArgs,
+        journal: &Journal,
+        jobs: crate::store::JobStore,
+        cluster: Option<Cluster>,
+        progress: ProgressBoard,
+        sink: Option<SinkSpec>,
+    ) -> Arc<AdminCtx> {
+        Arc::new(AdminCtx {
+            limits: args.admin.clone(),
+            journal: journal.clone(),
+            jobs,
+            cluster,
+            dispatcher: self.dispatcher.clone(),
+            root: self.root.clone(),
+            scheduler: (!args.schedules.is_empty()).then(|| self.scheduler.clone()),
+            node_name: args.name.clone(),
+            started: std::time::Instant::now(),
+            shutdown: self.shutdown_tx.clone(),
+            tasks: self.tasks.clone(),
+            progress,
+            sink,
+        })
+    }
+}
+
+/// What every task and worker shares: the node's env for exec tasks, the record store, the
+/// progress board, cluster mode's shared rate limits.
+fn shared_env(
+    args: &NodeArgs,
+    admin: SocketAddr,
+    journal: &Journal,
+    progress: &ProgressBoard,
+    cluster: Option<&Cluster>,
+) -> crate::pipeline::Shared {
+    crate::pipeline::Shared {
+        node: NodeEnv::from_process(admin, args.admin.token.clone()),
+        tasks: TaskEnv {
+            records: Records::new(journal.clone()),
+            progress: progress.clone(),
+        },
+        permits: cluster.map(Cluster::permits),
+    }
+}
+
+/// Where job records are read, the same way in both modes (the admin, the scheduler).
+fn job_store(cluster: Option<&Cluster>, journal: &Journal) -> crate::store::JobStore {
+    match cluster {
+        Some(c) => crate::store::JobStore::Cluster(c.jobs.clone()),
+        None => crate::store::JobStore::Journal(journal.clone()),
+    }
+}
+
+/// The console's recipe and address, when `[console]` is configured (`served`: each pipeline's
+/// name and tasks).
+fn console_spec(
+    bound: Option<(Arc<std::net::TcpListener>, SocketAddr)>,
+    args: &NodeArgs,
+    admin: &Arc<AdminCtx>,
+    served: Vec<(String, Vec<String>)>,
+) -> Option<(Spec, SocketAddr)> {
+    let ((listener, addr), console) = bound.zip(args.console.as_ref())?;
+    let ctx = ConsoleCtx::new(
+        admin.clone(),
+        console.clone(),
+        served,
+        args.schedules.clone(),
+    );
+    Some((Arc::new(ConsoleSpec::new(listener, ctx)), addr))
+}
+
+/// Every pipeline's place in the dispatcher and its supervisor's recipe, in config order.
+fn assemble_pipelines(
+    args: &NodeArgs,
+    journal: &Journal,
+    links: &Links,
+    shared: &crate::pipeline::Shared,
+) -> Result<(Vec<PipelineInfo>, Vec<Spec>), NodeError> {
+    let mut infos = Vec::with_capacity(args.pipelines.len());
+    let mut specs = Vec::with_capacity(args.pipelines.len());
+    for (i, p) in args.pipelines.iter().enumerate() {
+        let a = crate::pipeline::assemble(i, p, journal, &links.dispatcher, &links.alerter, shared)
+            .map_err(NodeError::Invalid)?;
+        infos.push(a.info);
+        specs.push(a.spec);
+    }
+    Ok((infos, specs))
+}
+
+/// The scheduler's recipe; a node without schedules runs none.
+fn scheduler_spec(
+    args: &NodeArgs,
+    journal: &Journal,
+    jobs: crate::store::JobStore,
+    links: &Links,
+) -> Result<Option<Spec>, NodeError> {
+    if args.schedules.is_empty() {
+        return Ok(None);
+    }
+    let spec = SchedulerSpec::new(
+        &args.schedules,
+        journal.clone(),
+        jobs,
+        links.dispatcher.clone(),
+        links.scheduler.clone(),
+    )
+    .map_err(NodeError::Invalid)?;
+    Ok(Some(Arc::new(spec)))
+}
+
+/// The root's children, each in its place in [`Children::in_start_order`].
+struct Children {
+    alerts: Option<Spec>,
+    sink: Option<Spec>,
+    dispatcher: Spec,
+    pipelines: Vec<Spec>,
+    scheduler: Option<Spec>,
+    admin: Spec,
+    console: Option<Spec>,
+}
+
+impl Children {
+    /// Order matters. The alerts and the sink come before the dispatcher, so that a dispatcher
+    /// restart (rest-for-one) leaves them running. The dispatcher restarts every child after it
+    /// (the pipelines), so that no worker keeps waiting on a dead dispatcher. The scheduler
+    /// submits through the dispatcher, so it follows the pipelines. The admin actor (then the
+    /// console, a client of the admin commands like any other) starts last, so a command never
+    /// finds the dispatcher missing (the port is bound already: early clients wait in the
+    /// listen backlog).
+    fn in_start_order(self) -> Vec<Spec> {
+        let mut children: Vec<Spec> = Vec::new();
+        children.extend(self.alerts);
+        children.extend(self.sink);
+        children.push(self.dispatcher);
+        children.extend(self.pipelines);
+        children.extend(self.scheduler);
+        children.push(self.admin);
+        children.extend(self.console);
+        children
+    }
+}
+
 /// Creates the data dir and opens the journal in it.
 fn open_journal(args: &NodeArgs) -> Result<Journal, NodeError> {
     std::fs::create_dir_all(&args.data_dir).map_err(|source| NodeError::DataDir {
@@ -365,11 +477,7 @@ fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), N
 }
 
 /// The dispatcher's recipe: cluster mode's on `cluster`, else the single node's on `args`.
-fn dispatcher_spec(
-    cluster: Option<Cluster>,
-    args: DispatcherArgs,
-    admin: SocketAddr,
-) -> Arc<dyn ChildSpec> {
+fn dispatcher_spec(cluster: Option<Cluster>, args: DispatcherArgs, admin: SocketAddr) -> Spec {
     match cluster {
         Some(cluster) => Arc::new(DispatcherSpec(
             ClusterDispatcher,
@@ -390,7 +498,7 @@ fn dispatcher_spec(
 /// Spawns the root supervisor over `children`; an escalation's reason lands in `fatal`.
 async fn spawn_root(
     policy: crate::args::RestartPolicy,
-    children: Vec<Arc<dyn ChildSpec>>,
+    children: Vec<Spec>,
     fatal: Arc<Mutex<Option<String>>>,
 ) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), NodeError> {
     let root_args = SupervisorArgs {
