@@ -31,7 +31,7 @@ use crate::job::{JobId, JobRecord};
 use crate::pipeline::worker::WorkerMsg;
 use crate::protocol::{ApiError, SubmitSpec};
 use crate::routing::Router;
-use crate::store::journal::{Journal, JournalError};
+use crate::store::journal::Journal;
 use crate::tasks::TaskResult;
 
 pub use self::admission::{no_pipeline, route, route_all};
@@ -302,18 +302,7 @@ impl Actor for Dispatcher {
             } => st.worker_down(pipeline, worker, &reason),
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
-            DispatcherMsg::Gauges => {
-                let health = st.journal().admit_writes();
-                st.publish_gauges(health.is_err());
-                st.shrink();
-                // sled cannot write again in this process after an I/O error: fail, so that
-                // supervision restarts the dispatcher (and, if that keeps failing, stops the
-                // node with the reason) rather than keep a node that accepts nothing. Checked
-                // on this timer, not per message: the job loop need not ask.
-                if let Err(e @ JournalError::Failed { .. }) = health {
-                    return Err(e.into());
-                }
-            }
+            DispatcherMsg::Gauges => st.gauges()?,
             DispatcherMsg::Stats(reply) => {
                 let _ = reply.send(st.stats());
             }
@@ -350,15 +339,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Withdraw(ids) => st.withdraw(ids),
             DispatcherMsg::Cluster(_) => {}
         }
-        let gather = job_loop && !st.changes.is_empty();
-        if gather && !st.flush_scheduled {
-            st.flush_scheduled = me.cast(DispatcherMsg::Flush).is_ok();
-        }
-        if !(gather && st.flush_scheduled) {
-            // A failed write is logged and its changes kept for the next one (see
-            // flush_journal).
-            let _ = st.flush_journal();
-        }
+        st.write_or_gather(&me, job_loop);
         st.arm_timer(&me);
         Ok(())
     }

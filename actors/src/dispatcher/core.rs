@@ -775,6 +775,35 @@ impl DispatcherState {
         Ok(())
     }
 
+    /// After a message: a job-loop message's changes are gathered behind one self-cast `Flush`
+    /// (one sled batch for many jobs); anything else, or a gather that could not be scheduled,
+    /// writes now. A failed write is logged and its changes kept for the next one (see
+    /// [`DispatcherState::flush_journal`]).
+    pub fn write_or_gather(&mut self, me: &ActorRef<DispatcherMsg>, job_loop: bool) {
+        let gather = job_loop && !self.changes.is_empty();
+        if gather && !self.flush_scheduled {
+            self.flush_scheduled = me.cast(DispatcherMsg::Flush).is_ok();
+        }
+        if !(gather && self.flush_scheduled) {
+            let _ = self.flush_journal();
+        }
+    }
+
+    /// The gauges' timer: publishes them, gives back memory, and checks the journal's health.
+    /// sled cannot write again in this process after an I/O error: that fails the actor, so
+    /// that supervision restarts the dispatcher (and, if that keeps failing, stops the node with
+    /// the reason) rather than keep a node that accepts nothing. Checked on this timer, not per
+    /// message: the job loop need not ask.
+    pub fn gauges(&mut self) -> Result<(), crate::store::journal::JournalError> {
+        let health = self.journal.admit_writes();
+        self.publish_gauges(health.is_err());
+        self.shrink();
+        match health {
+            Err(e @ crate::store::journal::JournalError::Failed { .. }) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Starts a compaction of finished jobs past their retention, off the actor's thread.
     pub fn compact(&self) {
         let journal = self.journal.clone();
