@@ -58,6 +58,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             "settings the nodes agree on",
             include_str!("cluster/migrations/0003_settings.sql"),
         ),
+        (
+            4,
+            "circuit breakers every node obeys",
+            include_str!("cluster/migrations/0004_breaker.sql"),
+        ),
     ],
 };
 

@@ -74,11 +74,15 @@ pub fn assemble(
                 shared.permits.clone(),
             );
             let (link, alerter) = (dispatcher.clone(), alerter.clone());
+            let permits = shared.permits.clone();
             let on_change = Arc::new(move |c: BreakerStateChange| {
                 let open = c.to == CircuitState::Open;
                 link.cast(DispatcherMsg::BreakerOpen(index, open));
                 if open {
                     alerter.breaker_opened(&c.pipeline, &c.reason, c.retry_after);
+                }
+                if let Some(p) = &permits {
+                    share_breaker(p, &c);
                 }
             });
             let breaker = BreakerSpec::new(p.name.clone(), up.breaker, Some(on_change));
@@ -116,6 +120,26 @@ pub fn assemble(
             shared.tasks.clone(),
         ),
     })
+}
+
+/// Cluster mode: tells every node of a breaker that opened (for as long as it is open here) or
+/// closed after a probe succeeded (see `cluster/permits.rs`). Off the breaker's thread; a
+/// failure is logged and the breaker stays this node's own until its next transition.
+fn share_breaker(permits: &crate::cluster::Permits, change: &BreakerStateChange) {
+    let open_for = match change.to {
+        CircuitState::Open => Some(change.retry_after.unwrap_or_default()),
+        // Only a probe that succeeded says the upstream is back (a restarted breaker also
+        // starts closed, knowing nothing).
+        CircuitState::Closed if change.from == CircuitState::HalfOpen => None,
+        CircuitState::Closed | CircuitState::HalfOpen => return,
+    };
+    let (permits, source) = (permits.clone(), change.pipeline.clone());
+    tokio::spawn(async move {
+        if let Err(e) = permits.breaker(&source, open_for).await {
+            tracing::warn!(pipeline = %source, error = %e.message(),
+                "the breaker's state could not be shared with the cluster; it holds this node only");
+        }
+    });
 }
 
 /// The pipeline's exec tasks (paths checked again: the arguments may not come from a config

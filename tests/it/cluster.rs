@@ -503,6 +503,72 @@ async fn a_429_on_one_node_pauses_every_node() {
     schema.drop_now().await;
 }
 
+/// Ensures that a circuit breaker opened on one node holds every node: a node started after
+/// node-0's breaker opened claims the waiting jobs, but sends nothing to the upstream until the
+/// open window ends; then every job succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_open_on_one_node_holds_every_node() {
+    const OPEN_FOR: Duration = Duration::from_secs(8);
+    let fake = FakeUpstream::start().await;
+    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 3, Failure::Status(500));
+    let schema = Schema::fresh("breaker").await;
+    let extra = format!(
+        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = \"50/s\"\n\
+         breaker = {{ failure_threshold = 3, open_for = \"{}s\" }}\n\
+         retry = {{ max_retries = 5, base_delay = \"100ms\", max_delay = \"1s\" }}\n",
+        fake.base_url(),
+        OPEN_FOR.as_secs()
+    );
+    let url = pg::test_url();
+    let first = ClusterNode::start_with("node-0", &url, &schema.name, &extra);
+    let mut ids = charts(std::slice::from_ref(&first), 3).await;
+    let opened = eventually(
+        "node-0's breaker to open",
+        Duration::from_secs(20),
+        || async {
+            let mut c = first.client().await;
+            let a = req(&mut c, json!({"cmd": "pipelines"})).await;
+            let yahoo = a["pipelines"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == "yahoo")?;
+            (yahoo["breaker"]["state"] == "open").then(Instant::now)
+        },
+    )
+    .await;
+    let second = ClusterNode::start_with("node-1", &url, &schema.name, &extra);
+    ids.extend(charts(std::slice::from_ref(&second), 6).await);
+    until_count(
+        &schema,
+        "node-1 to claim a job while the breaker is open",
+        OPEN_FOR / 2,
+        "SELECT least(count(*), 1) FROM {s}.jobs WHERE claimed_by = 'node-1'",
+        1,
+    )
+    .await;
+    until_count(
+        &schema,
+        "every job to succeed once the breaker closed",
+        Duration::from_secs(40),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        ids.len() as i64,
+    )
+    .await;
+    let early: Vec<Duration> = fake
+        .arrivals_to(fakes::YAHOO_CHART_PREFIX)
+        .into_iter()
+        .filter(|t| *t > opened)
+        .map(|t| t.duration_since(opened))
+        .filter(|d| *d < OPEN_FOR - Duration::from_secs(1))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "requests while the breaker was open: {early:?}"
+    );
+    drop((first, second));
+    schema.drop_now().await;
+}
+
 /// Ensures that a job running on one node and cancelled through another stops on its node
 /// (its worker is told at once through NOTIFY), and that its late end does not overwrite the
 /// cancel.

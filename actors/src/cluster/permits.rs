@@ -2,12 +2,18 @@
 //! permit, so a source limited to `5/s, 20/m` sees no more than that from the whole cluster.
 //!
 //! A permit is one short transaction: lock the source's row (`FOR UPDATE`: nodes asking for the
-//! same source queue on it), refuse while the source is paused, find for each window the grant
+//! same source queue on it), refuse while the source is paused or its breaker open, find for each window the grant
 //! that would be one too many (`OFFSET limit - 1` on the newest grants inside the window), and
 //! either insert a grant or say when the next one frees. The windows are the single node's
 //! sliding windows, on the database's clock, with the same send guard added to each. A node
 //! that crashes after its grant and before its request wastes that permit; nothing can make the
 //! cluster exceed a window.
+//!
+//! The source's row also carries its circuit breaker's open window: each node keeps its own
+//! breaker (it counts the failures it sees), and a node whose breaker opens records until when
+//! ([`Permits::breaker`]), so that every node's permits are refused until then; a node whose
+//! probe succeeds closes it for all. After an open window each node's own breaker decides
+//! whether to probe: up to one probe per node, not one for the cluster.
 
 use std::time::Duration;
 
@@ -24,6 +30,8 @@ pub enum Permit {
     FreeIn(Duration),
     /// The source is paused (a throttle signal) for this much longer.
     Paused(Duration),
+    /// A node's circuit breaker opened on the source, for this much longer.
+    BreakerOpen(Duration),
 }
 
 /// The cluster's permits, for the limiters of this node.
@@ -59,19 +67,23 @@ impl Permits {
         )
         .await
         .map_err(j.pg())?;
-        let paused_ms: i64 = tx
+        let row = tx
             .query_one(
                 &format!(
-                    "SELECT coalesce((extract(epoch FROM paused_until - clock_timestamp()) * 1000)::int8, 0)
+                    "SELECT coalesce((extract(epoch FROM paused_until - clock_timestamp()) * 1000)::int8, 0),
+                            coalesce((extract(epoch FROM breaker_open_until - clock_timestamp()) * 1000)::int8, 0)
                      FROM {sources} WHERE name = $1 FOR UPDATE"
                 ),
                 &[&source],
             )
             .await
-            .map_err(j.pg())?
-            .get(0);
+            .map_err(j.pg())?;
+        let (paused_ms, open_ms): (i64, i64) = (row.get(0), row.get(1));
         if paused_ms > 0 {
             return Ok(Permit::Paused(Duration::from_millis(paused_ms as u64)));
+        }
+        if open_ms > 0 {
+            return Ok(Permit::BreakerOpen(Duration::from_millis(open_ms as u64)));
         }
         let mut free_in_ms = 0i64;
         for w in windows {
@@ -134,6 +146,32 @@ impl Permits {
             )
             .await
             .map_err(j.pg())?;
+        Ok(())
+    }
+
+    /// Records `source`'s breaker as open for every node for `open_for` (never shortening an
+    /// open window in force), or, with `None` (a probe succeeded), closes it for every node.
+    pub async fn breaker(&self, source: &str, open_for: Option<Duration>) -> Result<(), Failure> {
+        let j = &self.jobs;
+        let client = j.client().await?;
+        let sources = j.t("sources");
+        match open_for {
+            Some(open_for) => {
+                let ms = open_for.as_millis() as i64;
+                let sql = format!(
+                    "INSERT INTO {sources} AS s (name, breaker_open_until)
+                     VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond')
+                     ON CONFLICT (name) DO UPDATE SET breaker_open_until =
+                         greatest(s.breaker_open_until, EXCLUDED.breaker_open_until)"
+                );
+                client.execute(&sql, &[&source, &ms]).await
+            }
+            None => {
+                let sql = format!("UPDATE {sources} SET breaker_open_until = NULL WHERE name = $1");
+                client.execute(&sql, &[&source]).await
+            }
+        }
+        .map_err(j.pg())?;
         Ok(())
     }
 }

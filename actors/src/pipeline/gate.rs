@@ -92,6 +92,9 @@ impl PipelineGate {
             Ok(CallResult::Success(Err(Refusal::Paused { remaining }))) => {
                 Err(blocked(Hold::SourcePaused, Some(remaining)))
             }
+            Ok(CallResult::Success(Err(Refusal::BreakerOpen { remaining }))) => {
+                Err(blocked(Hold::BreakerOpen, Some(remaining)))
+            }
             Ok(CallResult::Success(Err(Refusal::WindowsFull { free_in }))) => {
                 Err(blocked(Hold::WindowsFull, Some(free_in)))
             }

@@ -416,6 +416,11 @@ pub enum Refusal {
         /// Time left in the pause.
         remaining: Duration,
     },
+    /// Cluster mode: a node's circuit breaker opened on the source, for this much longer.
+    BreakerOpen {
+        /// Time left in the open window.
+        remaining: Duration,
+    },
     /// Every permit for longer than [`MAX_PERMIT_WAIT`] is spoken for (a spent daily quota).
     WindowsFull {
         /// When this caller's permit would have been free, from now.
@@ -668,6 +673,11 @@ impl RateLimiterState {
                 }
                 Ok(Permit::FreeIn(free_in)) => {
                     self.arm(me, now + free_in, now);
+                    return;
+                }
+                Ok(Permit::BreakerOpen(remaining)) => {
+                    // Not a throttle: this node's windows and pause stay as they are.
+                    self.refuse_all(Refusal::BreakerOpen { remaining });
                     return;
                 }
                 Ok(Permit::Paused(remaining)) => {
