@@ -63,6 +63,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             "circuit breakers every node obeys",
             include_str!("cluster/migrations/0004_breaker.sql"),
         ),
+        (
+            5,
+            "counts the leader publishes",
+            include_str!("cluster/migrations/0005_counts.sql"),
+        ),
     ],
 };
 

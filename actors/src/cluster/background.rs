@@ -2,11 +2,14 @@
 //! dispatcher incarnation that started them:
 //!
 //! - the heartbeat (every 2 s): upserts this node's row, reads the pipelines paused cluster-wide
-//!   and the counts of unfinished jobs, and tells the dispatcher, which stops claiming once no
+//!   and the counts of unfinished jobs the leader published (counting them itself only when
+//!   none are fresh), and tells the dispatcher, which stops claiming once no
 //!   beat succeeded for 10 s (a node cut off from the database must not keep jobs the leader
 //!   is about to rescue);
 //! - the leader (every second): takes or renews the lease every 5 s; while it leads, rescues
-//!   silent nodes' jobs and compacts finished jobs past their retention;
+//!   silent nodes' jobs, counts the unfinished jobs for every node at the heartbeat's pace (one
+//!   `GROUP BY` over the backlog for the cluster, not one per node) and compacts finished jobs
+//!   past their retention;
 //! - the listener: one connection of its own (not from the pool: LISTEN is per session) that
 //!   holds this node's id lock, LISTENs for new jobs and for cancels, and reconnects with
 //!   backoff when the server goes away; after each connect it wakes the dispatcher, since
@@ -33,6 +36,9 @@ use crate::job::JobId;
 
 /// Finished jobs deleted per statement of a compaction.
 const COMPACT_BATCH: i64 = 10_000;
+/// Published counts older than this many heartbeats are not used (the leader is gone or
+/// stuck): the node counts for itself.
+const COUNTS_FRESH_BEATS: u32 = 3;
 /// Longest wait between two connects of the listener.
 const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -87,8 +93,22 @@ impl Loops {
             self.tell(Event::Beat {
                 healthy,
                 paused: jobs.paused().await.ok(),
-                counts: jobs.counts().await.ok(),
+                counts: self.counts(timing).await,
             });
+        }
+    }
+
+    /// The counts the leader published, or, when none are fresh (no leader, or one that
+    /// stopped), this node's own count.
+    async fn counts(&self, timing: super::Timing) -> Option<super::Counts> {
+        let jobs = &self.cluster.jobs;
+        match jobs
+            .published_counts(timing.heartbeat * COUNTS_FRESH_BEATS)
+            .await
+        {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => jobs.counts().await.ok(),
+            Err(_) => None,
         }
     }
 
@@ -98,7 +118,7 @@ impl Loops {
         let mut tick = tokio::time::interval(timing.rescue_every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (mut leading, mut next_lease) = (false, Instant::now());
-        let mut next_compact = Instant::now();
+        let (mut next_compact, mut next_count) = (Instant::now(), Instant::now());
         loop {
             tokio::select! {
                 _ = self.token.cancelled() => return,
@@ -129,6 +149,12 @@ impl Loops {
                 }
                 Ok(_) => {}
                 Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
+            }
+            if Instant::now() >= next_count {
+                if let Err(e) = jobs.publish_counts().await {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "counts not published");
+                }
+                next_count = Instant::now() + timing.heartbeat;
             }
             if Instant::now() >= next_compact {
                 self.compact().await;

@@ -3,6 +3,7 @@
 //! the same transaction, so the node that runs it hears at once).
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
@@ -22,6 +23,29 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Counts from groups of (pipeline, state, priority number, jobs).
+    fn of(groups: impl IntoIterator<Item = (String, String, i16, usize)>) -> Counts {
+        let mut c = Counts::default();
+        for (pipeline, state, priority, n) in groups {
+            let state = state.parse::<JobStatus>();
+            match state {
+                Ok(JobStatus::Running) => {
+                    c.jobs.running += n;
+                    continue;
+                }
+                Ok(JobStatus::Retrying) => c.jobs.retrying += n,
+                _ => c.jobs.pending += n,
+            }
+            let q = c.queues.entry(pipeline).or_default();
+            match priority {
+                0 => q.high += n,
+                2 => q.low += n,
+                _ => q.normal += n,
+            }
+        }
+        c
+    }
+
     /// Unfinished jobs in all.
     pub fn unfinished(&self) -> usize {
         self.jobs.pending + self.jobs.running + self.jobs.retrying
@@ -124,31 +148,62 @@ impl Jobs {
     pub async fn counts(&self) -> Result<Counts, Failure> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT pipeline, state, priority, count(*) FROM {} WHERE state IN {UNFINISHED} \
-             GROUP BY 1, 2, 3",
-            self.t("jobs")
+            "SELECT pipeline, state, priority, n FROM ({}) g",
+            self.count_groups()
         );
         let rows = client.query(&sql, &[]).await.map_err(self.pg())?;
-        let mut c = Counts::default();
-        for r in rows {
-            let (pipeline, state): (String, String) = (r.get(0), r.get(1));
+        Ok(Counts::of(rows.iter().map(|r| {
             let n = usize::try_from(r.get::<_, i64>(3)).unwrap_or(0);
-            match state.parse::<JobStatus>() {
-                Ok(JobStatus::Running) => c.jobs.running += n,
-                Ok(JobStatus::Retrying) => c.jobs.retrying += n,
-                _ => c.jobs.pending += n,
-            }
-            if state == "running" {
-                continue;
-            }
-            let q = c.queues.entry(pipeline).or_default();
-            match r.get::<_, i16>(2) {
-                0 => q.high += n,
-                2 => q.low += n,
-                _ => q.normal += n,
-            }
-        }
-        Ok(c)
+            (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i16>(2),
+                n,
+            )
+        })))
+    }
+
+    /// The leader's part: counts the unfinished jobs once and publishes the counts for every
+    /// node (see [`Jobs::published_counts`]).
+    pub async fn publish_counts(&self) -> Result<(), Failure> {
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {counts} (id, groups, counted_at) \
+             SELECT 1, coalesce(jsonb_agg(jsonb_build_array(pipeline, state, priority, n)), '[]'), now() \
+             FROM ({groups}) g \
+             ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups, counted_at = EXCLUDED.counted_at",
+            counts = self.t("counts"),
+            groups = self.count_groups()
+        );
+        client.execute(&sql, &[]).await.map_err(self.pg())?;
+        Ok(())
+    }
+
+    /// The counts the leader published, when they are younger than `max_age`; None when there
+    /// are none that fresh (no leader yet, or a leader that stopped publishing).
+    pub async fn published_counts(&self, max_age: Duration) -> Result<Option<Counts>, Failure> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT groups FROM {} WHERE counted_at > now() - $1::int8 * interval '1 millisecond'",
+            self.t("counts")
+        );
+        let ms = max_age.as_millis() as i64;
+        let row = client.query_opt(&sql, &[&ms]).await.map_err(self.pg())?;
+        let Some(row) = row else { return Ok(None) };
+        let groups: Vec<(String, String, i16, usize)> =
+            serde_json::from_value(row.get::<_, serde_json::Value>(0)).map_err(|e| {
+                Failure::Rejected(format!("the published counts do not parse: {e}"))
+            })?;
+        Ok(Some(Counts::of(groups)))
+    }
+
+    /// The unfinished jobs grouped by pipeline, state and priority, as SQL.
+    fn count_groups(&self) -> String {
+        format!(
+            "SELECT pipeline, state, priority, count(*) AS n FROM {} WHERE state IN {UNFINISHED} \
+             GROUP BY 1, 2, 3",
+            self.t("jobs")
+        )
     }
 
     /// Pauses (true) or resumes (false) `pipeline` on every node.
@@ -175,5 +230,27 @@ impl Jobs {
         let sql = format!("SELECT pipeline FROM {}", self.t("paused_pipelines"));
         let rows = client.query(&sql, &[]).await.map_err(self.pg())?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    /// Ensures that counted groups add up by state, and that running jobs count in no queue.
+    #[test]
+    fn groups_add_up_by_state_and_queue() {
+        let g = |p: &str, s: &str, pr: i16, n: usize| (p.to_string(), s.to_string(), pr, n);
+        let c = Counts::of([
+            g("sec", "pending", 0, 2),
+            g("sec", "retrying", 2, 3),
+            g("sec", "running", 1, 4),
+            g("yahoo", "pending", 1, 5),
+        ]);
+        assert_eq!((c.jobs.pending, c.jobs.retrying, c.jobs.running), (7, 3, 4));
+        assert_eq!(c.unfinished(), 14);
+        let sec = &c.queues["sec"];
+        assert_eq!((sec.high, sec.normal, sec.low), (2, 0, 3));
+        assert_eq!(c.queues["yahoo"].normal, 5);
     }
 }
