@@ -656,6 +656,12 @@ impl Config {
         }
         sinks::validate(&self.sinks)?;
         store::validate(&self.store)?;
+        if self.store.is_cluster() && self.sinks.postgres.is_some() {
+            return Err(Problem::new(
+                "sinks.postgres",
+                warden_actors::sink::REFUSED_IN_CLUSTER,
+            ));
+        }
 
         for (i, route) in self.routes.iter().enumerate() {
             if let Some(why) = glob_problem(&route.pattern) {

@@ -32,7 +32,7 @@ use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::sink::SinkSpec;
 use crate::store::journal::{Journal, JournalError};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::tasks::{Records, TaskEnv};
+use crate::tasks::{Attempts, Records, TaskEnv};
 use tokio_util::task::TaskTracker;
 
 /// How long `stop` waits for the tasks that outlive their actors (admin connections, a
@@ -111,6 +111,12 @@ impl Node {
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
         let (listener, admin_addr) = bind_admin(args.admin.listen)?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
+        if args.store.is_some() && args.sink.is_some() {
+            return Err(NodeError::Invalid(format!(
+                "sinks.postgres: {}",
+                crate::sink::REFUSED_IN_CLUSTER
+            )));
+        }
         let cluster = match args.store.clone() {
             Some(c) => Some(open_cluster(c, &args.pipelines).await?),
             None => None,
@@ -138,10 +144,15 @@ impl Node {
         let fatal = Arc::new(Mutex::new(None));
 
         let progress = ProgressBoard::default();
+        // In cluster mode each attempt's records wait in a buffer for its completion.
+        let attempts = Attempts::default();
         let shared = crate::pipeline::Shared {
             node: NodeEnv::from_process(admin_addr, args.admin.token.clone()),
             tasks: TaskEnv {
-                records: Records::new(journal.clone()),
+                records: match &cluster {
+                    Some(_) => Records::buffered(attempts.clone()),
+                    None => Records::new(journal.clone()),
+                },
                 progress: progress.clone(),
             },
             permits: cluster.as_ref().map(Cluster::permits),
@@ -184,7 +195,7 @@ impl Node {
             ctx: admin_ctx.clone(),
         });
         let dispatcher_spec = dispatcher_spec(
-            cluster,
+            cluster.map(|c| (c, attempts)),
             DispatcherArgs {
                 journal: journal.clone(),
                 jobs: args.jobs.clone(),
@@ -366,15 +377,16 @@ fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), N
 
 /// The dispatcher's recipe: cluster mode's on `cluster`, else the single node's on `args`.
 fn dispatcher_spec(
-    cluster: Option<Cluster>,
+    cluster: Option<(Cluster, Attempts)>,
     args: DispatcherArgs,
     admin: SocketAddr,
 ) -> Arc<dyn ChildSpec> {
     match cluster {
-        Some(cluster) => Arc::new(DispatcherSpec(
+        Some((cluster, attempts)) => Arc::new(DispatcherSpec(
             ClusterDispatcher,
             ClusterDispatcherArgs {
                 cluster,
+                attempts,
                 jobs: args.jobs,
                 pipelines: args.pipelines,
                 router: args.router,
