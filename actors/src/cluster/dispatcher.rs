@@ -3,7 +3,9 @@
 //! table is the queue. It remembers only what runs on this node (worker → job and claim).
 //!
 //! The job loop: a worker that is ready or done casts its message; the dispatcher gathers the
-//! ends of jobs and casts itself a `Flush`, which writes them in one fenced statement, then
+//! ends of jobs, each with the records its attempt stored (the attempt's buffer, opened when the
+//! job was handed out: `tasks/records.rs`), and casts itself a `Flush`, which writes them in one
+//! fenced statement, then
 //! claims as many jobs as it has idle workers, per pipeline, in one statement each. Jobs are
 //! claimed when a worker is idle and the pipeline may have work: after a submit here, a NOTIFY
 //! from another node, or the poll (every second, the fallback when a NOTIFY is lost).
