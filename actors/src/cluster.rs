@@ -5,6 +5,7 @@
 //! dead is never completed twice.
 //!
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
+//! - `records.rs`: the records tasks store, written with their attempt's completion, and read.
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
 //! - `settings.rs`: the settings every node must agree on (rate limits, retry policies).
@@ -14,14 +15,15 @@
 //!   single node's, so workers, the admin port and the supervision tree do not know which mode
 //!   they run in.
 //!
-//! The sled journal stays: it holds what is this node's own (schedule state, stored records,
-//! the sink's outbox); the jobs are in PostgreSQL. See docs/cluster.md.
+//! The sled journal stays: it holds what is this node's own (schedule state); the jobs and the
+//! records tasks store are in PostgreSQL. See docs/cluster.md.
 
 mod background;
 mod dispatcher;
 mod liveness;
 mod operator;
 mod permits;
+mod records;
 mod settings;
 mod store;
 
@@ -67,6 +69,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             5,
             "counts the leader publishes",
             include_str!("cluster/migrations/0005_counts.sql"),
+        ),
+        (
+            6,
+            "the records tasks store",
+            include_str!("cluster/migrations/0006_records.sql"),
         ),
     ],
 };

@@ -33,7 +33,7 @@ use crate::scheduler::{SchedulerLink, SchedulerSpec};
 use crate::sink::SinkSpec;
 use crate::store::journal::{Journal, JournalError};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::tasks::{Records, TaskEnv};
+use crate::tasks::{Attempts, Records, TaskEnv};
 use tokio_util::task::TaskTracker;
 
 /// How long `stop` waits for the tasks that outlive their actors (admin connections, a
@@ -112,6 +112,12 @@ impl Node {
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
         let (listener, admin_addr) = bind_admin(args.admin.listen)?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
+        if args.store.is_some() && args.sink.is_some() {
+            return Err(NodeError::Invalid(format!(
+                "sinks.postgres: {}",
+                crate::sink::REFUSED_IN_CLUSTER
+            )));
+        }
         let cluster = match args.store.clone() {
             Some(c) => Some(open_cluster(c, &args.pipelines).await?),
             None => None,
@@ -125,7 +131,13 @@ impl Node {
             .transpose()
             .map_err(NodeError::Invalid)?;
         let progress = ProgressBoard::default();
-        let shared = shared_env(&args, admin_addr, &journal, &progress, cluster.as_ref());
+        // In cluster mode each attempt's records wait in a buffer for its completion.
+        let attempts = Attempts::default();
+        let records = match &cluster {
+            Some(_) => Records::buffered(attempts.clone()),
+            None => Records::new(journal.clone()),
+        };
+        let shared = shared_env(&args, admin_addr, records, &progress, cluster.as_ref());
         let (infos, pipelines) = assemble_pipelines(&args, &journal, &links, &shared)?;
         let served: Vec<(String, Vec<String>)> = infos
             .iter()
@@ -141,7 +153,7 @@ impl Node {
             sink.clone(),
         );
         let dispatcher = dispatcher_spec(
-            cluster,
+            cluster.map(|c| (c, attempts)),
             DispatcherArgs {
                 journal: journal.clone(),
                 jobs: args.jobs.clone(),
@@ -338,14 +350,14 @@ impl Links {
 fn shared_env(
     args: &NodeArgs,
     admin: SocketAddr,
-    journal: &Journal,
+    records: Records,
     progress: &ProgressBoard,
     cluster: Option<&Cluster>,
 ) -> crate::pipeline::Shared {
     crate::pipeline::Shared {
         node: NodeEnv::from_process(admin, args.admin.token.clone()),
         tasks: TaskEnv {
-            records: Records::new(journal.clone()),
+            records,
             progress: progress.clone(),
         },
         permits: cluster.map(Cluster::permits),
@@ -476,13 +488,19 @@ fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), N
     Ok((listener, bound))
 }
 
-/// The dispatcher's recipe: cluster mode's on `cluster`, else the single node's on `args`.
-fn dispatcher_spec(cluster: Option<Cluster>, args: DispatcherArgs, admin: SocketAddr) -> Spec {
+/// The dispatcher's recipe: cluster mode's on `cluster` (with the buffers its attempts' records
+/// wait in), else the single node's on `args`.
+fn dispatcher_spec(
+    cluster: Option<(Cluster, Attempts)>,
+    args: DispatcherArgs,
+    admin: SocketAddr,
+) -> Spec {
     match cluster {
-        Some(cluster) => Arc::new(DispatcherSpec(
+        Some((cluster, attempts)) => Arc::new(DispatcherSpec(
             ClusterDispatcher,
             ClusterDispatcherArgs {
                 cluster,
+                attempts,
                 jobs: args.jobs,
                 pipelines: args.pipelines,
                 router: args.router,

@@ -57,6 +57,19 @@ pub static MIGRATIONS: crate::postgres::migrate::Migrations =
             include_str!("sink/migrations/0001_tables.sql"),
         )],
     };
+
+/// Why a node with `[sinks.postgres]` and `[store] kind = "postgres"` refuses to start (the
+/// field it names is `sinks.postgres`). The
+/// sink's guarantee rests on the outbox entry being written in the same transaction as the
+/// record; in cluster mode records are written to PostgreSQL with their job's completion and no
+/// journal outbox sees them, and shipping from the `records` table needs a cluster-wide cursor
+/// that commit order cannot give from `updated_at` alone. Refusing is better than a sink that
+/// silently ships nothing (docs/cluster.md).
+pub const REFUSED_IN_CLUSTER: &str =
+    "not available in cluster mode ([store] kind = \"postgres\"): \
+     records live in the cluster's own `records` table there (read them with `records` or `export` \
+     through any node); remove [sinks.postgres] or run the node without [store]";
+
 pub use self::rows::{Row, Rows};
 pub use self::tables::{insert_sql, upsert_sql, Table, TableId};
 /// The driver, for the benchmark and the tests (the same version the sink uses).

@@ -4,7 +4,8 @@
 //! Each upstream is one [`Source`] (`http.rs`): a reqwest client, the pipeline's
 //! [`Gate`](crate::upstream::Gate) (rate-limit permit and breaker admission before every
 //! request, one verdict after it), the pipeline's [`UpstreamArgs`](crate::args::UpstreamArgs)
-//! and the journal the records go to. A task builds its URLs, asks
+//! and the node's journal (for what a source keeps between jobs, like SEC's ticker map). A task
+//! builds its URLs, asks
 //! [`Source::fetch`] for one request, and hands the response to its source's classifier, which
 //! returns a [`Judgement`]: the useful answer, or why not, in one of the error classes of
 //! docs/upstreams.md. The judgement's verdict goes back to the gate (so throttle signals pause the
@@ -17,10 +18,11 @@
 //!   extraction and tasks.
 //!
 //! Params are validated before any request, so a bad job fails at once without spending a
-//! permit. Records are stored with
-//! [`Journal::put_record`](crate::store::journal::Journal::put_record) under keys that identify
-//! the data (a filing's accession number, a bar's date), so re-ingesting the same data
-//! overwrites instead of duplicating and a re-run reports 0 stored.
+//! permit. Records are stored through the attempt's [`Records`](crate::tasks::Records) (the
+//! journal on a single node, the attempt's buffer written with its completion in cluster mode)
+//! under keys that identify the data (a filing's accession number, a bar's date), so
+//! re-ingesting the same data overwrites instead of duplicating (and a re-run reports 0 stored
+//! on a single node).
 //!
 //! The Alpha Vantage key is only ever put in a URL's query. Requests appear in errors and logs
 //! through [`http::redact_url`], and every message is also scrubbed of the key's literal value,

@@ -3,20 +3,20 @@
 //!
 //! On a single node that is the sled [`journal`], one embedded database under the node's data
 //! dir. In cluster mode the jobs live in PostgreSQL (`crate::cluster`); the journal keeps what is
-//! the node's own. [`JobStore`] is what readers of job records (the admin port) hold, so they
-//! read the same way in both modes; decisions go through the dispatcher, which each mode has
-//! its own of.
+//! the node's own, and the records tasks store are in PostgreSQL too. [`JobStore`] is what
+//! readers of job records and stored records (the admin port) hold, so they read the same way
+//! in both modes; decisions go through the dispatcher, which each mode has its own of.
 
 pub mod journal;
 
 use crate::job::{JobId, JobRecord};
-use journal::{Journal, ListFilter};
+use journal::{Journal, ListFilter, StoredRecord};
 
 /// Most rows a listing with a glob PostgreSQL cannot match (`{a,b}`, `[ab]`) scans to fill one
 /// page: the rest is left for the next page's `before`.
 const GLOB_SCAN_LIMIT: usize = 10_000;
 
-/// Where job records are read from.
+/// Where job records, and the records tasks store, are read from.
 #[derive(Clone)]
 pub enum JobStore {
     /// The node's own journal.
@@ -31,6 +31,25 @@ impl JobStore {
         match self {
             JobStore::Journal(j) => j.get(id).map_err(|e| format!("journal read failed: {e}")),
             JobStore::Cluster(c) => c.get(id).await.map_err(|e| e.message().to_string()),
+        }
+    }
+
+    /// Up to `limit` stored records whose key starts with `prefix`, in key order (bytewise),
+    /// with keys strictly after `after` when it is given.
+    pub async fn records(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, String> {
+        match self {
+            JobStore::Journal(j) => j
+                .records(prefix, after, limit)
+                .map_err(|e| format!("journal read failed: {e}")),
+            JobStore::Cluster(c) => c
+                .records(prefix, after, limit)
+                .await
+                .map_err(|e| e.message().to_string()),
         }
     }
 

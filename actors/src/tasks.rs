@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::JobId;
 use crate::progress::Progress;
-use crate::store::journal::Journal;
+
+mod records;
+
+pub use self::records::{Attempts, Buffer, Records, MAX_CLUSTER_KEY_BYTES};
 
 /// What a task gets to run.
 #[derive(Debug, Clone)]
@@ -62,49 +65,11 @@ impl TaskCtx {
 /// What the node gives every task besides its job: the record store and the progress board.
 #[derive(Debug, Clone, Default)]
 pub struct TaskEnv {
-    /// The record store.
+    /// The record store (in cluster mode the registry of attempt buffers: each attempt stores
+    /// through [`Records::for_attempt`]).
     pub records: Records,
     /// Where progress reports go.
     pub progress: crate::progress::ProgressBoard,
-}
-
-/// A task's handle on the node's record store (the `records` tree of the journal).
-#[derive(Clone, Default)]
-pub struct Records(Option<Journal>);
-
-impl Records {
-    /// Records go to `journal`.
-    pub fn new(journal: Journal) -> Records {
-        Records(Some(journal))
-    }
-
-    /// A handle with no store: every `put` fails (a task run outside a node).
-    pub fn detached() -> Records {
-        Records(None)
-    }
-
-    /// Stores `value` under `key`; true when it was new or changed, false when the same value
-    /// was there already (a re-run stores nothing new). A store failure is transient.
-    pub fn put(&self, key: &str, value: &Value) -> Result<bool, TaskError> {
-        let Some(journal) = &self.0 else {
-            return Err(TaskError::Permanent(format!(
-                "record {key:?}: this task runs without a record store"
-            )));
-        };
-        journal
-            .put_record(key, value)
-            .map_err(|e| TaskError::Transient(format!("storing record {key:?}: {e}")))
-    }
-}
-
-impl std::fmt::Debug for Records {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Records(journal)"
-        } else {
-            "Records(detached)"
-        })
-    }
 }
 
 /// Why an attempt failed, classified where it happened.

@@ -134,6 +134,7 @@ async fn ceiling(args: &ClusterBenchArgs, schema: &str) -> Result<f64, String> {
                 id: c.id,
                 claim_no: c.claim_no,
                 outcome: Outcome::Succeeded("null".into()),
+                records: Vec::new(),
             })
             .collect();
         jobs.complete(&ends)

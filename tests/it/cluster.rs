@@ -17,6 +17,8 @@ use crate::pg::{self, PrivatePg, Schema};
 use crate::process::{connect, free_port, spawn_node_with, NodeChild};
 use crate::support::{eventually, job_ids, most_in_window, poll, req};
 
+mod records;
+
 /// The variable the test configs name in `url_env`.
 const URL_ENV: &str = "WARDEN_TEST_CLUSTER_URL";
 

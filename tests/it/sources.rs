@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warden_actors::args::{BreakerArgs, UpstreamArgs};
 use warden_actors::sources::{self, Source};
 use warden_actors::store::journal::{Journal, StoredRecord};
-use warden_actors::tasks::{TaskCtx, TaskError, TaskResult, TaskSet};
+use warden_actors::tasks::{Records, TaskCtx, TaskError, TaskResult, TaskSet};
 use warden_actors::upstream::{Blocked, Gate, Hold, OpenGate, Verdict};
 
 use crate::fakes::{self, Failure, FakeUpstream};
@@ -76,7 +76,22 @@ impl Rig {
         let mut args = self.args(pipeline);
         tweak(&mut args);
         let src = Source::new(pipeline, args, gate, self.journal.clone()).unwrap();
-        sources::task_set(pipeline, Arc::new(src)).unwrap()
+        let set = sources::task_set(pipeline, Arc::new(src)).unwrap();
+        // A task stores through its context, as a worker gives it: here the harness's journal.
+        let records = Records::new(self.journal.clone());
+        let names: Vec<String> = set.names().map(String::from).collect();
+        names.iter().fold(TaskSet::default(), |out, name| {
+            let (Some(task), records) = (set.get(name).cloned(), records.clone()) else {
+                return out.with_split(name, set.split(name).unwrap().clone());
+            };
+            out.with(
+                name,
+                Arc::new(move |mut ctx: TaskCtx| {
+                    ctx.records = records.clone();
+                    task(ctx)
+                }),
+            )
+        })
     }
 
     fn records(&self, prefix: &str) -> Vec<StoredRecord> {

@@ -1,6 +1,6 @@
 //! Executes one parsed admin request and renders its answer line. Reads (`status`, `list`,
-//! `history`, `dlq`, `records`) go to the journal; decisions go to the dispatcher; `tree` asks
-//! the root supervisor; `shutdown` tells the node.
+//! `history`, `dlq`, `records`) go to the store (the journal, or PostgreSQL in cluster mode);
+//! decisions go to the dispatcher; `tree` asks the root supervisor; `shutdown` tells the node.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -210,7 +210,7 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
         Command::Pause(r) => set_paused(ctx, r.pipeline, true).await,
         Command::Resume(r) => set_paused(ctx, r.pipeline, false).await,
         Command::Stats => stats(ctx).await,
-        Command::Records(r) => records(ctx, r),
+        Command::Records(r) => records(ctx, r).await,
         Command::SubmitWorkflow(w) => submit_workflow(ctx, w).await,
         Command::Workflow(r) => workflow(ctx, r.workflow_id),
         Command::Why(r) => {
@@ -350,13 +350,15 @@ async fn stats(ctx: &AdminCtx) -> Result<Value, ApiError> {
     )
 }
 
-/// `records`: stored pipeline records by key prefix, paged by key.
-fn records(ctx: &AdminCtx, r: crate::protocol::RecordsReq) -> Result<Value, ApiError> {
+/// `records`: stored pipeline records by key prefix, paged by key (the node's journal, or the
+/// cluster's `records` table).
+async fn records(ctx: &AdminCtx, r: crate::protocol::RecordsReq) -> Result<Value, ApiError> {
     let limit = limit_or(r.limit, 100)?;
     let records: Vec<Value> = ctx
-        .journal
+        .jobs
         .records(&r.prefix, r.after.as_deref(), limit)
-        .map_err(journal_err)?
+        .await
+        .map_err(store_err)?
         .into_iter()
         .map(|s| json!({ "key": s.key, "value": s.value, "updated_at": rfc3339_ms(s.updated_at) }))
         .collect();

@@ -3,7 +3,9 @@
 //! table is the queue. It remembers only what runs on this node (worker → job and claim).
 //!
 //! The job loop: a worker that is ready or done casts its message; the dispatcher gathers the
-//! ends of jobs and casts itself a `Flush`, which writes them in one fenced statement, then
+//! ends of jobs, each with the records its attempt stored (the attempt's buffer, opened when the
+//! job was handed out: `tasks/records.rs`), and casts itself a `Flush`, which writes them in one
+//! fenced statement, then
 //! claims as many jobs as it has idle workers, per pipeline, in one statement each. Jobs are
 //! claimed when a worker is idle and the pipeline may have work: after a submit here, a NOTIFY
 //! from another node, or the poll (every second, the fallback when a NOTIFY is lost).
@@ -38,7 +40,7 @@ use crate::metrics as m;
 use crate::pipeline::worker::{Ticket, WorkerMsg};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::routing::Router;
-use crate::tasks::TaskResult;
+use crate::tasks::{Attempts, Buffer, TaskResult};
 
 /// How often the queue and worker gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_millis(250);
@@ -78,12 +80,16 @@ pub struct ClusterDispatcherArgs {
     pub alerter: Alerter,
     /// This node's admin address, shown by `nodes`.
     pub admin: String,
+    /// The record buffers of the attempts running here (the workers' tasks store into them).
+    pub attempts: Attempts,
 }
 
 /// A job running on this node.
 struct Running {
     claim: Claimed,
     started: Instant,
+    /// The records its attempt stores, written with its completion.
+    records: Arc<Buffer>,
 }
 
 /// One pipeline on this node.
@@ -118,6 +124,7 @@ pub struct State {
     router: Router,
     link: DispatcherLink,
     alerter: Alerter,
+    attempts: Attempts,
     lanes: Vec<Lane>,
     /// Metric handles of the job loop.
     meters: crate::dispatcher::Meters,
@@ -165,6 +172,7 @@ impl Actor for ClusterDispatcher {
         args: ClusterDispatcherArgs,
     ) -> Result<State, ActorProcessingErr> {
         let mut st = State::new(&args);
+        args.attempts.clear();
         // The node's row first: the leader rescues the running jobs of any node without a
         // recent heartbeat, so a node claims nothing before its first beat is stored.
         let incarnation = uuid::Uuid::now_v7();
@@ -241,6 +249,7 @@ impl State {
             router: args.router.clone(),
             link: args.link.clone(),
             alerter: args.alerter.clone(),
+            attempts: args.attempts.clone(),
             lanes,
             meters: Default::default(),
             done: Vec::new(),
@@ -548,6 +557,8 @@ impl State {
             params: c.params.clone(),
             attempt: c.attempt,
         };
+        // Open before the worker hears of it: the attempt looks its buffer up when it starts.
+        let records = self.attempts.open(c.id);
         while let Some(worker) = l.idle.pop() {
             if worker.cast(WorkerMsg::Run(ticket.clone())).is_ok() {
                 l.running.insert(
@@ -555,6 +566,7 @@ impl State {
                     Running {
                         claim: c,
                         started: Instant::now(),
+                        records,
                     },
                 );
                 self.running.fetch_add(1, Ordering::Relaxed);
@@ -563,10 +575,12 @@ impl State {
             l.workers.remove(&worker.get_id());
         }
         // No worker took it: give it back, the attempt uncounted.
+        self.attempts.close(c.id, &records);
         self.done.push(Completion {
             id: c.id,
             claim_no: c.claim_no,
             outcome: Outcome::Released("no worker of this node could take it".into()),
+            records: Vec::new(),
         });
     }
 
@@ -576,15 +590,24 @@ impl State {
         }
     }
 
-    /// The job a worker ran, no longer running there.
-    fn take_running(&mut self, lane: usize, worker: ActorId) -> Option<Running> {
+    /// The job a worker ran, no longer running there, with the records its attempt stored
+    /// (its buffer closed: a put after this fails).
+    fn take_running(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+    ) -> Option<(Running, Vec<(String, serde_json::Value)>)> {
         let r = self.lanes.get_mut(lane)?.running.remove(&worker)?;
         self.running.fetch_sub(1, Ordering::Relaxed);
-        Some(r)
+        let records = self.attempts.close(r.claim.id, &r.records);
+        Some((r, records))
     }
 
     fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult) {
-        let Some(r) = self.take_running(lane, worker).filter(|r| r.claim.id == id) else {
+        let Some((r, records)) = self
+            .take_running(lane, worker)
+            .filter(|(r, _)| r.claim.id == id)
+        else {
             return;
         };
         let c = &r.claim;
@@ -594,7 +617,7 @@ impl State {
             .record(r.started.elapsed().as_secs_f64());
         let policy = self.lanes[lane].info.retry;
         let v = verdict(outcome, c.attempt, c.max_retries, &policy);
-        self.record(r.claim, v);
+        self.record(r.claim, v, records);
         self.check_drained();
     }
 
@@ -605,7 +628,7 @@ impl State {
             l.workers.remove(&worker);
             l.idle.retain(|w| w.get_id() != worker);
         }
-        if let Some(r) = self.take_running(lane, worker) {
+        if let Some((r, records)) = self.take_running(lane, worker) {
             let c = &r.claim;
             let why = format!("worker crashed: {reason}");
             let v = match retry_or_give_up(
@@ -619,13 +642,14 @@ impl State {
                 v => Some(v),
             };
             match v {
-                Some(v) => self.record(r.claim, v),
+                Some(v) => self.record(r.claim, v, records),
                 None => {
                     self.totals.requeued += 1;
                     self.done.push(Completion {
                         id: r.claim.id,
                         claim_no: r.claim.claim_no,
                         outcome: Outcome::Requeued(why),
+                        records,
                     });
                 }
             }
@@ -633,8 +657,11 @@ impl State {
         self.check_drained();
     }
 
-    /// Gathers the end `v` of a claimed job, counting it.
-    fn record(&mut self, c: Claimed, v: Verdict) {
+    /// Gathers the end `v` of a claimed job, counting it, with the records its attempt stored:
+    /// written whatever the outcome, as a single node keeps what a failed attempt stored before
+    /// it failed (records are keyed by what they describe, so they are true data however the
+    /// attempt ended, and a retry stores the same keys again).
+    fn record(&mut self, c: Claimed, v: Verdict, records: Vec<(String, serde_json::Value)>) {
         let name = c.name.clone();
         let outcome = match v {
             Verdict::Succeed(value) => {
@@ -675,11 +702,12 @@ impl State {
                 Outcome::DeadLettered(error)
             }
         };
-        debug!(job_id = %c.id, attempt = c.attempt, ?outcome, "job ended");
+        debug!(job_id = %c.id, attempt = c.attempt, ?outcome, records = records.len(), "job ended");
         self.done.push(Completion {
             id: c.id,
             claim_no: c.claim_no,
             outcome,
+            records,
         });
     }
 

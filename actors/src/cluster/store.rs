@@ -3,7 +3,8 @@
 //! module writes what it decided, in as few round trips as the decision allows (a submit is
 //! one `INSERT ... SELECT FROM unnest(...)`, the schedule ticks it fires recorded in the same
 //! statement, a claim one `UPDATE ... FOR UPDATE SKIP LOCKED`, the completions gathered while
-//! a claim was out one `UPDATE ... FROM unnest(...)`).
+//! a claim was out one `UPDATE ... FROM unnest(...)`, which also upserts the records their
+//! attempts stored: `records.rs`).
 //!
 //! Times that decide anything (`run_at`, `claimed_at`) are the database's clock. Times shown
 //! to people are read back as Unix milliseconds, so a record looks the same in both modes.
@@ -13,6 +14,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::records::{upsert_cte, RecordColumns};
 use crate::job::{JobEvent, JobId, JobRecord, JobStatus, Priority};
 use crate::postgres::{Failure, Target};
 use crate::protocol::ScheduleTick;
@@ -194,6 +196,8 @@ pub struct Completion {
     pub claim_no: i64,
     /// What became of it.
     pub outcome: Outcome,
+    /// The records its attempt stored (key, value), written with it or not at all.
+    pub records: Vec<(String, serde_json::Value)>,
 }
 
 /// The jobs table of one schema, reached through a pool.
@@ -473,8 +477,9 @@ impl Jobs {
             .collect())
     }
 
-    /// Writes the ends of claimed jobs in one statement. A completion whose claim is no longer
-    /// this node's (rescued by the leader, cancelled) changes nothing: the ids written are
+    /// Writes the ends of claimed jobs, and the records their attempts stored, in one
+    /// statement. A completion whose claim is no longer this node's (rescued by the leader,
+    /// cancelled) changes nothing and writes none of its records: the ids written are
     /// returned, the others were fenced out.
     pub async fn complete(&self, done: &[Completion]) -> Result<Vec<JobId>, Failure> {
         if done.is_empty() {
@@ -485,8 +490,10 @@ impl Jobs {
         for c in done {
             cols.push(c);
         }
+        let recs = RecordColumns::of(done);
         let sql = format!(
-            "UPDATE {jobs} j
+            "WITH done AS (
+             UPDATE {jobs} j
              SET state = d.state,
                  attempt = j.attempt - d.given_back,
                  run_at = CASE WHEN d.state IN ('retrying', 'pending')
@@ -498,9 +505,12 @@ impl Jobs {
              FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::text[], $8::text[])
                   AS d(id, claim_no, state, kind, given_back, delay_ms, result, error)
              WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9 AND j.state = 'running'
-             RETURNING j.id",
+             RETURNING j.id),
+             {records}
+             SELECT id FROM done",
             jobs = self.t("jobs"),
             ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
+            records = upsert_cte(&self.t("records"), 10, 11, 12),
         );
         let rows = client
             .query(
@@ -515,6 +525,9 @@ impl Jobs {
                     &cols.results,
                     &cols.errors,
                     &self.node,
+                    &recs.jobs,
+                    &recs.keys,
+                    &recs.values,
                 ],
             )
             .await

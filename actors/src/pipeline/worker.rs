@@ -380,7 +380,7 @@ impl WorkerState {
             attempt: t.attempt,
             cancel,
             soft_limit,
-            records: self.args.env.records.clone(),
+            records: self.args.env.records.for_attempt(t.job_id),
             progress,
         };
         if let Some(split) = self.args.tasks.split(&t.name) {

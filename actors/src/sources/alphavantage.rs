@@ -44,7 +44,7 @@ async fn overview(src: Arc<Source>, ctx: TaskCtx) -> TaskResult {
         format!("alphavantage/overview/{symbol}"),
         Value::Object(overview),
     );
-    let stored = src.store(OVERVIEW, vec![record]).await?;
+    let stored = src.store(&ctx.records, OVERVIEW, vec![record]).await?;
     Ok(json!({ "symbol": symbol, "stored": stored }))
 }
 
@@ -57,7 +57,7 @@ async fn income_statement(src: Arc<Source>, ctx: TaskCtx) -> TaskResult {
                 .and_then(|body| Judgement::shaped(income_records(&body, &symbol)))
         })
         .await?;
-    let stored = src.store(INCOME_STATEMENT, records).await?;
+    let stored = src.store(&ctx.records, INCOME_STATEMENT, records).await?;
     Ok(json!({ "symbol": symbol, "stored": stored }))
 }
 

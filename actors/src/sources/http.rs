@@ -23,7 +23,7 @@ use crate::args::UpstreamArgs;
 use crate::store::journal::Journal;
 use tokio_util::sync::CancellationToken;
 
-use crate::tasks::{TaskError, ThrottledBy};
+use crate::tasks::{Records, TaskError, ThrottledBy};
 use crate::upstream::{Gate, Verdict};
 
 /// The largest body read. SEC's company facts for the biggest filers are a few MiB; anything
@@ -59,7 +59,8 @@ pub enum SourceError {
 }
 
 /// One upstream API as a pipeline's tasks see it: the HTTP client, the gate every request
-/// passes, the pipeline's upstream arguments and the journal that receives the records.
+/// passes, the pipeline's upstream arguments and the node's journal (what a source keeps between
+/// jobs).
 /// Shared (in an `Arc`) by every worker of the pipeline.
 pub struct Source {
     name: String,
@@ -272,7 +273,7 @@ impl Source {
         &self.args
     }
 
-    /// The journal the records go to.
+    /// The node's journal (what a source keeps between jobs, like SEC's ticker map).
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
@@ -421,21 +422,24 @@ impl Source {
         self.settle(task, &fetched, judgement)
     }
 
-    /// Stores `records` (key, value) in the journal and counts those that were new or changed,
-    /// so a re-run over the same data counts 0. Off the async threads: a company's facts can be
-    /// thousands of records.
+    /// Stores `records` (key, value) through the attempt's handle `to` (the journal on a single
+    /// node, the attempt's buffer in cluster mode) and counts those that were new or changed,
+    /// so a re-run over the same data counts 0 on a single node. Off the async threads: a
+    /// company's facts can be thousands of records.
     pub async fn store(
         &self,
+        to: &Records,
         task: &str,
         records: Vec<(String, Value)>,
     ) -> Result<usize, TaskError> {
-        let journal = self.journal.clone();
+        let to = to.clone();
         let name = task.to_string();
         tokio::task::spawn_blocking(move || {
             let mut stored = 0;
             for (key, value) in &records {
-                let changed = journal.put_record(key, value).map_err(|e| {
-                    TaskError::Transient(format!("{name}: could not store record {key:?}: {e}"))
+                let changed = to.put(key, value).map_err(|e| match e {
+                    TaskError::Transient(m) => TaskError::Transient(format!("{name}: {m}")),
+                    other => other,
                 })?;
                 stored += usize::from(changed);
             }

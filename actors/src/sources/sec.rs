@@ -96,7 +96,7 @@ async fn filings(sec: Arc<Sec>, ctx: TaskCtx) -> TaskResult {
         })
         .await?;
     let found = records.len();
-    let stored = sec.src.store(FILINGS, records).await?;
+    let stored = sec.src.store(&ctx.records, FILINGS, records).await?;
     Ok(json!({
         "ticker": ticker,
         "cik": cik,
@@ -126,7 +126,7 @@ async fn company_facts(sec: Arc<Sec>, ctx: TaskCtx) -> TaskResult {
                 .and_then(|body| Judgement::shaped(fact_records(&body, cik, concepts.as_deref())))
         })
         .await?;
-    let stored = sec.src.store(COMPANY_FACTS, records).await?;
+    let stored = sec.src.store(&ctx.records, COMPANY_FACTS, records).await?;
     Ok(json!({ "ticker": ticker, "cik": cik, "facts_stored": stored }))
 }
 

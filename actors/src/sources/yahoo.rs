@@ -49,7 +49,7 @@ async fn chart(src: Arc<Source>, ctx: TaskCtx) -> TaskResult {
         })
         .await?;
     let bars = records.len();
-    let stored = src.store(CHART, records).await?;
+    let stored = src.store(&ctx.records, CHART, records).await?;
     Ok(json!({ "ticker": ticker, "bars": bars, "stored": stored }))
 }
 
