@@ -54,8 +54,10 @@ pub enum Event {
     Beat {
         /// A beat succeeded within `stop_claiming_after`.
         healthy: bool,
-        /// The pipelines paused cluster-wide, when they could be read.
-        paused: Option<HashSet<String>>,
+        /// The pipelines paused cluster-wide, when they could be read, and when that read
+        /// began: a read that began before this node's own last `pause` or `resume` may not
+        /// see it, and must not undo it.
+        paused: Option<(Instant, HashSet<String>)>,
         /// The unfinished jobs, when they could be counted.
         counts: Option<Counts>,
     },
@@ -135,6 +137,8 @@ pub struct State {
     store_down: bool,
     /// The current outage was logged.
     down_logged: bool,
+    /// When this node's own last `pause` or `resume` was committed.
+    paused_set_at: Option<Instant>,
     /// The latest counts of the whole cluster.
     counts: Counts,
     totals: Totals,
@@ -250,6 +254,7 @@ impl State {
             own_rescued: false,
             store_down: false,
             down_logged: false,
+            paused_set_at: None,
             counts: Counts::default(),
             totals: Totals::default(),
             draining: false,
@@ -393,7 +398,10 @@ impl State {
                     );
                 }
                 self.healthy = healthy;
-                if let Some(paused) = paused {
+                let fresh = |(read_at, _): &(Instant, _)| {
+                    self.paused_set_at.is_none_or(|set| *read_at > set)
+                };
+                if let Some((_, paused)) = paused.filter(fresh) {
                     for l in &mut self.lanes {
                         l.paused = paused.contains(&l.info.name);
                     }
@@ -879,6 +887,7 @@ impl State {
             .set_paused(name, paused)
             .await
             .map_err(unavailable)?;
+        self.paused_set_at = Some(Instant::now());
         let l = &mut self.lanes[lane];
         l.paused = paused;
         l.maybe_work |= !paused;
