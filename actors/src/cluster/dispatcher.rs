@@ -86,6 +86,9 @@ pub struct ClusterDispatcherArgs {
 struct Running {
     claim: Claimed,
     started: Instant,
+    /// Cancelled while it ran: its row is final already, so its end is neither counted nor
+    /// written (the write would be fenced out anyway), as a single node ignores it.
+    cancelled: bool,
 }
 
 /// One pipeline on this node.
@@ -563,6 +566,7 @@ impl State {
                     Running {
                         claim: c,
                         started: Instant::now(),
+                        cancelled: false,
                     },
                 );
                 self.running.fetch_add(1, Ordering::Relaxed);
@@ -595,6 +599,10 @@ impl State {
         let Some(r) = self.take_running(lane, worker).filter(|r| r.claim.id == id) else {
             return;
         };
+        if r.cancelled {
+            self.check_drained();
+            return;
+        }
         let c = &r.claim;
         self.meters
             .job(&c.name)
@@ -613,7 +621,7 @@ impl State {
             l.workers.remove(&worker);
             l.idle.retain(|w| w.get_id() != worker);
         }
-        if let Some(r) = self.take_running(lane, worker) {
+        if let Some(r) = self.take_running(lane, worker).filter(|r| !r.cancelled) {
             let c = &r.claim;
             let why = format!("worker crashed: {reason}");
             let v = match retry_or_give_up(
@@ -712,10 +720,11 @@ impl State {
     }
 
     /// Stops the workers running any of `ids` here.
-    fn stop_cancelled(&self, ids: &[JobId]) {
-        for l in &self.lanes {
-            for (wid, r) in &l.running {
+    fn stop_cancelled(&mut self, ids: &[JobId]) {
+        for l in &mut self.lanes {
+            for (wid, r) in &mut l.running {
                 if ids.contains(&r.claim.id) {
+                    r.cancelled = true;
                     if let Some(w) = l.workers.get(wid) {
                         let _ = w.cast(WorkerMsg::Cancel {
                             job_id: r.claim.id,
