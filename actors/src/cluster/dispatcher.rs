@@ -879,7 +879,9 @@ impl State {
             total: l.workers.len(),
             busy: l.running.len(),
         };
-        PipelineView::of(&l.info, l.paused, workers, self.depths(&l.info.name), 0)
+        let scheduled = self.counts.scheduled.get(&l.info.name).copied();
+        let depths = self.depths(&l.info.name);
+        PipelineView::of(&l.info, l.paused, workers, depths, scheduled.unwrap_or(0))
     }
 
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {

@@ -17,8 +17,10 @@ use crate::protocol::{ApiError, ErrorCode};
 pub struct Counts {
     /// Pending, running, retrying.
     pub jobs: UnfinishedCounts,
-    /// Runnable or waiting jobs by pipeline.
+    /// Jobs due to run, by pipeline and priority (a single node's queues).
     pub queues: BTreeMap<String, QueueDepths>,
+    /// Jobs waiting for a delay or a retry backoff, by pipeline (a single node's timer).
+    pub scheduled: BTreeMap<String, usize>,
 }
 
 impl Counts {
@@ -123,22 +125,27 @@ impl Jobs {
     /// The unfinished jobs of the whole cluster, counted.
     pub async fn counts(&self) -> Result<Counts, Failure> {
         let client = self.client().await?;
+        // `later`: not due yet, so waiting for its delay or backoff rather than queued.
         let sql = format!(
-            "SELECT pipeline, state, priority, count(*) FROM {} WHERE state IN {UNFINISHED} \
-             GROUP BY 1, 2, 3",
+            "SELECT pipeline, state, priority, run_at > now() AS later, count(*) FROM {} \
+             WHERE state IN {UNFINISHED} GROUP BY 1, 2, 3, 4",
             self.t("jobs")
         );
         let rows = client.query(&sql, &[]).await.map_err(self.pg())?;
         let mut c = Counts::default();
         for r in rows {
             let (pipeline, state): (String, String) = (r.get(0), r.get(1));
-            let n = usize::try_from(r.get::<_, i64>(3)).unwrap_or(0);
+            let n = usize::try_from(r.get::<_, i64>(4)).unwrap_or(0);
             match state.parse::<JobStatus>() {
-                Ok(JobStatus::Running) => c.jobs.running += n,
+                Ok(JobStatus::Running) => {
+                    c.jobs.running += n;
+                    continue;
+                }
                 Ok(JobStatus::Retrying) => c.jobs.retrying += n,
                 _ => c.jobs.pending += n,
             }
-            if state == "running" {
+            if r.get::<_, bool>(3) {
+                *c.scheduled.entry(pipeline).or_default() += n;
                 continue;
             }
             let q = c.queues.entry(pipeline).or_default();
