@@ -51,3 +51,6 @@ mod sink;
 // cluster mode: node processes sharing one PostgreSQL: exactly once, rescue, unique keys, pause,
 // a PostgreSQL restart
 mod cluster;
+// one conformance suite over both stores: each scenario against a node on its sled journal and
+// a node in cluster mode, compared by the JSON a client sees
+mod conformance;

@@ -90,9 +90,10 @@ impl Loops {
                 }
             }
             let healthy = last_ok.is_some_and(|t| t.elapsed() < timing.stop_claiming_after);
+            let read_at = Instant::now();
             self.tell(Event::Beat {
                 healthy,
-                paused: jobs.paused().await.ok(),
+                paused: jobs.paused().await.ok().map(|p| (read_at, p)),
                 counts: self.counts(timing).await,
             });
         }

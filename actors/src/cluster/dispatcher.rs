@@ -56,8 +56,10 @@ pub enum Event {
     Beat {
         /// A beat succeeded within `stop_claiming_after`.
         healthy: bool,
-        /// The pipelines paused cluster-wide, when they could be read.
-        paused: Option<HashSet<String>>,
+        /// The pipelines paused cluster-wide, when they could be read, and when that read
+        /// began: a read that began before this node's own last `pause` or `resume` may not
+        /// see it, and must not undo it.
+        paused: Option<(Instant, HashSet<String>)>,
         /// The unfinished jobs, when they could be counted.
         counts: Option<Counts>,
     },
@@ -90,6 +92,9 @@ struct Running {
     started: Instant,
     /// The records its attempt stores, written with its completion.
     records: Arc<Buffer>,
+    /// Cancelled while it ran: its row is final already, so its end is neither counted nor
+    /// written (the write would be fenced out anyway), as a single node ignores it.
+    cancelled: bool,
 }
 
 /// One pipeline on this node.
@@ -142,6 +147,8 @@ pub struct State {
     store_down: bool,
     /// The current outage was logged.
     down_logged: bool,
+    /// When this node's own last `pause` or `resume` was committed.
+    paused_set_at: Option<Instant>,
     /// The latest counts of the whole cluster.
     counts: Counts,
     totals: Totals,
@@ -259,6 +266,7 @@ impl State {
             own_rescued: false,
             store_down: false,
             down_logged: false,
+            paused_set_at: None,
             counts: Counts::default(),
             totals: Totals::default(),
             draining: false,
@@ -402,7 +410,10 @@ impl State {
                     );
                 }
                 self.healthy = healthy;
-                if let Some(paused) = paused {
+                let fresh = |(read_at, _): &(Instant, _)| {
+                    self.paused_set_at.is_none_or(|set| *read_at > set)
+                };
+                if let Some((_, paused)) = paused.filter(fresh) {
                     for l in &mut self.lanes {
                         l.paused = paused.contains(&l.info.name);
                     }
@@ -567,6 +578,7 @@ impl State {
                         claim: c,
                         started: Instant::now(),
                         records,
+                        cancelled: false,
                     },
                 );
                 self.running.fetch_add(1, Ordering::Relaxed);
@@ -610,6 +622,10 @@ impl State {
         else {
             return;
         };
+        if r.cancelled {
+            self.check_drained();
+            return;
+        }
         let c = &r.claim;
         self.meters
             .job(&c.name)
@@ -628,7 +644,10 @@ impl State {
             l.workers.remove(&worker);
             l.idle.retain(|w| w.get_id() != worker);
         }
-        if let Some((r, records)) = self.take_running(lane, worker) {
+        if let Some((r, records)) = self
+            .take_running(lane, worker)
+            .filter(|(r, _)| !r.cancelled)
+        {
             let c = &r.claim;
             let why = format!("worker crashed: {reason}");
             let v = match retry_or_give_up(
@@ -732,10 +751,11 @@ impl State {
     }
 
     /// Stops the workers running any of `ids` here.
-    fn stop_cancelled(&self, ids: &[JobId]) {
-        for l in &self.lanes {
-            for (wid, r) in &l.running {
+    fn stop_cancelled(&mut self, ids: &[JobId]) {
+        for l in &mut self.lanes {
+            for (wid, r) in &mut l.running {
                 if ids.contains(&r.claim.id) {
+                    r.cancelled = true;
                     if let Some(w) = l.workers.get(wid) {
                         let _ = w.cast(WorkerMsg::Cancel {
                             job_id: r.claim.id,
@@ -890,7 +910,9 @@ impl State {
             total: l.workers.len(),
             busy: l.running.len(),
         };
-        PipelineView::of(&l.info, l.paused, workers, self.depths(&l.info.name), 0)
+        let scheduled = self.counts.scheduled.get(&l.info.name).copied();
+        let depths = self.depths(&l.info.name);
+        PipelineView::of(&l.info, l.paused, workers, depths, scheduled.unwrap_or(0))
     }
 
     fn lane_named(&self, name: &str) -> Result<usize, ApiError> {
@@ -907,6 +929,7 @@ impl State {
             .set_paused(name, paused)
             .await
             .map_err(unavailable)?;
+        self.paused_set_at = Some(Instant::now());
         let l = &mut self.lanes[lane];
         l.paused = paused;
         l.maybe_work |= !paused;

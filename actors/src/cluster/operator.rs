@@ -18,29 +18,46 @@ use crate::protocol::{ApiError, ErrorCode};
 pub struct Counts {
     /// Pending, running, retrying.
     pub jobs: UnfinishedCounts,
-    /// Runnable or waiting jobs by pipeline.
+    /// Jobs due to run, by pipeline and priority (a single node's queues).
     pub queues: BTreeMap<String, QueueDepths>,
+    /// Jobs waiting for a delay or a retry backoff, by pipeline (a single node's timer).
+    pub scheduled: BTreeMap<String, usize>,
+}
+
+/// One group of unfinished jobs as counted (and as the leader publishes it, in JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Group {
+    pipeline: String,
+    state: String,
+    /// 0 high, 1 normal, 2 low.
+    priority: i16,
+    /// Not due yet: waiting for a delay or a retry backoff.
+    later: bool,
+    n: usize,
 }
 
 impl Counts {
-    /// Counts from groups of (pipeline, state, priority number, jobs).
-    fn of(groups: impl IntoIterator<Item = (String, String, i16, usize)>) -> Counts {
+    /// Counts from groups.
+    fn of(groups: impl IntoIterator<Item = Group>) -> Counts {
         let mut c = Counts::default();
-        for (pipeline, state, priority, n) in groups {
-            let state = state.parse::<JobStatus>();
-            match state {
+        for g in groups {
+            match g.state.parse::<JobStatus>() {
                 Ok(JobStatus::Running) => {
-                    c.jobs.running += n;
+                    c.jobs.running += g.n;
                     continue;
                 }
-                Ok(JobStatus::Retrying) => c.jobs.retrying += n,
-                _ => c.jobs.pending += n,
+                Ok(JobStatus::Retrying) => c.jobs.retrying += g.n,
+                _ => c.jobs.pending += g.n,
             }
-            let q = c.queues.entry(pipeline).or_default();
-            match priority {
-                0 => q.high += n,
-                2 => q.low += n,
-                _ => q.normal += n,
+            if g.later {
+                *c.scheduled.entry(g.pipeline).or_default() += g.n;
+                continue;
+            }
+            let q = c.queues.entry(g.pipeline).or_default();
+            match g.priority {
+                0 => q.high += g.n,
+                2 => q.low += g.n,
+                _ => q.normal += g.n,
             }
         }
         c
@@ -148,18 +165,16 @@ impl Jobs {
     pub async fn counts(&self) -> Result<Counts, Failure> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT pipeline, state, priority, n FROM ({}) g",
+            "SELECT pipeline, state, priority, later, n FROM ({}) g",
             self.count_groups()
         );
         let rows = client.query(&sql, &[]).await.map_err(self.pg())?;
-        Ok(Counts::of(rows.iter().map(|r| {
-            let n = usize::try_from(r.get::<_, i64>(3)).unwrap_or(0);
-            (
-                r.get::<_, String>(0),
-                r.get::<_, String>(1),
-                r.get::<_, i16>(2),
-                n,
-            )
+        Ok(Counts::of(rows.iter().map(|r| Group {
+            pipeline: r.get(0),
+            state: r.get(1),
+            priority: r.get(2),
+            later: r.get(3),
+            n: usize::try_from(r.get::<_, i64>(4)).unwrap_or(0),
         })))
     }
 
@@ -169,7 +184,7 @@ impl Jobs {
         let client = self.client().await?;
         let sql = format!(
             "INSERT INTO {counts} (id, groups, counted_at) \
-             SELECT 1, coalesce(jsonb_agg(jsonb_build_array(pipeline, state, priority, n)), '[]'), now() \
+             SELECT 1, coalesce(jsonb_agg(jsonb_build_object('pipeline', pipeline, 'state', state, 'priority', priority, 'later', later, 'n', n)), '[]'), now() \
              FROM ({groups}) g \
              ON CONFLICT (id) DO UPDATE SET groups = EXCLUDED.groups, counted_at = EXCLUDED.counted_at",
             counts = self.t("counts"),
@@ -190,18 +205,17 @@ impl Jobs {
         let ms = max_age.as_millis() as i64;
         let row = client.query_opt(&sql, &[&ms]).await.map_err(self.pg())?;
         let Some(row) = row else { return Ok(None) };
-        let groups: Vec<(String, String, i16, usize)> =
-            serde_json::from_value(row.get::<_, serde_json::Value>(0)).map_err(|e| {
-                Failure::Rejected(format!("the published counts do not parse: {e}"))
-            })?;
+        let groups: Vec<Group> = serde_json::from_value(row.get::<_, serde_json::Value>(0))
+            .map_err(|e| Failure::Rejected(format!("the published counts do not parse: {e}")))?;
         Ok(Some(Counts::of(groups)))
     }
 
-    /// The unfinished jobs grouped by pipeline, state and priority, as SQL.
+    /// The unfinished jobs grouped by pipeline, state, priority and `later` (not due yet, so
+    /// waiting for its delay or backoff rather than queued), as SQL.
     fn count_groups(&self) -> String {
         format!(
-            "SELECT pipeline, state, priority, count(*) AS n FROM {} WHERE state IN {UNFINISHED} \
-             GROUP BY 1, 2, 3",
+            "SELECT pipeline, state, priority, run_at > now() AS later, count(*) AS n FROM {} \
+             WHERE state IN {UNFINISHED} GROUP BY 1, 2, 3, 4",
             self.t("jobs")
         )
     }
@@ -235,22 +249,31 @@ impl Jobs {
 
 #[cfg(test)]
 mod tests {
-    use super::Counts;
+    use super::{Counts, Group};
 
-    /// Ensures that counted groups add up by state, and that running jobs count in no queue.
+    /// Ensures that counted groups add up by state, that running jobs count in no queue, and
+    /// that jobs not due yet are scheduled rather than queued.
     #[test]
     fn groups_add_up_by_state_and_queue() {
-        let g = |p: &str, s: &str, pr: i16, n: usize| (p.to_string(), s.to_string(), pr, n);
+        let g = |p: &str, s: &str, priority: i16, later: bool, n: usize| Group {
+            pipeline: p.into(),
+            state: s.into(),
+            priority,
+            later,
+            n,
+        };
         let c = Counts::of([
-            g("sec", "pending", 0, 2),
-            g("sec", "retrying", 2, 3),
-            g("sec", "running", 1, 4),
-            g("yahoo", "pending", 1, 5),
+            g("sec", "pending", 0, false, 2),
+            g("sec", "retrying", 2, false, 3),
+            g("sec", "retrying", 1, true, 6),
+            g("sec", "running", 1, false, 4),
+            g("yahoo", "pending", 1, false, 5),
         ]);
-        assert_eq!((c.jobs.pending, c.jobs.retrying, c.jobs.running), (7, 3, 4));
-        assert_eq!(c.unfinished(), 14);
+        assert_eq!((c.jobs.pending, c.jobs.retrying, c.jobs.running), (7, 9, 4));
+        assert_eq!(c.unfinished(), 20);
         let sec = &c.queues["sec"];
         assert_eq!((sec.high, sec.normal, sec.low), (2, 0, 3));
+        assert_eq!(c.scheduled["sec"], 6);
         assert_eq!(c.queues["yahoo"].normal, 5);
     }
 }

@@ -950,6 +950,8 @@ impl DispatcherState {
             .transition(id, EventKind::Cancelled, Some(detail), |rec| {
                 rec.status = JobStatus::Cancelled;
                 rec.completed_at = Some(done);
+                // A cancelled job waits for no attempt (a delayed or retrying one had one).
+                rec.next_attempt_at = None;
                 if reason.is_some() {
                     rec.error = reason;
                 }

@@ -283,3 +283,27 @@ fn messages_stay_small() {
     let size = std::mem::size_of::<super::DispatcherMsg>();
     assert!(size <= 200, "DispatcherMsg is {size} bytes");
 }
+
+/// Ensures that cancelling a delayed job clears its `next_attempt_at`: a cancelled job waits
+/// for no attempt, so its record must not show one (the cluster store shows none either).
+#[tokio::test]
+async fn a_cancelled_delayed_job_shows_no_next_attempt() {
+    let mut r = rig(10);
+    let later = crate::job::now_ms() + 3_600_000;
+    let id = submit(
+        &mut r.st,
+        SubmitSpec {
+            run_at: Some(later),
+            ..spec("builtin.noop", None)
+        },
+    );
+    assert_eq!(
+        r.st.journal.get(id).unwrap().unwrap().next_attempt_at,
+        Some(later)
+    );
+    let rec = r.st.cancel(id).unwrap();
+    r.st.flush_journal().unwrap();
+    assert_eq!(rec.status, JobStatus::Cancelled);
+    assert_eq!(rec.next_attempt_at, None);
+    assert_eq!(r.st.journal.get(id).unwrap().unwrap().next_attempt_at, None);
+}
