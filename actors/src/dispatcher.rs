@@ -28,11 +28,10 @@ use tracing::{info, warn};
 
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::job::{JobId, JobRecord};
-use crate::pipeline::worker::WorkerMsg;
+use crate::pipeline::worker::{Reports, WorkerMsg, WorkerReport};
 use crate::protocol::{ApiError, SubmitSpec};
 use crate::routing::Router;
 use crate::store::journal::Journal;
-use crate::tasks::TaskResult;
 
 pub use self::admission::{no_pipeline, route, route_all};
 pub use self::core::DispatcherState;
@@ -96,49 +95,8 @@ pub enum DispatcherMsg {
         Vec<SubmitSpec>,
         RpcReplyPort<Result<Vec<Accepted>, ApiError>>,
     ),
-    /// A worker is idle.
-    WorkerReady {
-        /// Its pipeline.
-        pipeline: usize,
-        /// The worker.
-        worker: ActorRef<WorkerMsg>,
-    },
-    /// A worker finished a job (and is idle again).
-    JobDone {
-        /// Its pipeline.
-        pipeline: usize,
-        /// The worker.
-        worker: ActorRef<WorkerMsg>,
-        /// The job.
-        job_id: JobId,
-        /// The task's outcome.
-        outcome: TaskResult,
-        /// How long the attempt took.
-        elapsed: Duration,
-        /// False when the worker is about to be replaced (recycling, a hard time limit): it
-        /// gets no next job, its replacement announces itself.
-        ready: bool,
-    },
-    /// A batch job split itself into these children; the worker is free again.
-    FanOut {
-        /// Its pipeline.
-        pipeline: usize,
-        /// The worker.
-        worker: ActorRef<WorkerMsg>,
-        /// The parent job.
-        job_id: JobId,
-        /// The child jobs to create.
-        children: Vec<SubmitSpec>,
-    },
-    /// A worker is gone (crashed, stopped, or its pipeline went down).
-    WorkerDown {
-        /// Its pipeline.
-        pipeline: usize,
-        /// The gone incarnation.
-        worker: ActorId,
-        /// Why.
-        reason: String,
-    },
+    /// News from a worker: ready, an attempt's end, a batch job's children, gone.
+    Worker(WorkerReport),
     /// A delayed or retrying job may be due.
     Tick,
     /// Remove finished jobs past their retention.
@@ -197,15 +155,32 @@ impl DispatcherMsg {
     /// none of these changes has been acknowledged: a crash before the write replays the jobs as
     /// they were, as a crash before sled wrote its buffer would.
     fn is_job_loop(&self) -> bool {
-        matches!(
-            self,
-            DispatcherMsg::WorkerReady { .. }
-                | DispatcherMsg::JobDone { .. }
-                | DispatcherMsg::FanOut { .. }
-                | DispatcherMsg::WorkerDown { .. }
-                | DispatcherMsg::Tick
-        )
+        matches!(self, DispatcherMsg::Worker(_) | DispatcherMsg::Tick)
     }
+}
+
+impl From<WorkerReport> for DispatcherMsg {
+    fn from(r: WorkerReport) -> Self {
+        DispatcherMsg::Worker(r)
+    }
+}
+
+/// The way back, which ractor needs to hand an undelivered report to its sender.
+impl TryFrom<DispatcherMsg> for WorkerReport {
+    type Error = DispatcherMsg;
+    fn try_from(m: DispatcherMsg) -> Result<Self, DispatcherMsg> {
+        match m {
+            DispatcherMsg::Worker(r) => Ok(r),
+            other => Err(other),
+        }
+    }
+}
+
+/// Where the workers report: whichever dispatcher incarnation `link` points at, seen by them
+/// only as something that takes a [`WorkerReport`].
+pub fn reports(link: &DispatcherLink) -> Reports {
+    let link = link.clone();
+    Reports::new(move || link.get().map(|d| d.get_derived()))
 }
 
 /// Counts `worker` among a lane's workers and its idle ones (once, however often it says it is
@@ -272,34 +247,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Submit(specs, reply) => {
                 let _ = reply.send(st.submit(specs));
             }
-            DispatcherMsg::WorkerReady { pipeline, worker } => st.worker_ready(pipeline, worker),
-            DispatcherMsg::FanOut {
-                pipeline,
-                worker,
-                job_id,
-                children,
-            } => {
-                st.fan_out(pipeline, worker.get_id(), job_id, children);
-                st.worker_ready(pipeline, worker);
-            }
-            DispatcherMsg::JobDone {
-                pipeline,
-                worker,
-                job_id,
-                outcome,
-                elapsed,
-                ready,
-            } => {
-                st.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
-                if ready {
-                    st.worker_ready(pipeline, worker);
-                }
-            }
-            DispatcherMsg::WorkerDown {
-                pipeline,
-                worker,
-                reason,
-            } => st.worker_down(pipeline, worker, &reason),
+            DispatcherMsg::Worker(report) => st.worker_report(report),
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
             DispatcherMsg::Gauges => st.gauges()?,

@@ -176,10 +176,11 @@ fn supervisor_spec(
         task_limits: p.task_limits.clone(),
         max_jobs: p.max_jobs_per_worker,
     });
+    let reports = crate::dispatcher::reports(&dispatcher);
     let workers: Vec<Arc<WorkerSpec>> = (1..=p.workers)
         .map(|n| {
-            let (d, l) = (dispatcher.clone(), limits.clone());
-            WorkerSpec::new(n, index, d, tasks.clone(), l, env.clone())
+            let (r, l) = (reports.clone(), limits.clone());
+            WorkerSpec::new(n, index, r, tasks.clone(), l, env.clone())
         })
         .collect();
     let down = workers.clone();

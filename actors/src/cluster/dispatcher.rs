@@ -37,7 +37,7 @@ use crate::dispatcher::{
 };
 use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
-use crate::pipeline::worker::{Ticket, WorkerMsg};
+use crate::pipeline::worker::{Ticket, WorkerMsg, WorkerReport};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::routing::Router;
 use crate::tasks::{Attempts, Buffer, TaskResult};
@@ -282,40 +282,7 @@ impl State {
     async fn handle(&mut self, msg: DispatcherMsg) {
         match msg {
             DispatcherMsg::Flush => self.flush().await,
-            DispatcherMsg::WorkerReady { pipeline, worker } => self.worker_ready(pipeline, worker),
-            DispatcherMsg::JobDone {
-                pipeline,
-                worker,
-                job_id,
-                outcome,
-                ready,
-                ..
-            } => {
-                self.job_done(pipeline, worker.get_id(), job_id, outcome);
-                if ready {
-                    self.worker_ready(pipeline, worker);
-                }
-            }
-            DispatcherMsg::FanOut {
-                pipeline,
-                worker,
-                job_id,
-                ..
-            } => {
-                let why = "fan-out is not available in cluster mode yet: split the work into jobs submitted one by one";
-                self.job_done(
-                    pipeline,
-                    worker.get_id(),
-                    job_id,
-                    Err(crate::tasks::TaskError::Permanent(why.into())),
-                );
-                self.worker_ready(pipeline, worker);
-            }
-            DispatcherMsg::WorkerDown {
-                pipeline,
-                worker,
-                reason,
-            } => self.worker_down(pipeline, worker, &reason),
+            DispatcherMsg::Worker(report) => self.worker_report(report),
             DispatcherMsg::Tick => self.tick().await,
             DispatcherMsg::Compact => {}
             DispatcherMsg::Gauges => self.publish_gauges(),
@@ -613,6 +580,46 @@ impl State {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let records = self.attempts.close(r.claim.id, &r.records);
         Some((r, records))
+    }
+
+    /// What a worker reported.
+    fn worker_report(&mut self, report: WorkerReport) {
+        match report {
+            WorkerReport::Ready { pipeline, worker } => self.worker_ready(pipeline, worker),
+            WorkerReport::Done {
+                pipeline,
+                worker,
+                job_id,
+                outcome,
+                ready,
+                ..
+            } => {
+                self.job_done(pipeline, worker.get_id(), job_id, outcome);
+                if ready {
+                    self.worker_ready(pipeline, worker);
+                }
+            }
+            WorkerReport::FanOut {
+                pipeline,
+                worker,
+                job_id,
+                ..
+            } => {
+                let why = "fan-out is not available in cluster mode yet: split the work into jobs submitted one by one";
+                self.job_done(
+                    pipeline,
+                    worker.get_id(),
+                    job_id,
+                    Err(crate::tasks::TaskError::Permanent(why.into())),
+                );
+                self.worker_ready(pipeline, worker);
+            }
+            WorkerReport::Down {
+                pipeline,
+                worker,
+                reason,
+            } => self.worker_down(pipeline, worker, &reason),
+        }
     }
 
     fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult) {

@@ -21,7 +21,7 @@ use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
 use crate::args::JobsArgs;
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::metrics as m;
-use crate::pipeline::worker::{Ticket, WorkerMsg};
+use crate::pipeline::worker::{Ticket, WorkerMsg, WorkerReport};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
@@ -477,7 +477,7 @@ impl DispatcherState {
                 attempt: rec.attempts + 1,
             };
             if worker.cast(WorkerMsg::Run(ticket)).is_err() {
-                // That worker is gone; its WorkerDown may still be on the way.
+                // That worker is gone; its `WorkerReport::Down` may still be on the way.
                 l.workers.remove(&worker.get_id());
                 l.queue.push_front(q.id, live.head.priority, q.since);
                 continue;
@@ -492,6 +492,40 @@ impl DispatcherState {
                 rec.started_at = Some(started);
                 rec.next_attempt_at = None;
             });
+        }
+    }
+
+    /// What a worker reported.
+    pub fn worker_report(&mut self, report: WorkerReport) {
+        match report {
+            WorkerReport::Ready { pipeline, worker } => self.worker_ready(pipeline, worker),
+            WorkerReport::FanOut {
+                pipeline,
+                worker,
+                job_id,
+                children,
+            } => {
+                self.fan_out(pipeline, worker.get_id(), job_id, children);
+                self.worker_ready(pipeline, worker);
+            }
+            WorkerReport::Done {
+                pipeline,
+                worker,
+                job_id,
+                outcome,
+                elapsed,
+                ready,
+            } => {
+                self.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
+                if ready {
+                    self.worker_ready(pipeline, worker);
+                }
+            }
+            WorkerReport::Down {
+                pipeline,
+                worker,
+                reason,
+            } => self.worker_down(pipeline, worker, &reason),
         }
     }
 

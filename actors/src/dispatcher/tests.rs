@@ -277,7 +277,7 @@ async fn worker_down_requeues_then_success_finishes() {
 }
 
 /// Ensures that a dispatcher message does not grow: every job costs several of them, and 200
-/// bytes is what the job loop's own `JobDone` takes (cluster mode's heartbeat news fits in it).
+/// bytes is what the job loop's own `WorkerReport::Done` takes (cluster mode's heartbeat news fits in it).
 #[test]
 fn messages_stay_small() {
     let size = std::mem::size_of::<super::DispatcherMsg>();

@@ -29,18 +29,89 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, SpawnErr};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
 use crate::args::TimeLimits;
-use crate::dispatcher::{DispatcherLink, DispatcherMsg};
 use crate::job::JobId;
 use crate::link::Incarnation;
+use crate::protocol::SubmitSpec;
 use crate::supervisor::{spawn_child, ChildSpec, Replacement};
 use crate::tasks::{SplitFn, TaskCtx, TaskEnv, TaskError, TaskResult, TaskSet};
+
+/// What a worker tells the dispatcher. The worker owns this type and sees the dispatcher only
+/// as something that takes it ([`Reports`], a [`DerivedActorRef`]), so this module knows
+/// nothing of the dispatcher: only the dispatcher knows both sides.
+pub enum WorkerReport {
+    /// The worker is idle.
+    Ready {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+    },
+    /// The worker finished a job's attempt.
+    Done {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+        /// The job.
+        job_id: JobId,
+        /// The task's outcome.
+        outcome: TaskResult,
+        /// How long the attempt took.
+        elapsed: Duration,
+        /// False when the worker is about to be replaced (recycling, a hard time limit): it
+        /// gets no next job, its replacement announces itself.
+        ready: bool,
+    },
+    /// A batch job named its children (and the worker is idle again).
+    FanOut {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The worker.
+        worker: ActorRef<WorkerMsg>,
+        /// The parent job.
+        job_id: JobId,
+        /// The child jobs to create.
+        children: Vec<SubmitSpec>,
+    },
+    /// A worker incarnation is gone (crashed, stopped, or its pipeline went down).
+    Down {
+        /// Its pipeline.
+        pipeline: usize,
+        /// The gone incarnation.
+        worker: ActorId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where a worker reports: the dispatcher incarnation running now, if any (a report to a
+/// dispatcher that is down is dropped: its successor rebuilds what it needs, and workers
+/// announce themselves again).
+#[derive(Clone)]
+pub struct Reports(Arc<dyn Fn() -> Option<DerivedActorRef<WorkerReport>> + Send + Sync>);
+
+impl Reports {
+    /// Reports go to whatever `current` answers at the time of each report.
+    pub fn new(
+        current: impl Fn() -> Option<DerivedActorRef<WorkerReport>> + Send + Sync + 'static,
+    ) -> Reports {
+        Reports(Arc::new(current))
+    }
+
+    /// Sends `report` without waiting.
+    pub fn send(&self, report: WorkerReport) {
+        if let Some(d) = (self.0)() {
+            let _ = d.send_message(report);
+        }
+    }
+}
 
 /// One job handed to a worker.
 #[derive(Debug, Clone)]
@@ -127,7 +198,7 @@ pub struct WorkerArgs {
     /// Its path, for logs.
     pub path: String,
     /// Where to report.
-    pub dispatcher: DispatcherLink,
+    pub reports: Reports,
     /// The tasks it can run.
     pub tasks: TaskSet,
     /// Time limits and recycling.
@@ -233,7 +304,7 @@ impl Actor for Worker {
         me: ActorRef<WorkerMsg>,
         st: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
-        st.args.dispatcher.cast(DispatcherMsg::WorkerReady {
+        st.args.reports.send(WorkerReport::Ready {
             pipeline: st.args.pipeline,
             worker: me,
         });
@@ -355,7 +426,7 @@ impl WorkerState {
         elapsed: Duration,
         ready: bool,
     ) {
-        self.args.dispatcher.cast(DispatcherMsg::JobDone {
+        self.args.reports.send(WorkerReport::Done {
             pipeline: self.args.pipeline,
             worker: me.clone(),
             job_id,
@@ -410,13 +481,13 @@ impl WorkerState {
     fn run_split(&self, split: &SplitFn, me: ActorRef<WorkerMsg>, t: &Ticket, ctx: &TaskCtx) {
         let started = Instant::now();
         let msg = match split(ctx) {
-            Ok(children) => DispatcherMsg::FanOut {
+            Ok(children) => WorkerReport::FanOut {
                 pipeline: self.args.pipeline,
                 worker: me,
                 job_id: t.job_id,
                 children,
             },
-            Err(e) => DispatcherMsg::JobDone {
+            Err(e) => WorkerReport::Done {
                 pipeline: self.args.pipeline,
                 worker: me,
                 job_id: t.job_id,
@@ -425,7 +496,7 @@ impl WorkerState {
                 ready: true,
             },
         };
-        self.args.dispatcher.cast(msg);
+        self.args.reports.send(msg);
     }
 
     /// Spawns the attempt's task: the body, its panic caught, its outcome reported straight to
@@ -445,7 +516,7 @@ impl WorkerState {
         debug!(parent: &span, worker = %self.args.path, "attempt started");
         let job_id = t.job_id;
         let watched = self.args.limits.watched();
-        let (dispatcher, pipeline) = (self.args.dispatcher.clone(), self.args.pipeline);
+        let (reports, pipeline) = (self.args.reports.clone(), self.args.pipeline);
         let task_me = me.clone();
         tokio::spawn(
             async move {
@@ -465,7 +536,7 @@ impl WorkerState {
                 match outcome {
                     // The hot path skips a hop through the worker's mailbox (see the module doc).
                     Ok(outcome) if !watched && route.take_direct() => {
-                        dispatcher.cast(DispatcherMsg::JobDone {
+                        reports.send(WorkerReport::Done {
                             pipeline,
                             worker: task_me,
                             job_id,
@@ -508,7 +579,7 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> Crash {
 pub struct WorkerSpec {
     name: String,
     pipeline: usize,
-    dispatcher: DispatcherLink,
+    reports: Reports,
     tasks: TaskSet,
     limits: Arc<WorkerLimits>,
     env: TaskEnv,
@@ -520,7 +591,7 @@ impl WorkerSpec {
     pub fn new(
         n: usize,
         pipeline: usize,
-        dispatcher: DispatcherLink,
+        reports: Reports,
         tasks: TaskSet,
         limits: Arc<WorkerLimits>,
         env: TaskEnv,
@@ -528,7 +599,7 @@ impl WorkerSpec {
         Arc::new(Self {
             name: format!("worker-{n}"),
             pipeline,
-            dispatcher,
+            reports,
             tasks,
             limits,
             env,
@@ -552,7 +623,7 @@ impl ChildSpec for WorkerSpec {
         let args = WorkerArgs {
             pipeline: self.pipeline,
             path,
-            dispatcher: self.dispatcher.clone(),
+            reports: self.reports.clone(),
             tasks: self.tasks.clone(),
             limits: self.limits.clone(),
             env: self.env.clone(),
@@ -564,7 +635,7 @@ impl ChildSpec for WorkerSpec {
     }
     fn on_down(&self, reason: &str) {
         if let Some(worker) = self.incarnation.down() {
-            self.dispatcher.cast(DispatcherMsg::WorkerDown {
+            self.reports.send(WorkerReport::Down {
                 pipeline: self.pipeline,
                 worker,
                 reason: reason.to_string(),
