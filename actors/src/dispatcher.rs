@@ -183,16 +183,55 @@ pub fn reports(link: &DispatcherLink) -> Reports {
     Reports::new(move || link.get().map(|d| d.get_derived()))
 }
 
-/// Counts `worker` among a lane's workers and its idle ones (once, however often it says it is
-/// ready): the same bookkeeping in both dispatchers.
-pub fn enlist(
-    workers: &mut std::collections::HashMap<ActorId, ActorRef<WorkerMsg>>,
-    idle: &mut Vec<ActorRef<WorkerMsg>>,
-    worker: ActorRef<WorkerMsg>,
+/// How the dispatcher reaches one worker: its id and a way to hand it a job or a cancel. A
+/// worker actor in the node; in the core's unit tests, a channel (so the core is tested without
+/// any actor).
+#[derive(Clone)]
+pub enum WorkerPort {
+    /// A worker actor.
+    Actor(ActorRef<WorkerMsg>),
+    /// A stand-in: what the core sends lands in the channel.
+    #[cfg(test)]
+    Channel(ActorId, tokio::sync::mpsc::UnboundedSender<WorkerMsg>),
+}
+
+impl WorkerPort {
+    /// The worker's id (its incarnation's, for an actor).
+    pub fn id(&self) -> ActorId {
+        match self {
+            WorkerPort::Actor(a) => a.get_id(),
+            #[cfg(test)]
+            WorkerPort::Channel(id, _) => *id,
+        }
+    }
+
+    /// Hands `msg` to the worker; false when it is gone.
+    pub fn send(&self, msg: WorkerMsg) -> bool {
+        match self {
+            WorkerPort::Actor(a) => a.cast(msg).is_ok(),
+            #[cfg(test)]
+            WorkerPort::Channel(_, tx) => tx.send(msg).is_ok(),
+        }
+    }
+}
+
+impl From<ActorRef<WorkerMsg>> for WorkerPort {
+    fn from(a: ActorRef<WorkerMsg>) -> Self {
+        WorkerPort::Actor(a)
+    }
+}
+
+/// Counts `worker` (id `wid`) among a lane's workers and its idle ones (once, however often it
+/// says it is ready): the same bookkeeping in both dispatchers.
+pub fn enlist<W: Clone>(
+    workers: &mut std::collections::HashMap<ActorId, W>,
+    idle: &mut Vec<W>,
+    worker: W,
+    wid: ActorId,
+    id_of: impl Fn(&W) -> ActorId,
 ) {
-    let wid = worker.get_id();
     workers.insert(wid, worker.clone());
-    if !idle.iter().any(|w| w.get_id() == wid) {
+    if !idle.iter().any(|w| id_of(w) == wid) {
         idle.push(worker);
     }
 }

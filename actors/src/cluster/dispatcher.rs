@@ -565,7 +565,8 @@ impl State {
 
     fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
         if let Some(l) = self.lanes.get_mut(lane) {
-            crate::dispatcher::enlist(&mut l.workers, &mut l.idle, worker);
+            let wid = worker.get_id();
+            crate::dispatcher::enlist(&mut l.workers, &mut l.idle, worker, wid, |w| w.get_id());
         }
     }
 

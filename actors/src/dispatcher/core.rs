@@ -17,7 +17,7 @@ use super::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
     WorkersView,
 };
-use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo};
+use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo, WorkerPort};
 use crate::args::JobsArgs;
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::metrics as m;
@@ -38,8 +38,8 @@ pub(super) const NOTHING_ACCEPTED: &str = "nothing was accepted; retry later";
 pub(super) struct Lane {
     pub(super) info: PipelineInfo,
     pub(super) queue: RunQueue,
-    pub(super) idle: Vec<ActorRef<WorkerMsg>>,
-    pub(super) workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+    pub(super) idle: Vec<WorkerPort>,
+    pub(super) workers: HashMap<ActorId, WorkerPort>,
     /// Worker → the job it runs.
     pub(super) running: HashMap<ActorId, JobId>,
     pub(super) paused: bool,
@@ -429,11 +429,13 @@ impl DispatcherState {
     }
 
     /// A worker is idle: give it the next job, or keep it.
-    pub fn worker_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
+    pub fn worker_ready(&mut self, lane: usize, worker: impl Into<WorkerPort>) {
+        let worker = worker.into();
         let Some(l) = self.lanes.get_mut(lane) else {
             return;
         };
-        super::enlist(&mut l.workers, &mut l.idle, worker);
+        let wid = worker.id();
+        super::enlist(&mut l.workers, &mut l.idle, worker, wid, WorkerPort::id);
         self.pump(lane);
     }
 
@@ -476,13 +478,13 @@ impl DispatcherState {
                 params: rec.params.clone(),
                 attempt: rec.attempts + 1,
             };
-            if worker.cast(WorkerMsg::Run(ticket)).is_err() {
+            if !worker.send(WorkerMsg::Run(ticket)) {
                 // That worker is gone; its `WorkerReport::Down` may still be on the way.
-                l.workers.remove(&worker.get_id());
+                l.workers.remove(&worker.id());
                 l.queue.push_front(q.id, live.head.priority, q.since);
                 continue;
             }
-            l.running.insert(worker.get_id(), q.id);
+            l.running.insert(worker.id(), q.id);
             l.queue_wait
                 .record(now.saturating_duration_since(q.since).as_secs_f64());
             let started = now_ms();
@@ -689,7 +691,7 @@ impl DispatcherState {
             return;
         };
         l.workers.remove(&worker);
-        l.idle.retain(|w| w.get_id() != worker);
+        l.idle.retain(|w| w.id() != worker);
         if let Some(id) = l.running.remove(&worker) {
             self.requeue_crashed(id, reason);
         }
@@ -960,7 +962,7 @@ impl DispatcherState {
                     .find(|(_, j)| **j == id)
                     .and_then(|(w, _)| l.workers.get(w))
                 {
-                    let _ = w.cast(WorkerMsg::Cancel {
+                    w.send(WorkerMsg::Cancel {
                         job_id: id,
                         grace: self.limits.cancel_grace,
                     });

@@ -1,15 +1,16 @@
 //! Unit tests of the dispatcher's state without the dispatcher actor: submit, dedup, the queue
-//! bound, a job's run and its outcomes, a worker going down, and `why`. Workers are stand-ins
-//! that only report the tickets they are given; every decision is driven by calling the state's
-//! methods the way the actor's `handle` does, with `flush_journal` at the end of each "message".
+//! bound, a job's run and its outcomes, a worker going down, and `why`. No actor and no runtime:
+//! workers are channel stand-ins ([`WorkerPort::Channel`]) that keep what the core sends them,
+//! and every decision is driven by calling the state's methods the way the actor's `handle`
+//! does, with `flush_journal` at the end of each "message".
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::ActorId;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{DispatcherArgs, DispatcherState, PipelineInfo};
+use super::{DispatcherArgs, DispatcherState, PipelineInfo, WorkerPort};
 use crate::args::{JobsArgs, RetryPolicy};
 use crate::dispatcher::BlockerKind;
 use crate::job::{JobId, JobStatus};
@@ -20,32 +21,33 @@ use crate::store::journal::Journal;
 use crate::tasks::{TaskError, ThrottledBy};
 use crate::upstream::Hold;
 
-/// A worker stand-in: forwards every ticket it is given.
-struct StandIn;
+/// A worker stand-in: a channel the core's messages land in (no actor).
+struct StandIn {
+    port: WorkerPort,
+    inbox: mpsc::UnboundedReceiver<WorkerMsg>,
+}
 
-impl Actor for StandIn {
-    type Msg = WorkerMsg;
-    type State = mpsc::UnboundedSender<Ticket>;
-    type Arguments = mpsc::UnboundedSender<Ticket>;
-
-    async fn pre_start(
-        &self,
-        _me: ActorRef<WorkerMsg>,
-        tickets: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tickets)
+impl StandIn {
+    /// A stand-in with id `n`.
+    fn new(n: u64) -> StandIn {
+        let (tx, inbox) = mpsc::unbounded_channel();
+        StandIn {
+            port: WorkerPort::Channel(ActorId::Local(n), tx),
+            inbox,
+        }
     }
 
-    async fn handle(
-        &self,
-        _me: ActorRef<WorkerMsg>,
-        msg: WorkerMsg,
-        tickets: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let WorkerMsg::Run(t) = msg {
-            let _ = tickets.send(t);
+    fn id(&self) -> ActorId {
+        self.port.id()
+    }
+
+    /// The next ticket the core handed it (every message sent is delivered at once).
+    fn ticket(&mut self) -> Ticket {
+        match self.inbox.try_recv() {
+            Ok(WorkerMsg::Run(t)) => t,
+            Ok(_) => panic!("expected a ticket, got another message"),
+            Err(e) => panic!("expected a ticket: {e}"),
         }
-        Ok(())
     }
 }
 
@@ -105,23 +107,20 @@ fn submit(st: &mut DispatcherState, s: SubmitSpec) -> JobId {
     a[0].job_id
 }
 
-/// A new stand-in worker says it is ready, as a worker does at start: returns it, its ticket
-/// stream and the first ticket it was given.
-async fn hand_out(
-    st: &mut DispatcherState,
-) -> (ActorRef<WorkerMsg>, mpsc::UnboundedReceiver<Ticket>, Ticket) {
-    let (tx, mut tickets) = mpsc::unbounded_channel();
-    let (w, _) = Actor::spawn(None, StandIn, tx).await.unwrap();
-    st.worker_ready(0, w.clone());
+/// A new stand-in worker (id `n`) says it is ready, as a worker does at start: returns it and
+/// the first ticket it was given.
+fn hand_out(st: &mut DispatcherState, n: u64) -> (StandIn, Ticket) {
+    let mut w = StandIn::new(n);
+    st.worker_ready(0, w.port.clone());
     st.flush_journal().unwrap();
-    let first = tickets.recv().await.unwrap();
-    (w, tickets, first)
+    let first = w.ticket();
+    (w, first)
 }
 
 /// Ensures that a submitted job waits in its queue with only its head in memory (its params
 /// stay in the journal), and that `why` gives its position.
-#[tokio::test]
-async fn submit_queues_the_head_only() {
+#[test]
+fn submit_queues_the_head_only() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.noop", None));
     let live = &r.st.live[&id];
@@ -135,8 +134,8 @@ async fn submit_queues_the_head_only() {
 
 /// Ensures that a second submit with the same unique key gets the first job's id, and that a
 /// batch with an unknown job name is refused whole.
-#[tokio::test]
-async fn dedup_and_all_or_none() {
+#[test]
+fn dedup_and_all_or_none() {
     let mut r = rig(10);
     let first = submit(&mut r.st, spec("builtin.noop", Some("k")));
     let again = r.st.submit(vec![spec("builtin.noop", Some("k"))]).unwrap();
@@ -150,8 +149,8 @@ async fn dedup_and_all_or_none() {
 }
 
 /// Ensures that the queue bound refuses a submit that would pass `max_queued`.
-#[tokio::test]
-async fn the_queue_bound_refuses_with_overloaded() {
+#[test]
+fn the_queue_bound_refuses_with_overloaded() {
     let mut r = rig(2);
     submit(&mut r.st, spec("builtin.noop", None));
     submit(&mut r.st, spec("builtin.noop", None));
@@ -162,8 +161,8 @@ async fn the_queue_bound_refuses_with_overloaded() {
 /// Ensures that a workflow meets the same queue bound, refused with the same words as a submit,
 /// and that its steps get their pipeline's retries and no delay (the one pending-record
 /// constructor).
-#[tokio::test]
-async fn a_workflow_meets_the_same_admission_as_a_submit() {
+#[test]
+fn a_workflow_meets_the_same_admission_as_a_submit() {
     let mut r = rig(3);
     submit(&mut r.st, spec("builtin.noop", None));
     let workflow = |n: usize| super::workflow::WorkflowSpec {
@@ -191,11 +190,11 @@ async fn a_workflow_meets_the_same_admission_as_a_submit() {
 /// Ensures that a ready worker gets the job with its params read back from the journal, that a
 /// transient failure schedules a retry (`why`: retry_backoff) and that the retry spent makes
 /// the next failure a dead letter.
-#[tokio::test]
-async fn run_fail_retry_then_dead_letter() {
+#[test]
+fn run_fail_retry_then_dead_letter() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.fail", None));
-    let (w, mut tickets, t) = hand_out(&mut r.st).await;
+    let (mut w, t) = hand_out(&mut r.st, 1);
     assert_eq!(
         (t.job_id, t.attempt, t.params.as_str()),
         (id, 1, r#"{"n":7}"#)
@@ -203,7 +202,7 @@ async fn run_fail_retry_then_dead_letter() {
     assert_eq!(r.st.live[&id].head.status, JobStatus::Running);
 
     let failed = Err(TaskError::Transient("boom".into()));
-    r.st.job_done(0, w.get_id(), id, failed, Duration::ZERO);
+    r.st.job_done(0, w.id(), id, failed, Duration::ZERO);
     r.st.flush_journal().unwrap();
     assert_eq!(r.st.live[&id].head.status, JobStatus::Retrying);
     assert!(r.st.live[&id].full.is_none());
@@ -213,11 +212,11 @@ async fn run_fail_retry_then_dead_letter() {
     let due = r.st.live[&id].due.unwrap();
     r.st.timers.remove(&(due, id));
     r.st.enqueue(id, tokio::time::Instant::now(), false);
-    r.st.worker_ready(0, w.clone());
+    r.st.worker_ready(0, w.port.clone());
     r.st.flush_journal().unwrap();
-    assert_eq!(tickets.recv().await.unwrap().attempt, 2);
+    assert_eq!(w.ticket().attempt, 2);
     let failed = Err(TaskError::Transient("boom again".into()));
-    r.st.job_done(0, w.get_id(), id, failed, Duration::ZERO);
+    r.st.job_done(0, w.id(), id, failed, Duration::ZERO);
     r.st.flush_journal().unwrap();
     assert!(!r.st.live.contains_key(&id));
     let rec = r.st.journal.get(id).unwrap().unwrap();
@@ -230,17 +229,17 @@ async fn run_fail_retry_then_dead_letter() {
 
 /// Ensures that a job held back by its pipeline's open breaker waits without spending its
 /// attempt and that `why` says it is the breaker.
-#[tokio::test]
-async fn a_breaker_hold_is_reported_as_breaker_open() {
+#[test]
+fn a_breaker_hold_is_reported_as_breaker_open() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.noop", None));
-    let (w, _tickets, _) = hand_out(&mut r.st).await;
+    let (w, _) = hand_out(&mut r.st, 1);
     let held = Err(TaskError::Throttled {
         message: "held".into(),
         retry_after: Some(Duration::from_secs(30)),
         by: ThrottledBy::Gate(Hold::BreakerOpen),
     });
-    r.st.job_done(0, w.get_id(), id, held, Duration::ZERO);
+    r.st.job_done(0, w.id(), id, held, Duration::ZERO);
     r.st.flush_journal().unwrap();
     assert_eq!(r.st.live[&id].head.attempts, 0, "a hold spends no attempt");
     let why = r.st.why(id).unwrap();
@@ -250,18 +249,18 @@ async fn a_breaker_hold_is_reported_as_breaker_open() {
 
 /// Ensures that a job whose worker goes down goes back to the front of its queue with the
 /// attempt counted, and that a success finishes it.
-#[tokio::test]
-async fn worker_down_requeues_then_success_finishes() {
+#[test]
+fn worker_down_requeues_then_success_finishes() {
     let mut r = rig(10);
     let id = submit(&mut r.st, spec("builtin.noop", None));
-    let (w, _tickets, _) = hand_out(&mut r.st).await;
-    r.st.worker_down(0, w.get_id(), "worker fault");
+    let (w, _) = hand_out(&mut r.st, 1);
+    r.st.worker_down(0, w.id(), "worker fault");
     r.st.flush_journal().unwrap();
     let head = &r.st.live[&id].head;
     assert_eq!((head.status, head.attempts), (JobStatus::Pending, 1));
-    let (w2, _tickets2, t) = hand_out(&mut r.st).await;
+    let (w2, t) = hand_out(&mut r.st, 2);
     assert_eq!(t.attempt, 2);
-    r.st.job_done(0, w2.get_id(), id, Ok(json!({"ok": 1})), Duration::ZERO);
+    r.st.job_done(0, w2.id(), id, Ok(json!({"ok": 1})), Duration::ZERO);
     r.st.flush_journal().unwrap();
     assert!(!r.st.live.contains_key(&id));
     let rec = r.st.journal.get(id).unwrap().unwrap();
@@ -272,8 +271,6 @@ async fn worker_down_requeues_then_success_finishes() {
         kinds,
         ["submitted", "started", "requeued", "started", "succeeded"]
     );
-    w.stop(None);
-    w2.stop(None);
 }
 
 /// Ensures that a dispatcher message does not grow: every job costs several of them, and 200
@@ -286,8 +283,8 @@ fn messages_stay_small() {
 
 /// Ensures that cancelling a delayed job clears its `next_attempt_at`: a cancelled job waits
 /// for no attempt, so its record must not show one (the cluster store shows none either).
-#[tokio::test]
-async fn a_cancelled_delayed_job_shows_no_next_attempt() {
+#[test]
+fn a_cancelled_delayed_job_shows_no_next_attempt() {
     let mut r = rig(10);
     let later = crate::job::now_ms() + 3_600_000;
     let id = submit(
