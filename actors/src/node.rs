@@ -112,24 +112,12 @@ impl Node {
         let router = Router::new(&args.routes).map_err(NodeError::Invalid)?;
         let (listener, admin_addr) = bind_admin(args.admin.listen)?;
         let console_listener = crate::console::bind(args.console.as_ref())?;
-        if args.store.is_some() && args.sink.is_some() {
-            return Err(NodeError::Invalid(format!(
-                "sinks.postgres: {}",
-                crate::sink::REFUSED_IN_CLUSTER
-            )));
-        }
         let cluster = match args.store.clone() {
-            Some(c) => Some(open_cluster(c, &args.pipelines).await?),
+            Some(c) => Some(open_cluster(c, &args).await?),
             None => None,
         };
         let links = Links::new(&args);
-        // Before anything runs, so that no record is stored without its outbox entry.
-        let sink = args
-            .sink
-            .clone()
-            .map(|s| SinkSpec::new(s, journal.clone()))
-            .transpose()
-            .map_err(NodeError::Invalid)?;
+        let sink = sink_spec(&args, &journal)?;
         let progress = ProgressBoard::default();
         // In cluster mode each attempt's records wait in a buffer for its completion.
         let attempts = Attempts::default();
@@ -533,14 +521,28 @@ async fn spawn_root(
         .map_err(|e| NodeError::Spawn(e.to_string()))
 }
 
-/// Opens the cluster store: connects, migrates, and makes sure no live node has this id.
-async fn open_cluster(
-    args: ClusterArgs,
-    pipelines: &[crate::args::PipelineArgs],
-) -> Result<Cluster, NodeError> {
+/// The sink's recipe, built before anything runs so that no record is stored without its
+/// outbox entry.
+fn sink_spec(args: &NodeArgs, journal: &Journal) -> Result<Option<SinkSpec>, NodeError> {
+    args.sink
+        .clone()
+        .map(|s| SinkSpec::new(s, journal.clone()))
+        .transpose()
+        .map_err(NodeError::Invalid)
+}
+
+/// Opens the cluster store: connects, migrates, and makes sure no live node has this id. A
+/// sink is refused beside it (records live in the cluster's table).
+async fn open_cluster(args: ClusterArgs, node: &NodeArgs) -> Result<Cluster, NodeError> {
+    if node.sink.is_some() {
+        return Err(NodeError::Invalid(format!(
+            "sinks.postgres: {}",
+            crate::sink::REFUSED_IN_CLUSTER
+        )));
+    }
     let cluster = Cluster::new(args).map_err(NodeError::Invalid)?;
     let version = cluster
-        .open(&crate::cluster::settings_of(pipelines))
+        .open(&crate::cluster::settings_of(&node.pipelines))
         .await
         .map_err(|e| NodeError::Store(e.message().to_string()))?;
     info!(store = %cluster.target().shown, schema = %cluster.args.schema,
