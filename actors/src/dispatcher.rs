@@ -176,6 +176,60 @@ impl TryFrom<DispatcherMsg> for WorkerReport {
     }
 }
 
+/// What a dispatcher does with each kind of [`WorkerReport`]; [`route_report`] routes them the
+/// same way in both dispatchers (the single node's, cluster mode's).
+pub(crate) trait Reported {
+    /// A worker is idle.
+    fn on_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>);
+    /// A job's attempt on `worker` ended.
+    fn on_done(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        job: JobId,
+        outcome: crate::tasks::TaskResult,
+        elapsed: Duration,
+    );
+    /// Batch job `job` named its children.
+    fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, children: Vec<SubmitSpec>);
+    /// A worker incarnation is gone.
+    fn on_down(&mut self, lane: usize, worker: ActorId, reason: &str);
+}
+
+/// Hands `report` to `d`; a worker that finished (and stays) or fanned out is idle again.
+pub(crate) fn route_report(d: &mut impl Reported, report: WorkerReport) {
+    match report {
+        WorkerReport::Ready { pipeline, worker } => d.on_ready(pipeline, worker),
+        WorkerReport::FanOut {
+            pipeline,
+            worker,
+            job_id,
+            children,
+        } => {
+            d.on_fan_out(pipeline, worker.get_id(), job_id, children);
+            d.on_ready(pipeline, worker);
+        }
+        WorkerReport::Done {
+            pipeline,
+            worker,
+            job_id,
+            outcome,
+            elapsed,
+            ready,
+        } => {
+            d.on_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
+            if ready {
+                d.on_ready(pipeline, worker);
+            }
+        }
+        WorkerReport::Down {
+            pipeline,
+            worker,
+            reason,
+        } => d.on_down(pipeline, worker, &reason),
+    }
+}
+
 /// Where the workers report: whichever dispatcher incarnation `link` points at, seen by them
 /// only as something that takes a [`WorkerReport`].
 pub fn reports(link: &DispatcherLink) -> Reports {
@@ -286,7 +340,7 @@ impl Actor for Dispatcher {
             DispatcherMsg::Submit(specs, reply) => {
                 let _ = reply.send(st.submit(specs));
             }
-            DispatcherMsg::Worker(report) => st.worker_report(report),
+            DispatcherMsg::Worker(report) => route_report(st, report),
             DispatcherMsg::Tick => st.tick(),
             DispatcherMsg::Compact => st.compact(),
             DispatcherMsg::Gauges => st.gauges()?,

@@ -656,8 +656,8 @@ async fn store(schema: &Schema, node: &str) -> Cluster {
     c
 }
 
-/// The row the scheduler's submit of `tick_ms` of schedule `schedule` becomes.
-fn tick_row(schedule: &str, tick_ms: i64) -> NewRow {
+/// A fresh `builtin.noop` row, due now, with no key and no tick.
+fn noop_row() -> NewRow {
     NewRow {
         id: JobId::new(),
         name: "builtin.noop".into(),
@@ -665,12 +665,21 @@ fn tick_row(schedule: &str, tick_ms: i64) -> NewRow {
         priority: Priority::Normal,
         max_retries: 0,
         params: "{}".into(),
-        unique_key: Some(unique_key(schedule, tick_ms)),
+        unique_key: None,
         run_at: None,
+        tick: None,
+    }
+}
+
+/// The row the scheduler's submit of `tick_ms` of schedule `schedule` becomes.
+fn tick_row(schedule: &str, tick_ms: i64) -> NewRow {
+    NewRow {
+        unique_key: Some(unique_key(schedule, tick_ms)),
         tick: Some(ScheduleTick {
             schedule: schedule.into(),
             tick_ms,
         }),
+        ..noop_row()
     }
 }
 

@@ -37,7 +37,7 @@ use crate::dispatcher::{
 };
 use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
-use crate::pipeline::worker::{Ticket, WorkerMsg, WorkerReport};
+use crate::pipeline::worker::{Ticket, WorkerMsg};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::routing::Router;
 use crate::tasks::{Attempts, Buffer, TaskResult};
@@ -282,7 +282,7 @@ impl State {
     async fn handle(&mut self, msg: DispatcherMsg) {
         match msg {
             DispatcherMsg::Flush => self.flush().await,
-            DispatcherMsg::Worker(report) => self.worker_report(report),
+            DispatcherMsg::Worker(report) => crate::dispatcher::route_report(self, report),
             DispatcherMsg::Tick => self.tick().await,
             DispatcherMsg::Compact => {}
             DispatcherMsg::Gauges => self.publish_gauges(),
@@ -581,46 +581,6 @@ impl State {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let records = self.attempts.close(r.claim.id, &r.records);
         Some((r, records))
-    }
-
-    /// What a worker reported.
-    fn worker_report(&mut self, report: WorkerReport) {
-        match report {
-            WorkerReport::Ready { pipeline, worker } => self.worker_ready(pipeline, worker),
-            WorkerReport::Done {
-                pipeline,
-                worker,
-                job_id,
-                outcome,
-                ready,
-                ..
-            } => {
-                self.job_done(pipeline, worker.get_id(), job_id, outcome);
-                if ready {
-                    self.worker_ready(pipeline, worker);
-                }
-            }
-            WorkerReport::FanOut {
-                pipeline,
-                worker,
-                job_id,
-                ..
-            } => {
-                let why = "fan-out is not available in cluster mode yet: split the work into jobs submitted one by one";
-                self.job_done(
-                    pipeline,
-                    worker.get_id(),
-                    job_id,
-                    Err(crate::tasks::TaskError::Permanent(why.into())),
-                );
-                self.worker_ready(pipeline, worker);
-            }
-            WorkerReport::Down {
-                pipeline,
-                worker,
-                reason,
-            } => self.worker_down(pipeline, worker, &reason),
-        }
     }
 
     fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult) {
@@ -1026,5 +986,34 @@ impl State {
             metrics::gauge!(m::WORKERS, "pipeline" => l.info.name.clone())
                 .set(l.workers.len() as f64);
         }
+    }
+}
+
+impl crate::dispatcher::Reported for State {
+    fn on_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
+        self.worker_ready(lane, worker);
+    }
+    fn on_done(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        job: JobId,
+        outcome: TaskResult,
+        _elapsed: Duration,
+    ) {
+        self.job_done(lane, worker, job, outcome);
+    }
+    fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, _: Vec<SubmitSpec>) {
+        let why = "fan-out is not available in cluster mode yet: split the work into jobs \
+                   submitted one by one";
+        self.job_done(
+            lane,
+            worker,
+            job,
+            Err(crate::tasks::TaskError::Permanent(why.into())),
+        );
+    }
+    fn on_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
+        self.worker_down(lane, worker, reason);
     }
 }

@@ -21,7 +21,7 @@ use super::{DispatcherArgs, DispatcherLink, DispatcherMsg, PipelineInfo, WorkerP
 use crate::args::JobsArgs;
 use crate::job::{now_ms, rfc3339_ms, EventKind, JobId, JobRecord, JobStatus, Priority};
 use crate::metrics as m;
-use crate::pipeline::worker::{Ticket, WorkerMsg, WorkerReport};
+use crate::pipeline::worker::{Ticket, WorkerMsg};
 use crate::protocol::{ApiError, ErrorCode, SubmitSpec};
 use crate::queue::RunQueue;
 use crate::routing::Router;
@@ -494,40 +494,6 @@ impl DispatcherState {
                 rec.started_at = Some(started);
                 rec.next_attempt_at = None;
             });
-        }
-    }
-
-    /// What a worker reported.
-    pub fn worker_report(&mut self, report: WorkerReport) {
-        match report {
-            WorkerReport::Ready { pipeline, worker } => self.worker_ready(pipeline, worker),
-            WorkerReport::FanOut {
-                pipeline,
-                worker,
-                job_id,
-                children,
-            } => {
-                self.fan_out(pipeline, worker.get_id(), job_id, children);
-                self.worker_ready(pipeline, worker);
-            }
-            WorkerReport::Done {
-                pipeline,
-                worker,
-                job_id,
-                outcome,
-                elapsed,
-                ready,
-            } => {
-                self.job_done(pipeline, worker.get_id(), job_id, outcome, elapsed);
-                if ready {
-                    self.worker_ready(pipeline, worker);
-                }
-            }
-            WorkerReport::Down {
-                pipeline,
-                worker,
-                reason,
-            } => self.worker_down(pipeline, worker, &reason),
         }
     }
 
@@ -1192,4 +1158,26 @@ pub(super) fn change(
     Change::new(rec)
         .inspect_err(|e| error!(job_id = %rec.id, error = %e, "cannot encode a job record"))
         .ok()
+}
+
+impl super::Reported for DispatcherState {
+    fn on_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
+        self.worker_ready(lane, worker);
+    }
+    fn on_done(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        job: JobId,
+        outcome: TaskResult,
+        elapsed: Duration,
+    ) {
+        self.job_done(lane, worker, job, outcome, elapsed);
+    }
+    fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, children: Vec<SubmitSpec>) {
+        self.fan_out(lane, worker, job, children);
+    }
+    fn on_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
+        self.worker_down(lane, worker, reason);
+    }
 }

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use warden_actors::cluster::{Completion, NewRow, Outcome};
-use warden_actors::job::{JobId, Priority};
+use warden_actors::cluster::{Completion, Outcome};
 
 use super::{cluster_with, number, refusal, store, until_count, ClusterNode, URL_ENV};
 use crate::pg::{self, Schema};
@@ -187,18 +186,7 @@ say(result={"attempt": attempt})"#,
 
 /// A claimed `builtin.noop` of a fresh job, through `jobs`.
 async fn claimed(jobs: &warden_actors::cluster::Jobs) -> warden_actors::cluster::Claimed {
-    let row = NewRow {
-        id: JobId::new(),
-        name: "builtin.noop".into(),
-        pipeline: "builtin".into(),
-        priority: Priority::Normal,
-        max_retries: 0,
-        params: "{}".into(),
-        unique_key: None,
-        run_at: None,
-        tick: None,
-    };
-    jobs.insert(&[row]).await.unwrap();
+    jobs.insert(&[super::noop_row()]).await.unwrap();
     let mut got = jobs.claim("builtin", 1).await.unwrap();
     assert_eq!(got.len(), 1);
     got.remove(0)
