@@ -135,17 +135,22 @@ async fn the_nodes_page_lists_every_node_and_the_leader() {
     let (schema, nodes) = console_pair("console_nodes").await;
     for (i, node) in nodes.iter().enumerate() {
         let mut w = web(node);
-        let page = eventually("a leader to be elected", WAIT, || async {
+        // Both nodes beat before they answer; a leader is elected within a lease renewal.
+        let page = eventually("both nodes and a leader on the page", WAIT, || async {
             let page = web(node).get("/nodes").await;
-            page.body.contains("badge leader").then_some(page)
+            let listed = [
+                "badge leader",
+                "data-node=\"node-0\"",
+                "data-node=\"node-1\"",
+            ];
+            listed.iter().all(|w| page.body.contains(w)).then_some(page)
         })
         .await;
         page.shows(&[
-            "node-0",
-            "node-1",
             &nodes[0].addr,
             &nodes[1].addr,
             "(this node)",
+            "href=\"/nodes\" class=\"active\"",
         ]);
         assert_eq!(
             page.body.matches("badge leader").count(),
