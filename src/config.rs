@@ -571,13 +571,7 @@ impl Config {
             routes: routes.collect(),
             schedules: extras::resolve_schedules(self.schedules, &self.universe),
             alerts: self.alerts.map(extras::resolve_alerts),
-            // The console reads the node's journal; in cluster mode the jobs are elsewhere, and
-            // it is not served (the node logs so at start).
-            console: if self.store.is_cluster() {
-                None
-            } else {
-                self.console.into_args()
-            },
+            console: self.console.into_args(),
             sink: sinks::resolve(self.sinks, env).map_err(invalid)?,
             store: store::resolve(self.store, self.admin.listen, env).map_err(invalid)?,
         })

@@ -32,7 +32,7 @@ use crate::supervisor::{ChildSpec, SupervisorMsg};
 
 use self::slots::Slots;
 
-pub(crate) use self::commands::{call, visible};
+pub(crate) use self::commands::{call, node_views, visible};
 pub use self::commands::{perform, ShutdownRequest};
 
 /// What every connection needs to serve commands.

@@ -39,7 +39,7 @@ pub use self::liveness::{NodeView, Rescued};
 pub use self::operator::Counts;
 pub use self::permits::{Permit, Permits};
 pub use self::settings::of_pipelines as settings_of;
-pub use self::store::{like_pattern, Claimed, Completion, Jobs, NewRow, Outcome};
+pub use self::store::{like_pattern, like_patterns, Claimed, Completion, Jobs, NewRow, Outcome};
 
 /// The cluster store's schema, in order. Never edit a shipped one: add the next.
 pub static MIGRATIONS: Migrations = Migrations {

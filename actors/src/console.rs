@@ -2,10 +2,11 @@
 //! person on call who wants to see what is stuck and why and act on it without composing JSON
 //! (docs/console.md).
 //!
-//! It is a client of the node like the CLI: every read goes to the journal (through its indexes)
-//! or the dispatcher, and every action runs the admin command it mirrors through
-//! [`crate::admin::perform`], the code path of the admin port, so a button can never do what
-//! the command would not. The actor (`root/console`, started last) owns the HTTP server and the
+//! It is a client of the node like the CLI: every read of jobs goes to the node's
+//! [`crate::store::JobStore`] (the journal's indexes, or the cluster's PostgreSQL table, so the
+//! pages are the same in both modes) or the dispatcher, and every action runs the admin command
+//! it mirrors through [`crate::admin::perform`], the code path of the admin port, so a button
+//! can never do what the command would not. The actor (`root/console`, started last) owns the HTTP server and the
 //! sampler of the overview's chart; what must outlive one incarnation (sessions, the chart's
 //! ring) lives in [`ConsoleCtx`].
 //!
@@ -18,6 +19,7 @@ mod dead;
 mod job;
 mod jobs;
 mod layout;
+mod nodes;
 mod overview;
 mod pipelines;
 mod rate;
@@ -47,7 +49,7 @@ pub use self::rate::Throughput;
 
 /// What every request of the console needs; shared by the console's incarnations.
 pub struct ConsoleCtx {
-    /// The admin port's context: the journal, the dispatcher, the root, the scheduler. Actions
+    /// The admin port's context: the job store, the dispatcher, the root, the scheduler. Actions
     /// run through [`crate::admin::perform`] with it.
     pub admin: Arc<AdminCtx>,
     /// `[console]`.
@@ -118,6 +120,7 @@ fn router(ctx: Arc<ConsoleCtx>) -> Router {
         .route("/schedules", get(schedules::page))
         .route("/schedules/{name}/run", post(actions::run_schedule))
         .route("/tree", get(tree::page))
+        .route("/nodes", get(nodes::page))
         .route("/records", get(records::page))
         .route("/records/view", get(records::view))
         .route("/login", post(session::login))

@@ -546,7 +546,7 @@ async fn open_cluster(args: ClusterArgs, node: &NodeArgs) -> Result<Cluster, Nod
         .await
         .map_err(|e| NodeError::Store(e.message().to_string()))?;
     info!(store = %cluster.target().shown, schema = %cluster.args.schema,
-        node_id = %cluster.args.node_id, version, "cluster store opened; the console is not served in cluster mode");
+        node_id = %cluster.args.node_id, version, "cluster store opened");
     Ok(cluster)
 }
 

@@ -4,15 +4,18 @@
 //! On a single node that is the sled [`journal`], one embedded database under the node's data
 //! dir. In cluster mode the jobs live in PostgreSQL (`crate::cluster`); the journal keeps what is
 //! the node's own, and the records tasks store are in PostgreSQL too. [`JobStore`] is what
-//! readers of job records and stored records (the admin port) hold, so they read the same way
-//! in both modes; decisions go through the dispatcher, which each mode has its own of.
+//! readers of job records and stored records (the admin port, the web console) hold, so they
+//! read the same way in both modes; decisions go through the dispatcher, which each mode has
+//! its own of.
 
 pub mod journal;
 
-use crate::job::{JobId, JobRecord};
+use globset::GlobMatcher;
+
+use crate::job::{JobId, JobRecord, WorkflowRecord};
 use journal::{Journal, ListFilter, StoredRecord};
 
-/// Most rows a listing with a glob PostgreSQL cannot match (`{a,b}`, `[ab]`) scans to fill one
+/// Most rows a listing with a glob PostgreSQL cannot match (`[ab]`) scans to fill one
 /// page: the rest is left for the next page's `before`.
 const GLOB_SCAN_LIMIT: usize = 10_000;
 
@@ -53,6 +56,27 @@ impl JobStore {
         }
     }
 
+    /// The workflow `id` (its structure; its jobs are read with [`JobStore::get`]). Workflows
+    /// are refused in cluster mode, so the cluster's store has none.
+    pub fn workflow(&self, id: uuid::Uuid) -> Result<Option<WorkflowRecord>, String> {
+        match self {
+            JobStore::Journal(j) => j
+                .get_workflow(id)
+                .map_err(|e| format!("journal read failed: {e}")),
+            JobStore::Cluster(_) => Ok(None),
+        }
+    }
+
+    /// Whether [`JobStore::list`] selects names matching `names` in the store itself (the
+    /// journal's name index, PostgreSQL's `LIKE`), so a page of matches costs a page of reads.
+    /// When not, a caller with a read budget passes no name and matches the records itself.
+    pub fn selects_names(&self, names: &GlobMatcher) -> bool {
+        match self {
+            JobStore::Journal(_) => true,
+            JobStore::Cluster(_) => crate::cluster::like_patterns(names.glob().glob()).is_some(),
+        }
+    }
+
     /// Newest first, as `filter` says.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, String> {
         let c = match self {
@@ -64,15 +88,15 @@ impl JobStore {
             JobStore::Cluster(c) => c,
         };
         let glob = filter.name.as_ref().map(|m| m.glob().glob());
-        let like = glob.map(crate::cluster::like_pattern);
+        let like = glob.map(crate::cluster::like_patterns);
         let fail = |e: crate::postgres::Failure| e.message().to_string();
         match like {
             None => c
                 .list(filter.status, None, filter.before, filter.limit)
                 .await
                 .map_err(fail),
-            Some(Some(pattern)) => c
-                .list(filter.status, Some(&pattern), filter.before, filter.limit)
+            Some(Some(patterns)) => c
+                .list(filter.status, Some(&patterns), filter.before, filter.limit)
                 .await
                 .map_err(fail),
             // A glob LIKE cannot say: scan pages and match here.

@@ -1,6 +1,9 @@
 //! Cluster mode: node processes of the real binary on loopback, sharing one PostgreSQL schema
 //! (`[store] kind = "postgres"`). The jobs table is read directly to check what no admin answer
-//! could prove alone (who ran a job, how many times it started).
+//! could prove alone (who ran a job, how many times it started). `console.rs`: the web console
+//! of cluster nodes.
+
+mod console;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +31,8 @@ struct ClusterNode {
     addr: String,
     config: PathBuf,
     url: String,
+    /// Its web console's address, when it serves one.
+    console: Option<String>,
     child: Option<NodeChild>,
     _dir: tempfile::TempDir,
 }
@@ -40,14 +45,31 @@ impl ClusterNode {
 
     /// [`ClusterNode::start`] with `extra` TOML (whole sections) in its config.
     fn start_with(id: &str, url: &str, schema: &str, extra: &str) -> ClusterNode {
+        Self::start_full(id, url, schema, extra, false)
+    }
+
+    /// [`ClusterNode::start_with`], serving the web console on a free port of its own.
+    fn start_with_console(id: &str, url: &str, schema: &str, extra: &str) -> ClusterNode {
+        Self::start_full(id, url, schema, extra, true)
+    }
+
+    /// A node with `extra` in its config and the console on a free port when `console`; off
+    /// otherwise (its default port would be one for every node on this host).
+    fn start_full(id: &str, url: &str, schema: &str, extra: &str, console: bool) -> ClusterNode {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
+        let console = console.then(|| format!("127.0.0.1:{}", free_port()));
+        let console_section = match &console {
+            Some(listen) => format!("[console]\nlisten = {listen:?}\n"),
+            None => "[console]\nenabled = false\n".to_string(),
+        };
         let config = dir.path().join("node.toml");
         let text = format!(
             "[node]\nname = {id:?}\ndata_dir = {data:?}\nshutdown_timeout = \"10s\"\n\
              [admin]\nlisten = {addr:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
              [pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n\
-             [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n{extra}",
+             [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n\
+             {console_section}{extra}",
             data = dir.path().join("data").display().to_string(),
         );
         std::fs::write(&config, text).unwrap();
@@ -56,6 +78,7 @@ impl ClusterNode {
             addr,
             config,
             url: url.to_string(),
+            console,
             child: None,
             _dir: dir,
         };

@@ -4,7 +4,7 @@
 //! a foreign `Host`). `browser.rs` drives the same pages in headless Chromium.
 
 mod browser;
-mod web;
+pub(crate) mod web;
 
 use std::time::Duration;
 
@@ -83,6 +83,12 @@ async fn every_page_shows_the_workload() {
         .await
         .shows(&["hello", "world"]);
     web.get("/assets/console.css").await.shows(&["--accent"]);
+    let alone = web.get("/nodes").await;
+    alone.shows(&["This node runs alone"]);
+    assert!(
+        !alone.body.contains("href=\"/nodes\""),
+        "a single node's navigation links no nodes page"
+    );
 
     assert_eq!(
         web.get("/jobs?status=bogus").await.status,

@@ -261,24 +261,32 @@ fn store_err(message: String) -> ApiError {
 /// `nodes`: the nodes of the cluster, with their heartbeat's age and the leader; a single
 /// node lists itself.
 async fn nodes(ctx: &AdminCtx) -> Result<Value, ApiError> {
+    let nodes = node_views(ctx).await?;
+    Ok(match &ctx.cluster {
+        None => json!({ "cluster": false, "nodes": nodes }),
+        Some(c) => json!({ "cluster": true, "node_id": c.args.node_id, "nodes": nodes }),
+    })
+}
+
+/// The nodes `nodes` shows (and the console's nodes page): every node that ever beat, from the
+/// cluster's table; on a single node, itself, leading alone.
+pub(crate) async fn node_views(ctx: &AdminCtx) -> Result<Vec<crate::cluster::NodeView>, ApiError> {
     let Some(cluster) = &ctx.cluster else {
         let running = call(ctx, DispatcherMsg::Running).await?.len();
-        let me = crate::cluster::NodeView {
+        return Ok(vec![crate::cluster::NodeView {
             id: ctx.node_name.clone(),
             admin: ctx.limits.listen.to_string(),
             heartbeat_age_ms: 0,
             leader: true,
             running: running as i64,
             started_at: String::new(),
-        };
-        return Ok(json!({ "cluster": false, "nodes": [me] }));
+        }]);
     };
-    let nodes = cluster
+    cluster
         .jobs
         .nodes()
         .await
-        .map_err(|e| store_err(e.message().to_string()))?;
-    Ok(json!({ "cluster": true, "node_id": cluster.args.node_id, "nodes": nodes }))
+        .map_err(|e| store_err(e.message().to_string()))
 }
 
 /// `status`: the job with its progress.

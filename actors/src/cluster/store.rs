@@ -546,19 +546,19 @@ impl Jobs {
         row.map(|r| self.record(&r)).transpose()
     }
 
-    /// Newest first: jobs in `status` (any when None) whose name is LIKE `name` (any when
-    /// None), older than `before`, at most `limit`.
+    /// Newest first: jobs in `status` (any when None) whose name is LIKE any of `names` (any
+    /// when None), older than `before`, at most `limit`.
     pub async fn list(
         &self,
         status: Option<JobStatus>,
-        name: Option<&str>,
+        names: Option<&[String]>,
         before: Option<JobId>,
         limit: usize,
     ) -> Result<Vec<JobRecord>, Failure> {
         let client = self.client().await?;
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM {} \
-             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR name LIKE $2) \
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text[] IS NULL OR name LIKE ANY($2)) \
                AND ($3::uuid IS NULL OR id < $3) \
              ORDER BY id DESC LIMIT $4",
             self.t("jobs")
@@ -567,7 +567,7 @@ impl Jobs {
         let before = before.map(|b| b.0);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
-            .query(&sql, &[&status, &name, &before, &limit])
+            .query(&sql, &[&status, &names, &before, &limit])
             .await
             .map_err(self.pg())?;
         rows.iter().map(|r| self.record(r)).collect()
@@ -655,21 +655,101 @@ fn priority_of(n: i16) -> Priority {
     }
 }
 
-/// A name glob as a `LIKE` pattern, when it has only `*` and `?` wildcards (None otherwise:
-/// the caller filters such globs itself).
+/// Most `LIKE` patterns one glob's alternatives expand to; a glob with more is filtered by the
+/// caller.
+const MAX_PATTERNS: usize = 256;
+
+/// A name glob as `LIKE` patterns, any of which matches: `{a,b}` alternatives become one pattern
+/// each (the console folds a pipeline's names into one such glob). None when a pattern has a
+/// class of more than one character or the glob expands to more than [`MAX_PATTERNS`]: the
+/// caller filters such globs itself.
+pub fn like_patterns(glob: &str) -> Option<Vec<String>> {
+    let mut globs = Vec::new();
+    expand(glob, &mut globs)?;
+    globs.iter().map(|g| like_pattern(g)).collect()
+}
+
+/// Pushes the brace-free globs `glob` stands for onto `out`; None when it is malformed or
+/// expands to too many.
+fn expand(glob: &str, out: &mut Vec<String>) -> Option<()> {
+    let Some((open, close, commas)) = first_braces(glob)? else {
+        out.push(glob.to_string());
+        return (out.len() <= MAX_PATTERNS).then_some(());
+    };
+    let (head, tail) = (&glob[..open], &glob[close + 1..]);
+    let mut start = open + 1;
+    for end in commas.into_iter().chain([close]) {
+        expand(&format!("{head}{}{tail}", &glob[start..end]), out)?;
+        start = end + 1;
+    }
+    Some(())
+}
+
+/// The byte offsets of the first top-level `{`, its `}` and the commas between them at its
+/// depth; `Some(None)` when there is none, None when the braces or a class do not close.
+#[allow(clippy::type_complexity)]
+fn first_braces(glob: &str) -> Option<Option<(usize, usize, Vec<usize>)>> {
+    let bytes = glob.as_bytes();
+    let (mut depth, mut open, mut commas, mut i) = (0usize, 0usize, Vec::new(), 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 1,
+            // A class: `]` right after `[` (or `[!`) is a member, not its end.
+            b'[' => {
+                let from = i + 1 + usize::from(bytes.get(i + 1) == Some(&b'!')) + 1;
+                i = from + glob.get(from..)?.find(']')?;
+            }
+            b'{' => {
+                depth += 1;
+                if depth == 1 {
+                    open = i;
+                }
+            }
+            b',' if depth == 1 => commas.push(i),
+            b'}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(Some((open, i, commas)));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (depth == 0).then_some(None)
+}
+
+/// A brace-free name glob as a `LIKE` pattern: `*` and `?` become LIKE's wildcards, an escaped
+/// character (`\*`) and a one-character class (`[*]`, as `globset::escape` writes a literal)
+/// that character, with LIKE's own wildcards escaped. None for any other class or a brace.
 pub fn like_pattern(glob: &str) -> Option<String> {
     let mut out = String::with_capacity(glob.len());
-    for c in glob.chars() {
-        match c {
-            '*' => out.push('%'),
-            '?' => out.push('_'),
-            '%' | '_' | '\\' => {
-                out.push('\\');
-                out.push(c);
+    let mut chars = glob.chars();
+    while let Some(c) = chars.next() {
+        let literal = match c {
+            '*' => {
+                out.push('%');
+                continue;
             }
-            '[' | ']' | '{' | '}' => return None,
-            c => out.push(c),
+            '?' => {
+                out.push('_');
+                continue;
+            }
+            '\\' => chars.next()?,
+            '[' => {
+                let (x, close) = (chars.next()?, chars.next()?);
+                if close != ']' || x == '!' {
+                    return None;
+                }
+                x
+            }
+            ']' | '{' | '}' => return None,
+            c => c,
+        };
+        if matches!(literal, '%' | '_' | '\\') {
+            out.push('\\');
         }
+        out.push(literal);
     }
     Some(out)
 }
@@ -689,6 +769,30 @@ mod tests {
             Some("builtin.noop")
         );
         assert_eq!(like_pattern("sec.{a,b}"), None);
+        assert_eq!(like_pattern("sec.[ab]"), None);
+    }
+
+    /// Ensures that alternatives expand to one pattern each (nested ones too), that the
+    /// literals `globset::escape` writes become plain characters, and that wider classes and
+    /// unclosed braces are left to the caller.
+    #[test]
+    fn alternatives_become_patterns() {
+        let folded = format!(
+            "{{{},{}}}",
+            globset::escape("sec.filings"),
+            globset::escape("sec.we*r_d")
+        );
+        assert_eq!(
+            like_patterns(&folded),
+            Some(vec!["sec.filings".into(), "sec.we*r\\_d".into()])
+        );
+        assert_eq!(
+            like_patterns("a.{b,c{d,e}}*"),
+            Some(vec!["a.b%".into(), "a.cd%".into(), "a.ce%".into()])
+        );
+        assert_eq!(like_patterns("[{]x"), Some(vec!["{x".into()]));
+        assert_eq!(like_patterns("a.{b,[xy]}"), None);
+        assert_eq!(like_patterns("a.{b"), None);
     }
 
     /// Ensures that priorities keep their order through the table's numbers.

@@ -60,7 +60,7 @@ pub(super) async fn page(
 
 /// The ids of the dead letters matching `query`, newest first, at most `max`; true when the
 /// search saw every candidate.
-fn matching(
+async fn matching(
     ctx: &ConsoleCtx,
     query: &FilterQuery,
     max: usize,
@@ -68,8 +68,7 @@ fn matching(
     let mut q = dead(query.clone());
     q.before.clear();
     let filter = q.check(ctx)?;
-    let found = search::search(ctx, &filter, max, RETRY_ALL_EXAMINE)
-        .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?;
+    let found = search::search(ctx, &filter, max, RETRY_ALL_EXAMINE).await?;
     Ok((
         found.jobs.iter().map(|j| j.id).collect(),
         found.next.is_none(),
@@ -82,7 +81,7 @@ pub(super) async fn confirm(
     Extension(session): Extension<Session>,
     Query(query): Query<FilterQuery>,
 ) -> Response {
-    let (ids, complete) = match matching(&ctx, &query, RETRY_ALL_MAX) {
+    let (ids, complete) = match matching(&ctx, &query, RETRY_ALL_MAX).await {
         Ok(m) => m,
         Err(e) => return layout::error_page(&e),
     };
@@ -153,7 +152,7 @@ pub(super) async fn retry_all(
 async fn run(ctx: &ConsoleCtx, form: &RetryAllForm) -> Result<Flash, ApiError> {
     let query: FilterQuery = serde_urlencoded::from_str(&form.filters)
         .map_err(|e| ApiError::bad_request(format!("filters: {e}")))?;
-    let (ids, _) = matching(ctx, &query, form.expect.min(RETRY_ALL_MAX))?;
+    let (ids, _) = matching(ctx, &query, form.expect.min(RETRY_ALL_MAX)).await?;
     let outcomes: Vec<Result<serde_json::Value, ApiError>> = futures::stream::iter(ids)
         .map(|job_id| crate::admin::perform(Command::Retry(JobIdReq { job_id }), &ctx.admin))
         .buffer_unordered(IN_FLIGHT)

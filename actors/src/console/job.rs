@@ -55,12 +55,10 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
     let id: JobId = id
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("job id: {e}")))?;
-    let journal = &ctx.admin.journal;
-    let read = |e: crate::store::journal::JournalError| {
-        ApiError::internal(format!("journal read failed: {e}"))
-    };
-    let job = journal
+    let (jobs, read) = (&ctx.admin.jobs, super::search::read_failed);
+    let job = jobs
         .get(id)
+        .await
         .map_err(read)?
         .ok_or_else(|| ApiError::not_found(format!("no job with id {id}")))?;
     let why = if job.status.is_finished() {
@@ -72,19 +70,10 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
     };
     let mut children = Vec::new();
     for c in job.children.iter().take(SHOWN) {
-        children.extend(journal.get(*c).map_err(read)?);
+        children.extend(jobs.get(*c).await.map_err(read)?);
     }
     let workflow = match job.workflow_id {
-        Some(w) => match journal.get_workflow(w).map_err(read)? {
-            Some(wf) => {
-                let mut jobs = Vec::new();
-                for j in wf.jobs.iter().chain(wf.then.iter()).take(SHOWN) {
-                    jobs.extend(journal.get(*j).map_err(read)?);
-                }
-                Some((wf, jobs))
-            }
-            None => None,
-        },
+        Some(w) => workflow(ctx, w).await?,
         None => None,
     };
     crate::admin::visible(&ctx.admin).await?;
@@ -95,6 +84,23 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
         children,
         workflow,
     })
+}
+
+/// The job's workflow and its first jobs. Workflows are refused in cluster mode: there the
+/// store has none and this part of the page is absent.
+async fn workflow(
+    ctx: &ConsoleCtx,
+    id: uuid::Uuid,
+) -> Result<Option<(WorkflowRecord, Vec<JobRecord>)>, ApiError> {
+    let read = super::search::read_failed;
+    let Some(wf) = ctx.admin.jobs.workflow(id).map_err(read)? else {
+        return Ok(None);
+    };
+    let mut members = Vec::new();
+    for j in wf.jobs.iter().chain(wf.then.iter()).take(SHOWN) {
+        members.extend(ctx.admin.jobs.get(*j).await.map_err(read)?);
+    }
+    Ok(Some((wf, members)))
 }
 
 fn body(ctx: &ConsoleCtx, session: &Session, d: &Detail, back: &str) -> Markup {

@@ -44,8 +44,7 @@ pub(super) async fn page(
 /// commands do), so a state seen here never goes back after a crash.
 pub(super) async fn find(ctx: &ConsoleCtx, query: &FilterQuery) -> Result<Found, ApiError> {
     let filter = query.check(ctx)?;
-    let found = search::search(ctx, &filter, search::PAGE, search::EXAMINE_BUDGET)
-        .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?;
+    let found = search::search(ctx, &filter, search::PAGE, search::EXAMINE_BUDGET).await?;
     crate::admin::visible(&ctx.admin).await?;
     Ok(found)
 }

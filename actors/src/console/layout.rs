@@ -45,6 +45,10 @@ pub(super) fn page(
                         @for (href, label) in NAV {
                             a href=(href) class=[(href == active).then_some("active")] { (label) }
                         }
+                        // A single node has no other nodes to show (`/nodes` still answers).
+                        @if ctx.admin.cluster.is_some() {
+                            a href="/nodes" class=[("/nodes" == active).then_some("active")] { "Nodes" }
+                        }
                     }
                     @if ctx.args.read_only { span.badge.ro title="[console] read_only = true" { "read-only" } }
                     @if ctx.needs_login() {

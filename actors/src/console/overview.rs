@@ -57,10 +57,12 @@ pub(super) async fn page(
 async fn load(ctx: &ConsoleCtx) -> Result<Snapshot, ApiError> {
     let stats = crate::admin::call(&ctx.admin, DispatcherMsg::Stats).await?;
     let ids = crate::admin::call(&ctx.admin, DispatcherMsg::Running).await?;
+    // The dispatcher knows what runs on this node without a scan of the store; the records
+    // come from the store, as every page's do.
     let mut running = Vec::new();
     for (_, id) in ids.iter().take(RUNNING_SHOWN) {
-        let rec = ctx.admin.journal.get(*id);
-        running.extend(rec.map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?);
+        let rec = ctx.admin.jobs.get(*id).await;
+        running.extend(rec.map_err(super::search::read_failed)?);
     }
     running.sort_by_key(|r| r.started_at);
     crate::admin::visible(&ctx.admin).await?;
@@ -174,7 +176,8 @@ fn queues(stats: &Stats) -> Markup {
 
 fn running(ctx: &ConsoleCtx, session: &Session, s: &Snapshot) -> Markup {
     html! {
-        h2 { "Running now (" (s.running_total) ")" }
+        h2 { (if ctx.admin.cluster.is_some() { "Running on this node now (" } else { "Running now (" }) (s.running_total) ")" }
+        @if ctx.admin.cluster.is_some() { p.muted { "Every node's: " a href="/jobs?status=running" { "running jobs" } " · " a href="/nodes" { "nodes" } } }
         @if s.running_total > s.running.len() { p.muted { "The " (s.running.len()) " that started first." } }
         @if s.running.is_empty() {
             p.muted { "No job runs." }

@@ -71,9 +71,10 @@ async fn load(ctx: &ConsoleCtx) -> Result<Vec<Row>, ApiError> {
         let status = match last {
             Some(id) => ctx
                 .admin
-                .journal
+                .jobs
                 .get(id)
-                .map_err(|e| ApiError::internal(format!("journal read failed: {e}")))?
+                .await
+                .map_err(super::search::read_failed)?
                 .map(|r| r.status),
             None => None,
         };

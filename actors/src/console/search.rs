@@ -1,19 +1,22 @@
 //! The job filters of the jobs and dead-letter pages, and the bounded search behind them.
 //!
-//! Status and name go to the journal's indexes (`Journal::list`, paged by `before`); a pipeline
-//! becomes the names it serves, folded into the name glob, so it uses the same indexes. A
-//! parent or a workflow names its jobs itself (the parent's `children`, the workflow's record),
-//! so those walk only that list. A params substring can use no index: candidates are read a
-//! chunk at a time and at most [`EXAMINE_BUDGET`] per request, and a page that ran out of budget
-//! says where it stopped, so the next request goes on from there. No request reads all history.
+//! Every read goes through the node's [`crate::store::JobStore`], so the pages work the same on
+//! a single node (the journal) and in cluster mode (PostgreSQL). Status and name go to the
+//! store's indexes (`JobStore::list`, paged by `before`); a pipeline becomes the names it serves,
+//! folded into the name glob, so it uses the same indexes. A parent or a workflow names its
+//! jobs itself (the parent's `children`, the workflow's record), so those walk only that list.
+//! A params substring can use no index (nor, in cluster mode, a name glob with a class like
+//! `[ab]`): candidates are read a chunk at a time and at most [`EXAMINE_BUDGET`] per request,
+//! and a page that ran out of budget says where it stopped, so the next request goes on from
+//! there. No request reads all history.
 
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
 use super::ConsoleCtx;
 use crate::job::{JobId, JobRecord, JobStatus};
-use crate::protocol::ApiError;
-use crate::store::journal::{JournalError, ListFilter};
+use crate::protocol::{ApiError, ErrorCode};
+use crate::store::journal::ListFilter;
 
 /// Records one request examines at most when a filter needs reading them (params substring).
 pub const EXAMINE_BUDGET: usize = 2_000;
@@ -184,62 +187,57 @@ impl Filter {
             && self.parent.is_none_or(|p| r.parent_id == Some(p))
             && self.workflow.is_none_or(|w| r.workflow_id == Some(w))
     }
+}
 
-    /// Whether a candidate from the journal's index may still fail the filter (so candidates
-    /// must be read and counted against the budget).
-    fn reads_records(&self) -> bool {
-        self.q.is_some()
-    }
+/// A read of job records that failed, as an answer (the store is what failed, not the request).
+pub(super) fn read_failed(message: String) -> ApiError {
+    ApiError::new(ErrorCode::StorageUnavailable, message)
 }
 
 /// Up to `limit` jobs matching `f`, newest first, examining at most `budget` candidates.
-pub fn search(
+pub async fn search(
     ctx: &ConsoleCtx,
     f: &Filter,
     limit: usize,
     budget: usize,
-) -> Result<Found, JournalError> {
+) -> Result<Found, ApiError> {
     if f.empty {
         return Ok(Found::default());
     }
+    let jobs = &ctx.admin.jobs;
     match (f.parent, f.workflow) {
         (Some(parent), _) => {
-            let ids = ctx
-                .admin
-                .journal
-                .get(parent)?
-                .map(|p| p.children)
-                .unwrap_or_default();
-            from_ids(ctx, f, ids, limit)
+            let parent = jobs.get(parent).await.map_err(read_failed)?;
+            let ids = parent.map(|p| p.children).unwrap_or_default();
+            from_ids(ctx, f, ids, limit).await
         }
         (None, Some(w)) => {
-            let ids = ctx
-                .admin
-                .journal
-                .get_workflow(w)?
+            let ids = jobs
+                .workflow(w)
+                .map_err(read_failed)?
                 .map(|w| w.jobs.into_iter().chain(w.then).collect())
                 .unwrap_or_default();
-            from_ids(ctx, f, ids, limit)
+            from_ids(ctx, f, ids, limit).await
         }
-        (None, None) => from_index(ctx, f, limit, budget),
+        (None, None) => from_index(ctx, f, limit, budget).await,
     }
 }
 
 /// A page out of a known list of ids (a parent's children, a workflow's jobs): bounded by the
 /// list, at most a batch's 10,000.
-fn from_ids(
+async fn from_ids(
     ctx: &ConsoleCtx,
     f: &Filter,
     mut ids: Vec<JobId>,
     limit: usize,
-) -> Result<Found, JournalError> {
+) -> Result<Found, ApiError> {
     ids.sort_unstable_by(|a, b| b.cmp(a));
     let mut found = Found::default();
     for id in ids
         .into_iter()
         .filter(|id| f.before.is_none_or(|b| *id < b))
     {
-        let Some(r) = ctx.admin.journal.get(id)? else {
+        let Some(r) = ctx.admin.jobs.get(id).await.map_err(read_failed)? else {
             continue;
         };
         if !f.matches(&r) {
@@ -254,25 +252,29 @@ fn from_ids(
     Ok(found)
 }
 
-/// A page from the journal's indexes, reading chunks while a filter needs the records.
-fn from_index(
+/// A page from the store's indexes, reading chunks while a filter needs the records.
+async fn from_index(
     ctx: &ConsoleCtx,
     f: &Filter,
     limit: usize,
     budget: usize,
-) -> Result<Found, JournalError> {
+) -> Result<Found, ApiError> {
     let mut found = Found::default();
     let mut before = f.before;
     let mut examined = 0;
-    let chunk = if f.reads_records() { CHUNK } else { limit + 1 };
+    // A name glob the store cannot select (a class, in cluster mode) is matched here, on
+    // records read against the budget, so paging never skips what a long scan left out.
+    let names = f.names.clone().filter(|n| ctx.admin.jobs.selects_names(n));
+    let reads_records = f.q.is_some() || (names.is_none() && f.names.is_some());
+    let chunk = if reads_records { CHUNK } else { limit + 1 };
     loop {
         let filter = ListFilter {
             status: f.status,
-            name: f.names.clone(),
+            name: names.clone(),
             before,
             limit: chunk,
         };
-        let got = ctx.admin.journal.list(&filter)?;
+        let got = ctx.admin.jobs.list(&filter).await.map_err(read_failed)?;
         let ended = got.len() < chunk;
         examined += got.len();
         before = got.last().map(|r| r.id);

@@ -171,16 +171,23 @@ impl Page {
 impl Web {
     /// A client of `node`'s console.
     pub fn new(node: &TestNode) -> Web {
+        Web::at(
+            &node
+                .console_addr()
+                .expect("the node serves a console")
+                .to_string(),
+        )
+    }
+
+    /// A client of the console at `addr` (`host:port`).
+    pub fn at(addr: &str) -> Web {
         Web {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            base: format!(
-                "http://{}",
-                node.console_addr().expect("the node serves a console")
-            ),
+            base: format!("http://{addr}"),
             cookie: None,
         }
     }
