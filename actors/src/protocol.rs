@@ -105,6 +105,10 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
+    /// `storage_unavailable`: the store could not be read or written now.
+    pub fn storage_unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::StorageUnavailable, message)
+    }
 }
 
 /// Every command name, for the `unknown_command` message.

@@ -249,13 +249,8 @@ async fn record_of(ctx: &AdminCtx, id: JobId) -> Result<JobRecord, ApiError> {
     ctx.jobs
         .get(id)
         .await
-        .map_err(store_err)?
+        .map_err(ApiError::storage_unavailable)?
         .ok_or_else(|| no_job(id))
-}
-
-/// A read of job records that failed, as an answer.
-fn store_err(message: String) -> ApiError {
-    ApiError::new(crate::protocol::ErrorCode::StorageUnavailable, message)
 }
 
 /// `nodes`: the nodes of the cluster, with their heartbeat's age and the leader; a single
@@ -286,7 +281,7 @@ pub(crate) async fn node_views(ctx: &AdminCtx) -> Result<Vec<crate::cluster::Nod
         .jobs
         .nodes()
         .await
-        .map_err(|e| store_err(e.message().to_string()))
+        .map_err(|e| ApiError::storage_unavailable(e.message().to_string()))
 }
 
 /// `status`: the job with its progress.
@@ -366,7 +361,7 @@ async fn records(ctx: &AdminCtx, r: crate::protocol::RecordsReq) -> Result<Value
         .jobs
         .records(&r.prefix, r.after.as_deref(), limit)
         .await
-        .map_err(store_err)?
+        .map_err(ApiError::storage_unavailable)?
         .into_iter()
         .map(|s| json!({ "key": s.key, "value": s.value, "updated_at": rfc3339_ms(s.updated_at) }))
         .collect();
@@ -521,7 +516,11 @@ async fn list(ctx: &AdminCtx, r: ListReq) -> Result<Vec<JobView>, ApiError> {
         before: r.before,
         limit,
     };
-    let recs = ctx.jobs.list(&filter).await.map_err(store_err)?;
+    let recs = ctx
+        .jobs
+        .list(&filter)
+        .await
+        .map_err(ApiError::storage_unavailable)?;
     Ok(recs
         .iter()
         .map(|r| JobView::from(r).with_progress(&ctx.progress))

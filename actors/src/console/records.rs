@@ -33,12 +33,10 @@ pub(super) async fn page(
     Query(q): Query<RecordsQuery>,
 ) -> Response {
     let after = (!q.after.is_empty()).then_some(q.after.as_str());
-    let read = ctx.admin.journal.records(&q.prefix, after, PAGE + 1);
+    let read = ctx.admin.jobs.records(&q.prefix, after, PAGE + 1).await;
     let mut records = match read {
         Ok(r) => r,
-        Err(e) => {
-            return layout::error_page(&ApiError::internal(format!("journal read failed: {e}")))
-        }
+        Err(e) => return layout::error_page(&ApiError::storage_unavailable(e)),
     };
     if let Err(e) = crate::admin::visible(&ctx.admin).await {
         return layout::error_page(&e);
@@ -90,11 +88,9 @@ pub(super) async fn view(
     Query(q): Query<ViewQuery>,
 ) -> Response {
     // The first key under the prefix `key` is `key` itself when it exists.
-    let found = match ctx.admin.journal.records(&q.key, None, 1) {
+    let found = match ctx.admin.jobs.records(&q.key, None, 1).await {
         Ok(r) => r.into_iter().find(|r| r.key == q.key),
-        Err(e) => {
-            return layout::error_page(&ApiError::internal(format!("journal read failed: {e}")))
-        }
+        Err(e) => return layout::error_page(&ApiError::storage_unavailable(e)),
     };
     if let Err(e) = crate::admin::visible(&ctx.admin).await {
         return layout::error_page(&e);
