@@ -27,7 +27,7 @@ async fn console_pair(test: &str) -> (Schema, Vec<ClusterNode>) {
 }
 
 /// A client of `node`'s console.
-fn web(node: &ClusterNode) -> Web {
+pub(super) fn web(node: &ClusterNode) -> Web {
     Web::at(node.console.as_deref().expect("the node serves a console"))
 }
 

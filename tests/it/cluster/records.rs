@@ -49,7 +49,7 @@ async fn all_records(node: &ClusterNode, prefix: &str, page: usize) -> Vec<Value
 /// Ensures that records an exec task stores on node A are listed, in key order and paged,
 /// through node B, a node started after the jobs ran (its journal has never seen them); that
 /// each row names the job that stored it; and that a re-run storing the same values leaves
-/// their `updated_at` as it was.
+/// their `updated_at` as it was. The other node's console lists them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_stored_on_one_node_are_listed_through_another() {
     let scripts = tempfile::tempdir().unwrap();
@@ -73,8 +73,12 @@ say(result={"n": n})"#,
     let ids = job_ids(&a);
     let done = "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'";
     until_count(&schema, "the 4 jobs to succeed", WAIT, done, 4).await;
-    let b = ClusterNode::start_with("node-1", &pg::test_url(), &schema.name, &task);
+    let b = ClusterNode::start_with_console("node-1", &pg::test_url(), &schema.name, &task);
     let listed = all_records(&b, "ext/rec/", 5).await;
+    super::console::web(&b)
+        .get("/records?prefix=ext/rec/3/")
+        .await
+        .shows(&["ext/rec/3/0", "ext/rec/3/2"]);
     let keys: Vec<&str> = listed.iter().map(|r| r["key"].as_str().unwrap()).collect();
     let want: Vec<String> = (0..4)
         .flat_map(|n| (0..3).map(move |i| format!("ext/rec/{n}/{i}")))
