@@ -204,6 +204,40 @@ pub fn pool(o: PoolOptions<'_>) -> Result<(Pool, Target), String> {
     Ok((pool, target))
 }
 
+/// Text PostgreSQL's `text` can hold: NUL characters replaced by U+FFFD (kept visible rather
+/// than dropped, so two keys that differ by a NUL stay apart).
+pub(crate) fn pg_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// `v` as JSON text that `jsonb` accepts: serde_json writes a NUL as `\u0000`, which jsonb
+/// refuses, so strings and keys holding one go through [`pg_text`].
+pub(crate) fn jsonb_text(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    without_nul(v).to_string()
+}
+
+fn without_nul(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(pg_text(s)),
+        Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (pg_text(k), without_nul(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

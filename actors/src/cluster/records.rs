@@ -4,7 +4,7 @@
 //! UPDATE returned, so a completion fenced out writes none of its records and a written one
 //! writes all of them. Reads page by key, bytewise, as a single node's journal does.
 
-use serde_json::Value;
+use crate::postgres::{jsonb_text, pg_text};
 use uuid::Uuid;
 
 use super::store::{Completion, Jobs};
@@ -27,34 +27,11 @@ impl RecordColumns {
         for c in done {
             for (key, value) in &c.records {
                 cols.jobs.push(c.id.0);
-                cols.keys.push(key.replace('\0', ""));
-                cols.values.push(json_text(value));
+                cols.keys.push(pg_text(key));
+                cols.values.push(jsonb_text(value));
             }
         }
         cols
-    }
-}
-
-/// `value` as JSON text without NUL characters (serde_json writes them as `\u0000`, which jsonb
-/// refuses).
-fn json_text(value: &Value) -> String {
-    let text = value.to_string();
-    if !text.contains("\\u0000") {
-        return text;
-    }
-    without_nul(value).to_string()
-}
-
-fn without_nul(value: &Value) -> Value {
-    match value {
-        Value::String(s) => Value::String(s.replace('\0', "")),
-        Value::Array(items) => Value::Array(items.iter().map(without_nul).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.replace('\0', ""), without_nul(v)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 
@@ -152,9 +129,9 @@ mod tests {
     }
 
     /// Ensures that the records of a batch keep their job, in completion order, and that NUL
-    /// characters, which PostgreSQL refuses, are dropped from keys and values.
+    /// characters, which PostgreSQL refuses, are replaced (U+FFFD) in keys and values.
     #[test]
-    fn columns_keep_each_records_job_and_drop_nuls() {
+    fn columns_keep_each_records_job_and_replace_nuls() {
         let (a, b) = (JobId::new(), JobId::new());
         let done = [
             Completion {
@@ -172,7 +149,7 @@ mod tests {
         ];
         let cols = RecordColumns::of(&done);
         assert_eq!(cols.jobs, vec![a.0, b.0]);
-        assert_eq!(cols.keys, vec!["key", "k"]);
-        assert_eq!(cols.values, vec![r#"{"t":["xy",1]}"#, "2"]);
+        assert_eq!(cols.keys, vec!["k\u{FFFD}ey", "k"]);
+        assert_eq!(cols.values, vec!["{\"t\u{FFFD}\":[\"x\u{FFFD}y\",1]}", "2"]);
     }
 }

@@ -13,6 +13,7 @@
 //! - A `sec/facts` record holds every fact of its (concept, period end): one row per fact,
 //!   numbered, plus a trim of facts beyond the count (a record that shrank).
 
+use crate::postgres::{jsonb_text, pg_text};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
@@ -66,7 +67,11 @@ impl Rows {
         match single {
             Some((table, row)) => self.push(table, row),
             None => {
-                let row = vec![Some(clean(&record.key)), Some(json_text(&record.value)), at];
+                let row = vec![
+                    Some(pg_text(&record.key)),
+                    Some(jsonb_text(&record.value)),
+                    at,
+                ];
                 self.push(TableId::Records, row);
             }
         }
@@ -120,7 +125,7 @@ impl Rows {
                 TableId::SecFacts,
                 vec![
                     Some(cik.clone()),
-                    Some(clean(concept)),
+                    Some(pg_text(concept)),
                     Some(end.clone()),
                     Some(n.to_string()),
                     text(fact.get("taxonomy")),
@@ -140,7 +145,7 @@ impl Rows {
             );
         }
         self.fact_trims
-            .push([cik, clean(concept), end, facts.len().to_string()]);
+            .push([cik, pg_text(concept), end, facts.len().to_string()]);
         Some(())
     }
 }
@@ -156,7 +161,7 @@ fn filing(
     let f = |k: &str| v.get(k).unwrap_or(&NULL);
     Some(vec![
         Some(cik),
-        Some(clean(accession)),
+        Some(pg_text(accession)),
         text(v.get("ticker")),
         text(v.get("name")),
         text(v.get("form")),
@@ -167,7 +172,7 @@ fn filing(
         text(v.get("primaryDocDescription")),
         text(v.get("items")),
         integer(f("size"), 0, i64::MAX),
-        Some(json_text(raw)),
+        Some(jsonb_text(raw)),
         at.clone(),
         at.clone(),
     ])
@@ -187,9 +192,9 @@ fn bar(
         .filter(|t| YEARS.contains(&t.year()))
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     vec![
-        Some(clean(ticker)),
-        Some(clean(interval)),
-        Some(clean(period)),
+        Some(pg_text(ticker)),
+        Some(pg_text(interval)),
+        Some(pg_text(period)),
         ts,
         numeric(f("open")),
         numeric(f("high")),
@@ -261,7 +266,7 @@ enum Kind {
 }
 
 fn overview(symbol: &str, v: &Map<String, Value>, raw: &Value, at: &Option<String>) -> Row {
-    let mut row = vec![Some(clean(symbol))];
+    let mut row = vec![Some(pg_text(symbol))];
     for (field, kind) in OVERVIEW_FIELDS {
         let value = v.get(*field).unwrap_or(&NULL);
         row.push(match kind {
@@ -271,7 +276,7 @@ fn overview(symbol: &str, v: &Map<String, Value>, raw: &Value, at: &Option<Strin
             Kind::Cik => integer(value, 0, i64::MAX),
         });
     }
-    row.push(Some(json_text(raw)));
+    row.push(Some(jsonb_text(raw)));
     row.push(at.clone());
     row
 }
@@ -285,35 +290,26 @@ fn income(
 ) -> Option<Row> {
     let end = date(&Value::String(end.into()))?;
     let mut row = vec![
-        Some(clean(symbol)),
+        Some(pg_text(symbol)),
         Some(end),
         text(v.get("reportedCurrency")),
     ];
     for field in INCOME_FIELDS {
         row.push(numeric(v.get(*field).unwrap_or(&NULL)));
     }
-    row.push(Some(json_text(raw)));
+    row.push(Some(jsonb_text(raw)));
     row.push(at.clone());
     Some(row)
 }
 
 // ===== Values =====
 
-/// Text without NUL characters (PostgreSQL's `text` cannot hold them).
-fn clean(s: &str) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{FFFD}")
-    } else {
-        s.to_string()
-    }
-}
-
 /// A string as it is, a number or a boolean as written; null, empty and the upstreams' "None"
 /// placeholder as NULL.
 fn text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) if s.is_empty() || s == "None" => None,
-        Value::String(s) => Some(clean(s)),
+        Value::String(s) => Some(pg_text(s)),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
@@ -371,24 +367,6 @@ fn timestamp(v: &Value) -> Option<String> {
 fn timestamp_ms(ms: i64) -> Option<String> {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-/// JSON text that `jsonb` accepts: NUL characters (`\u0000`) replaced.
-fn json_text(v: &Value) -> String {
-    let text = v.to_string();
-    if !text.contains("\\u0000") {
-        return text;
-    }
-    scrubbed(v).to_string()
-}
-
-fn scrubbed(v: &Value) -> Value {
-    match v {
-        Value::String(s) => Value::String(clean(s)),
-        Value::Array(a) => Value::Array(a.iter().map(scrubbed).collect()),
-        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (clean(k), scrubbed(v))).collect()),
-        other => other.clone(),
-    }
 }
 
 /// `[+-]digits[.digits][e[+-]digits]` with at least one digit, at most 64 characters and an
