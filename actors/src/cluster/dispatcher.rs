@@ -89,7 +89,6 @@ pub struct ClusterDispatcherArgs {
 /// A job running on this node.
 struct Running {
     claim: Claimed,
-    started: Instant,
     /// The records its attempt stores, written with its completion.
     records: Arc<Buffer>,
     /// Cancelled while it ran: its row is final already, so its end is neither counted nor
@@ -543,7 +542,6 @@ impl State {
                     worker.get_id(),
                     Running {
                         claim: c,
-                        started: Instant::now(),
                         records,
                         cancelled: false,
                     },
@@ -583,7 +581,15 @@ impl State {
         Some((r, records))
     }
 
-    fn job_done(&mut self, lane: usize, worker: ActorId, id: JobId, outcome: TaskResult) {
+    /// Job `id`'s attempt on `worker` ended after `elapsed` (measured by the worker).
+    fn job_done(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        id: JobId,
+        outcome: TaskResult,
+        elapsed: Duration,
+    ) {
         let Some((r, records)) = self
             .take_running(lane, worker)
             .filter(|(r, _)| r.claim.id == id)
@@ -598,7 +604,7 @@ impl State {
         self.meters
             .job(&c.name)
             .duration
-            .record(r.started.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
         let policy = self.lanes[lane].info.retry;
         let v = verdict(outcome, c.attempt, c.max_retries, &policy);
         self.record(r.claim, v, records);
@@ -999,19 +1005,15 @@ impl crate::dispatcher::Reported for State {
         worker: ActorId,
         job: JobId,
         outcome: TaskResult,
-        _elapsed: Duration,
+        elapsed: Duration,
     ) {
-        self.job_done(lane, worker, job, outcome);
+        self.job_done(lane, worker, job, outcome, elapsed);
     }
     fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, _: Vec<SubmitSpec>) {
         let why = "fan-out is not available in cluster mode yet: split the work into jobs \
                    submitted one by one";
-        self.job_done(
-            lane,
-            worker,
-            job,
-            Err(crate::tasks::TaskError::Permanent(why.into())),
-        );
+        let refused = Err(crate::tasks::TaskError::Permanent(why.into()));
+        self.job_done(lane, worker, job, refused, Duration::ZERO);
     }
     fn on_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
         self.worker_down(lane, worker, reason);
