@@ -32,7 +32,7 @@ impl JobStore {
     /// The record of `id`.
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, String> {
         match self {
-            JobStore::Journal(j) => j.get(id).map_err(|e| format!("journal read failed: {e}")),
+            JobStore::Journal(j) => j.get(id).map_err(journal_failed),
             JobStore::Cluster(c) => c.get(id).await.map_err(|e| e.message().to_string()),
         }
     }
@@ -46,9 +46,7 @@ impl JobStore {
         limit: usize,
     ) -> Result<Vec<StoredRecord>, String> {
         match self {
-            JobStore::Journal(j) => j
-                .records(prefix, after, limit)
-                .map_err(|e| format!("journal read failed: {e}")),
+            JobStore::Journal(j) => j.records(prefix, after, limit).map_err(journal_failed),
             JobStore::Cluster(c) => c
                 .records(prefix, after, limit)
                 .await
@@ -60,9 +58,7 @@ impl JobStore {
     /// are refused in cluster mode, so the cluster's store has none.
     pub fn workflow(&self, id: uuid::Uuid) -> Result<Option<WorkflowRecord>, String> {
         match self {
-            JobStore::Journal(j) => j
-                .get_workflow(id)
-                .map_err(|e| format!("journal read failed: {e}")),
+            JobStore::Journal(j) => j.get_workflow(id).map_err(journal_failed),
             JobStore::Cluster(_) => Ok(None),
         }
     }
@@ -80,11 +76,7 @@ impl JobStore {
     /// Newest first, as `filter` says.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, String> {
         let c = match self {
-            JobStore::Journal(j) => {
-                return j
-                    .list(filter)
-                    .map_err(|e| format!("journal read failed: {e}"))
-            }
+            JobStore::Journal(j) => return j.list(filter).map_err(journal_failed),
             JobStore::Cluster(c) => c,
         };
         let glob = filter.name.as_ref().map(|m| m.glob().glob());
@@ -113,4 +105,9 @@ impl JobStore {
             }
         }
     }
+}
+
+/// A failed journal read, in the words every reader answers with.
+fn journal_failed(e: journal::JournalError) -> String {
+    format!("journal read failed: {e}")
 }

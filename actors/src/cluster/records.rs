@@ -60,10 +60,7 @@ pub(super) fn upsert_cte(table: &str, jobs: u8, keys: u8, values: u8) -> String 
 fn prefix_pattern(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
+        super::store::push_like_literal(&mut out, c);
     }
     out.push('%');
     out

@@ -746,12 +746,17 @@ pub fn like_pattern(glob: &str) -> Option<String> {
             ']' | '{' | '}' => return None,
             c => c,
         };
-        if matches!(literal, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(literal);
+        push_like_literal(&mut out, literal);
     }
     Some(out)
+}
+
+/// Pushes `c` onto a `LIKE` pattern as itself: LIKE's wildcards and its escape are escaped.
+pub(super) fn push_like_literal(out: &mut String, c: char) {
+    if matches!(c, '%' | '_' | '\\') {
+        out.push('\\');
+    }
+    out.push(c);
 }
 
 #[cfg(test)]
