@@ -55,7 +55,7 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
     let id: JobId = id
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("job id: {e}")))?;
-    let (jobs, read) = (&ctx.admin.jobs, super::search::read_failed);
+    let (jobs, read) = (&ctx.admin.jobs, ApiError::storage_unavailable);
     let job = jobs
         .get(id)
         .await
@@ -92,7 +92,7 @@ async fn workflow(
     ctx: &ConsoleCtx,
     id: uuid::Uuid,
 ) -> Result<Option<(WorkflowRecord, Vec<JobRecord>)>, ApiError> {
-    let read = super::search::read_failed;
+    let read = ApiError::storage_unavailable;
     let Some(wf) = ctx.admin.jobs.workflow(id).map_err(read)? else {
         return Ok(None);
     };

@@ -62,7 +62,7 @@ async fn load(ctx: &ConsoleCtx) -> Result<Snapshot, ApiError> {
     let mut running = Vec::new();
     for (_, id) in ids.iter().take(RUNNING_SHOWN) {
         let rec = ctx.admin.jobs.get(*id).await;
-        running.extend(rec.map_err(super::search::read_failed)?);
+        running.extend(rec.map_err(ApiError::storage_unavailable)?);
     }
     running.sort_by_key(|r| r.started_at);
     crate::admin::visible(&ctx.admin).await?;

@@ -74,7 +74,7 @@ async fn load(ctx: &ConsoleCtx) -> Result<Vec<Row>, ApiError> {
                 .jobs
                 .get(id)
                 .await
-                .map_err(super::search::read_failed)?
+                .map_err(ApiError::storage_unavailable)?
                 .map(|r| r.status),
             None => None,
         };

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::ConsoleCtx;
 use crate::job::{JobId, JobRecord, JobStatus};
-use crate::protocol::{ApiError, ErrorCode};
+use crate::protocol::ApiError;
 use crate::store::journal::ListFilter;
 
 /// Records one request examines at most when a filter needs reading them (params substring).
@@ -189,11 +189,6 @@ impl Filter {
     }
 }
 
-/// A read of job records that failed, as an answer (the store is what failed, not the request).
-pub(super) fn read_failed(message: String) -> ApiError {
-    ApiError::new(ErrorCode::StorageUnavailable, message)
-}
-
 /// Up to `limit` jobs matching `f`, newest first, examining at most `budget` candidates.
 pub async fn search(
     ctx: &ConsoleCtx,
@@ -207,14 +202,17 @@ pub async fn search(
     let jobs = &ctx.admin.jobs;
     match (f.parent, f.workflow) {
         (Some(parent), _) => {
-            let parent = jobs.get(parent).await.map_err(read_failed)?;
+            let parent = jobs
+                .get(parent)
+                .await
+                .map_err(ApiError::storage_unavailable)?;
             let ids = parent.map(|p| p.children).unwrap_or_default();
             from_ids(ctx, f, ids, limit).await
         }
         (None, Some(w)) => {
             let ids = jobs
                 .workflow(w)
-                .map_err(read_failed)?
+                .map_err(ApiError::storage_unavailable)?
                 .map(|w| w.jobs.into_iter().chain(w.then).collect())
                 .unwrap_or_default();
             from_ids(ctx, f, ids, limit).await
@@ -237,7 +235,13 @@ async fn from_ids(
         .into_iter()
         .filter(|id| f.before.is_none_or(|b| *id < b))
     {
-        let Some(r) = ctx.admin.jobs.get(id).await.map_err(read_failed)? else {
+        let Some(r) = ctx
+            .admin
+            .jobs
+            .get(id)
+            .await
+            .map_err(ApiError::storage_unavailable)?
+        else {
             continue;
         };
         if !f.matches(&r) {
@@ -274,7 +278,12 @@ async fn from_index(
             before,
             limit: chunk,
         };
-        let got = ctx.admin.jobs.list(&filter).await.map_err(read_failed)?;
+        let got = ctx
+            .admin
+            .jobs
+            .list(&filter)
+            .await
+            .map_err(ApiError::storage_unavailable)?;
         let ended = got.len() < chunk;
         examined += got.len();
         before = got.last().map(|r| r.id);
