@@ -23,13 +23,16 @@
 //! key order is creation order: `list` walks keys backwards for newest first and `compact`
 //! walks the records forwards and stops at the first job too young to be compacted.
 //!
-//! # Damage is detected, not absorbed
+//! # Damage is detected, not absorbed, and destroys nothing
 //!
-//! sled recovers a damaged log by cutting it at the first bad entry, zeroing the rest of that
-//! segment, and opening without complaint. [`watermark`] keeps a commit sequence both inside
-//! sled and in a file beside it; [`Journal::open`] refuses a database that recovered to an
-//! earlier commit ([`JournalError::RolledBack`]) before writing anything, and [`check`] verifies
-//! a data dir offline (`warden check`).
+//! sled recovers a damaged log by cutting it at the first bad entry, overwriting the rest of
+//! that segment and every later one, and opening without complaint. [`watermark`] keeps a
+//! commit sequence both inside sled and in a file beside it; [`Journal::open`] refuses a
+//! database that recovered to an earlier commit ([`JournalError::RolledBack`]) before writing
+//! anything, and [`check`] verifies a data dir offline (`warden check`). Because sled cuts
+//! inside its own `open`, Warden builds a patched sled whose recovery calls [`recovery`]'s guard
+//! first: the bytes about to be overwritten are saved under `<dir>/recovery/`, kept and named
+//! when the open is refused, removed when every durable commit came back.
 //!
 //! # A full disk
 //!
@@ -91,6 +94,9 @@ pub mod check;
 mod head;
 mod index;
 mod outbox;
+mod recovery;
+#[cfg(test)]
+mod recovery_tests;
 mod space;
 #[cfg(test)]
 mod store_tests;
@@ -262,10 +268,11 @@ pub enum JournalError {
     #[error(
         "journal in {dir} lost committed writes: {dir}/watermark says commit {expected} was \
          durable but the database recovered only up to commit {found} (its db file was \
-         damaged, truncated or replaced). Refusing to use it so that nothing more is \
-         overwritten: restore the data dir from a backup, or inspect it with `warden check \
+         damaged, truncated or replaced). {saved_note}Refusing to use it so that nothing more \
+         is overwritten: restore the data dir from a backup, or inspect it with `warden check \
          --data-dir {dir}`; to accept the loss, delete {dir}/watermark",
-        dir = .dir.display()
+        dir = .dir.display(),
+        saved_note = saved_note(.saved.as_deref()),
     )]
     RolledBack {
         /// The data dir.
@@ -274,7 +281,20 @@ pub enum JournalError {
         expected: u64,
         /// The sequence sled recovered.
         found: u64,
+        /// Where the bytes sled's recovery overwrote were saved, if it overwrote any.
+        saved: Option<PathBuf>,
     },
+}
+
+/// The part of [`JournalError::RolledBack`]'s message that says where the cut bytes are.
+fn saved_note(saved: Option<&Path>) -> String {
+    saved.map_or_else(String::new, |folder| {
+        format!(
+            "The log bytes sled's recovery overwrote are saved in {} (one file per region, named \
+             by its offset in db). ",
+            folder.display()
+        )
+    })
 }
 
 /// One state change: the job's record after the change (its history already holding the event
@@ -1329,6 +1349,8 @@ struct DbOpened {
     found: u64,
     /// Why the commit sequence could not be read, if it could not.
     seq_error: Option<JournalError>,
+    /// What sled's recovery overwrote in this open, saved first ([`recovery`]).
+    saved: recovery::Saved,
 }
 
 impl DbOpened {
@@ -1347,13 +1369,17 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<DbOpened, JournalError> {
     fs::create_dir_all(dir)
         .map_err(|source| io_err(format!("create data dir {}", dir.display()), source))?;
     let lock = take_lock(dir)?;
-    let db = open_sled(dir, cache_bytes)?;
+    recovery::begin(dir);
+    let db = open_sled(dir, cache_bytes);
+    let saved = recovery::finish(dir);
     let mut opened = DbOpened {
         lock,
-        db,
+        // On failure what was saved stays in `<dir>/recovery` (nothing is discarded).
+        db: db?,
         dir: dir.to_path_buf(),
         found: 0,
         seq_error: None,
+        saved,
     };
     let seq = opened
         .tree("meta")?
@@ -1368,9 +1394,10 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<DbOpened, JournalError> {
 }
 
 /// [`open_db`], then compares sled's commit sequence with the watermark file:
-/// [`JournalError::RolledBack`] when sled is behind. sled has already zeroed the tail of the
-/// segment where its recovery stopped by then (it does so inside its `open`); failing here
-/// keeps anything more from being written over the damaged log.
+/// [`JournalError::RolledBack`] when sled is behind. sled has already overwritten the log after
+/// the point where its recovery stopped by then (it does so inside its `open`), with the bytes
+/// saved first ([`recovery`]); failing here keeps anything more from being written over the
+/// damaged log.
 fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
     let mut opened = open_db(dir, cache_bytes)?;
     if let Some(e) = opened.seq_error.take() {
@@ -1382,8 +1409,10 @@ fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
             dir: dir.to_path_buf(),
             expected,
             found: opened.found,
+            saved: opened.saved.folder,
         });
     }
+    discard_torn_tail(dir, &opened.saved)?;
     let meta = opened.tree("meta")?;
     let jobs = opened.tree("jobs")?;
     let records = opened.tree("records")?;
@@ -1399,6 +1428,21 @@ fn open_checked(dir: &Path, cache_bytes: u64) -> Result<Opened, JournalError> {
         meta,
         outbox,
     })
+}
+
+/// Removes what sled's recovery saved in an open that recovered every durable commit: it
+/// overwrote only a torn write that nobody was told about (a crash in the middle of a commit).
+fn discard_torn_tail(dir: &Path, saved: &recovery::Saved) -> Result<(), JournalError> {
+    let Some(folder) = &saved.folder else {
+        return Ok(());
+    };
+    tracing::warn!(
+        dir = %dir.display(), bytes = saved.bytes,
+        "sled's recovery cut the log after the last durable commit (a write torn by a crash); \
+         nothing acknowledged was in the cut"
+    );
+    recovery::discard(saved)
+        .map_err(|source| io_err(format!("remove {}", folder.display()), source))
 }
 
 /// Builds the indexes when the data dir lacks them (written by a version without indexes, or

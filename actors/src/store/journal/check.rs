@@ -2,7 +2,8 @@
 //! database (taking the data dir's lock, so never beside a live node), compares sled's commit
 //! sequence with the watermark file, decodes every job record, workflow, pipeline record and
 //! meta value, and checks that the indexes and the records agree both ways. It writes nothing
-//! itself (sled's own recovery may zero a torn log tail while opening, as at any start).
+//! itself; sled's own recovery may cut the log while opening, as at any start, and what it
+//! overwrites is saved first under `<dir>/recovery/` ([`super::recovery`]) and reported.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub struct CheckReport {
     pub index_entries: u64,
     /// Whether the indexes were built (false: an old layout, built at the next start).
     pub indexed: bool,
+    /// Where the bytes sled's recovery overwrote while opening were saved, if it overwrote any.
+    pub recovery_saved: Option<PathBuf>,
     /// Every problem found, the first [`SHOWN_PROBLEMS`] described.
     pub problems: Vec<String>,
     /// Problems found in all.
@@ -82,6 +85,14 @@ impl fmt::Display for CheckReport {
                 "indexes: not built yet (older layout; built at the next start)"
             )?;
         }
+        if let Some(folder) = &self.recovery_saved {
+            writeln!(
+                f,
+                "recovery: sled cut the log while opening it; the bytes it overwrote are saved \
+                 in {}",
+                folder.display()
+            )?;
+        }
         for p in &self.problems {
             writeln!(f, "problem: {p}")?;
         }
@@ -115,7 +126,9 @@ pub fn check(dir: &Path) -> Result<CheckReport, JournalError> {
         records: opened.tree("records")?,
         meta: opened.tree("meta")?,
     };
-    inspect(dir, opened.found, opened.seq_error.as_ref(), &trees)
+    let mut report = inspect(dir, opened.found, opened.seq_error.as_ref(), &trees)?;
+    report.recovery_saved = opened.saved.folder.clone();
+    Ok(report)
 }
 
 /// The same verification on a journal this process has open (its lock is ours already).

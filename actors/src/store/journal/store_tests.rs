@@ -278,7 +278,7 @@ fn open_builds_missing_indexes() {
 }
 
 /// Writes 1,000 finished and 1,000 pending jobs, closes cleanly, and returns the db path.
-fn closed_journal(dir: &Path) -> PathBuf {
+pub(super) fn closed_journal(dir: &Path) -> PathBuf {
     let journal = Journal::open(dir).unwrap();
     for _ in 0..4 {
         bulk(&journal, "a", JobStatus::Succeeded, 250);
@@ -290,7 +290,7 @@ fn closed_journal(dir: &Path) -> PathBuf {
 }
 
 /// The error of reopening a damaged data dir: a typed refusal, never a silent success.
-fn reopen_err(dir: &Path) -> JournalError {
+pub(super) fn reopen_err(dir: &Path) -> JournalError {
     match Journal::open(dir) {
         Ok(j) => panic!(
             "a damaged journal opened silently with {} unfinished jobs",
