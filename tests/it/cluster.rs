@@ -642,6 +642,59 @@ async fn a_cancel_through_another_node_stops_the_job_where_it_runs() {
     schema.drop_now().await;
 }
 
+/// Ensures that a job cancelled while it runs keeps what its attempt stored before the cancel,
+/// as a single node does: the record reaches the cluster's `records` table once the attempt
+/// has stopped, and the job stays cancelled with the cancel as its last event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_running_keeps_the_records_it_stored() {
+    let scripts = tempfile::tempdir().unwrap();
+    let task = records::exec_task(
+        scripts.path(),
+        "slow",
+        r#"say(record={"key": "ext/slow/kept", "value": {"stored": "before the cancel"}})
+say(progress={"done": 1, "message": "stored"})
+time.sleep(60)"#,
+    );
+    let (schema, nodes) = cluster_with("cancel_records", 2, &task).await;
+    let submit = json!({"cmd": "submit", "job": "ext.slow"});
+    let id = req(&mut nodes[0].client().await, submit).await["job_id"].clone();
+    let runner = eventually("the job to run", Duration::from_secs(10), || async {
+        let q = format!(
+            "SELECT claimed_by FROM {{s}}.jobs WHERE id = '{}' AND state = 'running'",
+            id.as_str().unwrap()
+        );
+        schema.texts(&q).await.first().and_then(|r| r[0].clone())
+    })
+    .await;
+    let (at, other) = if runner == "node-0" { (0, 1) } else { (1, 0) };
+    // Progress comes after the record on the task's stdout: once it shows, the record is held.
+    poll(
+        &mut nodes[at].client().await,
+        "the task to store its record",
+        Duration::from_secs(10),
+        json!({"cmd": "status", "job_id": id}),
+        |v| v["job"]["progress"]["done"] == 1,
+    )
+    .await;
+    let mut c = nodes[other].client().await;
+    let cancelled = req(&mut c, json!({"cmd": "cancel", "job_id": id})).await;
+    assert_eq!(cancelled["job"]["status"], "cancelled", "{cancelled}");
+    let kept = "SELECT count(*) FROM {s}.records WHERE key = 'ext/slow/kept'";
+    let within = Duration::from_secs(30);
+    until_count(&schema, "the stopped attempt's record", within, kept, 1).await;
+    let s = req(&mut c, json!({"cmd": "status", "job_id": id})).await;
+    assert_eq!(s["job"]["status"], "cancelled", "{s}");
+    let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
+    let last = h["events"].as_array().and_then(|e| e.last()).cloned();
+    assert_eq!(
+        last.as_ref().map(|e| &e["kind"]),
+        Some(&json!("cancelled")),
+        "{h}"
+    );
+    drop(nodes);
+    schema.drop_now().await;
+}
+
 /// Ensures that a node whose rate limit differs from the one the live cluster recorded refuses
 /// to start, naming the key and both values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -597,6 +597,7 @@ impl State {
             return;
         };
         if r.cancelled {
+            self.keep_cancelled(r.claim, records);
             self.check_drained();
             return;
         }
@@ -618,36 +619,51 @@ impl State {
             l.workers.remove(&worker);
             l.idle.retain(|w| w.get_id() != worker);
         }
-        if let Some((r, records)) = self
-            .take_running(lane, worker)
-            .filter(|(r, _)| !r.cancelled)
-        {
-            let c = &r.claim;
-            let why = format!("worker crashed: {reason}");
-            let v = match retry_or_give_up(
-                why.clone(),
-                "crash",
-                c.attempt,
-                c.max_retries,
-                &self.lanes[lane].info.retry,
-            ) {
-                Verdict::Retry { .. } => None,
-                v => Some(v),
-            };
-            match v {
-                Some(v) => self.record(r.claim, v, records),
-                None => {
-                    self.totals.requeued += 1;
-                    self.done.push(Completion {
-                        id: r.claim.id,
-                        claim_no: r.claim.claim_no,
-                        outcome: Outcome::Requeued(why),
-                        records,
-                    });
-                }
-            }
+        match self.take_running(lane, worker) {
+            Some((r, records)) if r.cancelled => self.keep_cancelled(r.claim, records),
+            Some((r, records)) => self.crashed(lane, r.claim, records, reason),
+            None => {}
         }
         self.check_drained();
+    }
+
+    /// The end of an attempt whose worker crashed: retried at once (the attempt counts), or
+    /// dead-lettered when its retries are spent.
+    fn crashed(
+        &mut self,
+        lane: usize,
+        c: Claimed,
+        records: Vec<(String, serde_json::Value)>,
+        reason: &str,
+    ) {
+        let why = format!("worker crashed: {reason}");
+        let policy = &self.lanes[lane].info.retry;
+        match retry_or_give_up(why.clone(), "crash", c.attempt, c.max_retries, policy) {
+            Verdict::Retry { .. } => {
+                self.totals.requeued += 1;
+                self.done.push(Completion {
+                    id: c.id,
+                    claim_no: c.claim_no,
+                    outcome: Outcome::Requeued(why),
+                    records,
+                });
+            }
+            v => self.record(c, v, records),
+        }
+    }
+
+    /// The attempt of a job cancelled while it ran here has stopped: the cancel wrote the
+    /// job's end already, so only what the attempt stored before it stopped is left to write.
+    fn keep_cancelled(&mut self, c: Claimed, records: Vec<(String, serde_json::Value)>) {
+        if records.is_empty() {
+            return;
+        }
+        self.done.push(Completion {
+            id: c.id,
+            claim_no: c.claim_no,
+            outcome: Outcome::Cancelled,
+            records,
+        });
     }
 
     /// Gathers the end `v` of a claimed job, counting it, with the records its attempt stored:

@@ -152,6 +152,9 @@ pub enum Outcome {
     Requeued(String),
     /// Back to its queue at once, the attempt given back (it never started).
     Released(String),
+    /// The job was cancelled while this attempt ran: the cancel wrote its end, so only the
+    /// records the attempt stored before it stopped are written (as a single node keeps them).
+    Cancelled,
 }
 
 impl Outcome {
@@ -183,6 +186,7 @@ impl Outcome {
             Outcome::DeadLettered(e) => ("failed", "dead_lettered", 0, 0, None, Some(e)),
             Outcome::Requeued(e) => ("pending", "requeued", 0, 0, None, Some(e)),
             Outcome::Released(e) => ("pending", "released", 1, 0, None, Some(e)),
+            Outcome::Cancelled => ("cancelled", "cancelled", 0, 0, None, None),
         }
     }
 }
@@ -480,7 +484,9 @@ impl Jobs {
     /// Writes the ends of claimed jobs, and the records their attempts stored, in one
     /// statement. A completion whose claim is no longer this node's (rescued by the leader,
     /// cancelled) changes nothing and writes none of its records: the ids written are
-    /// returned, the others were fenced out.
+    /// returned, the others were fenced out. The exception is [`Outcome::Cancelled`], the
+    /// attempt of a job cancelled while it ran here: its end is the cancel's, left as it is,
+    /// and its records are written as long as the job is still that cancelled claim.
     pub async fn complete(&self, done: &[Completion]) -> Result<Vec<JobId>, Failure> {
         if done.is_empty() {
             return Ok(Vec::new());
@@ -498,13 +504,17 @@ impl Jobs {
                  attempt = j.attempt - d.given_back,
                  run_at = CASE WHEN d.state IN ('retrying', 'pending')
                                THEN now() + d.delay_ms * interval '1 millisecond' ELSE j.run_at END,
-                 completed_at = CASE WHEN d.state IN ('succeeded', 'failed') THEN now() END,
+                 completed_at = CASE WHEN d.state IN ('succeeded', 'failed') THEN now()
+                                     WHEN d.state = 'cancelled' THEN j.completed_at END,
                  result = coalesce(d.result, j.result),
-                 error = CASE WHEN d.state = 'succeeded' THEN NULL ELSE d.error END,
-                 history = j.history || {ended}
+                 error = CASE WHEN d.state = 'succeeded' THEN NULL
+                              WHEN d.state = 'cancelled' THEN j.error ELSE d.error END,
+                 history = CASE WHEN d.state = 'cancelled' THEN j.history
+                                ELSE j.history || {ended} END
              FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::text[], $8::text[])
                   AS d(id, claim_no, state, kind, given_back, delay_ms, result, error)
-             WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9 AND j.state = 'running'
+             WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9
+               AND (j.state = 'running' OR (d.state = 'cancelled' AND j.state = 'cancelled'))
              RETURNING j.id),
              {records}
              SELECT id FROM done",

@@ -15,7 +15,7 @@ use crate::support::{eventually, job_ids, poll, req};
 
 /// An exec task `ext.<task>` running the Python `body` (after a prelude that reads the job and
 /// defines `say`), written into `dir`, as config text.
-fn exec_task(dir: &Path, task: &str, body: &str) -> String {
+pub(super) fn exec_task(dir: &Path, task: &str, body: &str) -> String {
     let prelude = "import json, os, sys, time\njob = json.load(sys.stdin)\n\
                    attempt = int(os.environ[\"WARDEN_ATTEMPT\"])\n\
                    def say(**kw):\n    print(json.dumps(kw), flush=True)\n";
