@@ -6,6 +6,8 @@
 //!
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
 //! - `records.rs`: the records tasks store, written with their attempt's completion, and read.
+//! - `fanout.rs`: batch jobs that fan out: the children written with the parent's fan-out, the
+//!   parent finished by the leader once they have all ended.
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
 //! - `settings.rs`: the settings every node must agree on (rate limits, retry policies).
@@ -20,6 +22,7 @@
 
 mod background;
 mod dispatcher;
+mod fanout;
 mod liveness;
 mod operator;
 mod permits;
@@ -74,6 +77,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             6,
             "the records tasks store",
             include_str!("cluster/migrations/0006_records.sql"),
+        ),
+        (
+            7,
+            "children of batch jobs",
+            include_str!("cluster/migrations/0007_children.sql"),
         ),
     ],
 };

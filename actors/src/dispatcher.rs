@@ -15,6 +15,7 @@ mod core;
 mod fanout;
 mod live;
 mod meters;
+pub(crate) use self::fanout::Tally;
 pub(crate) use self::meters::Meters;
 mod verdict;
 mod views;

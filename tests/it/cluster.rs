@@ -3,6 +3,7 @@
 //! could prove alone (who ran a job, how many times it started). `console.rs`: the web console
 //! of cluster nodes.
 
+mod batches;
 mod console;
 
 use std::path::PathBuf;

@@ -7,7 +7,8 @@
 //!   beat succeeded for 10 s (a node cut off from the database must not keep jobs the leader
 //!   is about to rescue);
 //! - the leader (every second): takes or renews the lease every 5 s; while it leads, rescues
-//!   silent nodes' jobs, counts the unfinished jobs for every node at the heartbeat's pace (one
+//!   silent nodes' jobs, finishes the batch jobs whose children have all ended (`fanout.rs`),
+//!   counts the unfinished jobs for every node at the heartbeat's pace (one
 //!   `GROUP BY` over the backlog for the cluster, not one per node) and compacts finished jobs
 //!   past their retention;
 //! - the listener: one connection of its own (not from the pool: LISTEN is per session) that
@@ -150,6 +151,17 @@ impl Loops {
                 }
                 Ok(_) => {}
                 Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
+            }
+            match jobs.finish_parents().await {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    actor = "root/dispatcher",
+                    parents = n,
+                    "batch jobs finished: their children have all ended"
+                ),
+                Err(e) => {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "waiting batch jobs not finished")
+                }
             }
             if Instant::now() >= next_count {
                 if let Err(e) = jobs.publish_counts().await {

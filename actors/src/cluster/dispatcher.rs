@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::background::Loops;
+use super::fanout::FanOut;
 use super::operator::{unavailable, Counts};
 use super::store::{Claimed, Completion, NewRow, Outcome};
 use super::Cluster;
@@ -91,8 +92,8 @@ struct Running {
     claim: Claimed,
     /// The records its attempt stores, written with its completion.
     records: Arc<Buffer>,
-    /// Cancelled while it ran: its row is final already, so its end is neither counted nor
-    /// written (the write would be fenced out anyway), as a single node ignores it.
+    /// Cancelled while it ran: its row is final already, so its end is not counted and only
+    /// the records its attempt stored are written (`Outcome::Cancelled`).
     cancelled: bool,
 }
 
@@ -134,6 +135,8 @@ pub struct State {
     meters: crate::dispatcher::Meters,
     /// Ends of jobs not written yet.
     done: Vec<Completion>,
+    /// Fan-outs of batch jobs not written yet.
+    fan_outs: Vec<FanOut>,
     /// The dead-lettered among them, for the alert webhook once written.
     dead: Vec<JobId>,
     flush_scheduled: bool,
@@ -259,6 +262,7 @@ impl State {
             lanes,
             meters: Default::default(),
             done: Vec::new(),
+            fan_outs: Vec::new(),
             dead: Vec::new(),
             flush_scheduled: false,
             healthy: true,
@@ -342,7 +346,9 @@ impl State {
         if self.store_down {
             return false;
         }
-        !self.done.is_empty() || (self.may_claim() && self.lanes.iter().any(Lane::claimable))
+        !self.done.is_empty()
+            || !self.fan_outs.is_empty()
+            || (self.may_claim() && self.lanes.iter().any(Lane::claimable))
     }
 
     fn may_claim(&self) -> bool {
@@ -438,13 +444,16 @@ impl State {
         } else {
             Vec::new()
         };
+        let fan_outs = std::mem::take(&mut self.fan_outs);
         let jobs = self.cluster.jobs.clone();
         let write = async {
-            if done.is_empty() {
+            let fanned = write_fan_outs(&jobs, &fan_outs).await;
+            let ended = if done.is_empty() {
                 Ok(Vec::new())
             } else {
                 jobs.complete(&done).await
-            }
+            };
+            (fanned, ended)
         };
         let claims = async {
             let mut out = Vec::with_capacity(asks.len());
@@ -453,7 +462,8 @@ impl State {
             }
             out
         };
-        let (written, claimed) = tokio::join!(write, claims);
+        let ((fanned, written), claimed) = tokio::join!(write, claims);
+        self.fans_written(fan_outs, fanned).await;
         self.written(done, written).await;
         for (lane, want, got) in claimed {
             match got {
@@ -468,8 +478,13 @@ impl State {
         self.check_drained();
     }
 
-    /// Writes the gathered ends alone (at stop).
+    /// Writes the gathered fan-outs and ends alone (at stop).
     async fn write_done(&mut self) {
+        if !self.fan_outs.is_empty() {
+            let fan_outs = std::mem::take(&mut self.fan_outs);
+            let fanned = write_fan_outs(&self.cluster.jobs, &fan_outs).await;
+            self.fans_written(fan_outs, fanned).await;
+        }
         if !self.done.is_empty() {
             let done = std::mem::take(&mut self.done);
             let written = self.cluster.jobs.complete(&done).await;
@@ -507,6 +522,100 @@ impl State {
                 self.store_failed(&e, "cannot write job ends; kept for the next try");
             }
         }
+    }
+
+    /// Takes the answers to writing `fan_outs`, in order: a refused write keeps that fan-out and
+    /// those after it for the next try; the children of those written may be claimed anywhere.
+    async fn fans_written(
+        &mut self,
+        fan_outs: Vec<FanOut>,
+        answers: Vec<Result<bool, crate::postgres::Failure>>,
+    ) {
+        let mut fan_outs = fan_outs.into_iter();
+        for (f, answer) in fan_outs.by_ref().zip(answers) {
+            match answer {
+                Ok(true) => self.children_added(&f),
+                Ok(false) => warn!(actor = "root/dispatcher", job_id = %f.parent,
+                    "fan-out not written: the job was rescued or cancelled meanwhile"),
+                Err(e) => {
+                    self.fan_outs.push(f);
+                    self.store_failed(&e, "cannot write a fan-out; kept for the next try");
+                }
+            }
+        }
+        // Those after a refused write were not tried.
+        self.fan_outs.extend(fan_outs);
+        self.announce().await;
+    }
+
+    /// A fan-out was written: its children count as submitted and their pipelines are woken.
+    fn children_added(&mut self, f: &FanOut) {
+        self.store_up();
+        info!(actor = "root/dispatcher", job_id = %f.parent, children = f.children.len(), "fanned out");
+        for row in &f.children {
+            self.totals.submitted += 1;
+            self.meters.job(&row.name).submitted.increment(1);
+            self.owed.insert(row.pipeline.clone());
+            if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
+                l.maybe_work = true;
+            }
+        }
+    }
+
+    /// A batch job on `worker` named its children: write them with the parent left waiting
+    /// (`fanout.rs`), or end it at once when it has none or one cannot be routed.
+    fn fanned_out(&mut self, lane: usize, worker: ActorId, job: JobId, specs: Vec<SubmitSpec>) {
+        let Some((r, records)) = self
+            .take_running(lane, worker)
+            .filter(|(r, _)| r.claim.id == job)
+        else {
+            return;
+        };
+        if r.cancelled {
+            self.keep_cancelled(r.claim, records);
+        } else {
+            match self.children(&specs) {
+                Err(e) => {
+                    let why = format!("cannot fan out: {}", e.message);
+                    self.record(r.claim, Verdict::DeadLetter(why), records);
+                }
+                Ok(children) if children.is_empty() => {
+                    let summary = crate::dispatcher::Tally::default().summary(0);
+                    self.record(r.claim, Verdict::Succeed(summary), records);
+                }
+                Ok(children) => self.fan_outs.push(FanOut {
+                    parent: r.claim.id,
+                    claim_no: r.claim.claim_no,
+                    children,
+                    records,
+                }),
+            }
+        }
+        self.check_drained();
+    }
+
+    /// The rows of a batch job's children: each in its task's pipeline with that pipeline's
+    /// retries (the parent's priority is taken in the write).
+    fn children(&self, specs: &[SubmitSpec]) -> Result<Vec<NewRow>, ApiError> {
+        let routed = route_all(&self.router, &self.lanes, specs)?;
+        Ok(specs
+            .iter()
+            .zip(routed)
+            .map(|(spec, (lane, priority))| {
+                let info = &self.lanes[lane].info;
+                NewRow {
+                    id: JobId::new(),
+                    name: spec.name.clone(),
+                    pipeline: info.name.clone(),
+                    priority,
+                    max_retries: info.retry.max_retries,
+                    params: spec.params.to_string(),
+                    unique_key: None,
+                    run_at: None,
+                    tick: None,
+                }
+            })
+            .collect())
     }
 
     /// A write or claim failed: logged once per outage; the loop rests until the next poll.
@@ -987,10 +1096,16 @@ impl State {
                         .map_or(0, |q| q.high + q.normal + q.low)
                 ),
             ),
-            JobStatus::Running => (
-                BlockerKind::None,
-                "the job is running on a worker of a node".into(),
-            ),
+            JobStatus::Running => match self.cluster.jobs.children_waiting(id).await {
+                Ok((waiting, total)) if total > 0 => (
+                    BlockerKind::Children,
+                    format!("{waiting} of its {total} child jobs are unfinished"),
+                ),
+                _ => (
+                    BlockerKind::None,
+                    "the job is running on a worker of a node".into(),
+                ),
+            },
             other => (BlockerKind::None, format!("the job is {}", other.as_str())),
         };
         Ok(Blocker::new(kind, detail, eta))
@@ -1011,6 +1126,23 @@ impl State {
     }
 }
 
+/// Writes `fan_outs` one by one, stopping at the first refused write (the rest are kept).
+async fn write_fan_outs(
+    jobs: &super::store::Jobs,
+    fan_outs: &[FanOut],
+) -> Vec<Result<bool, crate::postgres::Failure>> {
+    let mut answers = Vec::with_capacity(fan_outs.len());
+    for f in fan_outs {
+        let answer = jobs.fan_out(f).await;
+        let refused = answer.is_err();
+        answers.push(answer);
+        if refused {
+            break;
+        }
+    }
+    answers
+}
+
 impl crate::dispatcher::Reported for State {
     fn on_ready(&mut self, lane: usize, worker: ActorRef<WorkerMsg>) {
         self.worker_ready(lane, worker);
@@ -1025,11 +1157,8 @@ impl crate::dispatcher::Reported for State {
     ) {
         self.job_done(lane, worker, job, outcome, elapsed);
     }
-    fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, _: Vec<SubmitSpec>) {
-        let why = "fan-out is not available in cluster mode yet: split the work into jobs \
-                   submitted one by one";
-        let refused = Err(crate::tasks::TaskError::Permanent(why.into()));
-        self.job_done(lane, worker, job, refused, Duration::ZERO);
+    fn on_fan_out(&mut self, lane: usize, worker: ActorId, job: JobId, specs: Vec<SubmitSpec>) {
+        self.fanned_out(lane, worker, job, specs);
     }
     fn on_down(&mut self, lane: usize, worker: ActorId, reason: &str) {
         self.worker_down(lane, worker, reason);

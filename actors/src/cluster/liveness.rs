@@ -122,7 +122,8 @@ impl Jobs {
             "j.claimed_by = $2 AND $1::int8 IS NOT NULL".to_string()
         } else {
             format!(
-                "j.claimed_by IS DISTINCT FROM $2 AND NOT EXISTS (SELECT 1 FROM {} n
+                // A running job no node claims is a parent waiting for its children (`fanout.rs`).
+                "j.claimed_by IS NOT NULL AND j.claimed_by <> $2 AND NOT EXISTS (SELECT 1 FROM {} n
                      WHERE n.id = j.claimed_by AND n.seen_at > now() - $1::int8 * interval '1 millisecond')",
                 self.t("nodes")
             )

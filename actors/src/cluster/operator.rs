@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+use uuid::Uuid;
 
 use super::store::{Jobs, CANCEL, RECORD_COLUMNS, UNFINISHED};
 use crate::dispatcher::{QueueDepths, UnfinishedCounts};
@@ -75,24 +76,13 @@ pub fn unavailable(f: Failure) -> ApiError {
 }
 
 impl Jobs {
-    /// Cancels an unfinished job. Returns its record and, when it was running, the node that
-    /// runs it (told on the `cancel` channel, payload the job id).
+    /// Cancels an unfinished job, and the unfinished children of a batch job (`fanout.rs`), as
+    /// a single node does. Returns its record and, when it was running, the node that runs it;
+    /// each job cancelled while running is told on the `cancel` channel (payload its id).
     pub async fn cancel(&self, id: JobId) -> Result<(JobRecord, Option<String>), ApiError> {
         let mut client = self.client().await.map_err(unavailable)?;
         let tx = client.transaction().await.map_err(self.refused())?;
-        let sql = format!(
-            "UPDATE {jobs} SET state = 'cancelled', completed_at = now(),
-                 cancel_requested = (state = 'running'),
-                 history = history || jsonb_build_array(jsonb_build_object(
-                     'at', (extract(epoch FROM clock_timestamp()) * 1000)::int8,
-                     'kind', 'cancelled', 'attempt', attempt,
-                     'detail', CASE WHEN state = 'running'
-                         THEN 'cancelled while running: asked to stop, aborted after [jobs] cancel_grace'
-                         ELSE 'cancelled before it ran' END))
-             WHERE id = $1 AND state IN {UNFINISHED}
-             RETURNING {RECORD_COLUMNS}, cancel_requested, claimed_by",
-            jobs = self.t("jobs")
-        );
+        let sql = self.cancel_sql("id = $1", RECORD_COLUMNS);
         let row = tx.query_opt(&sql, &[&id.0]).await.map_err(self.refused())?;
         let Some(row) = row else {
             drop(tx);
@@ -101,18 +91,55 @@ impl Jobs {
                 .await);
         };
         // The two columns after the record's.
-        let owner: Option<String> = row.get::<_, bool>(18).then(|| row.get(19));
+        // A waiting batch job is running but claimed by no node (`fanout.rs`).
+        let owner: Option<String> = row
+            .get::<_, bool>(18)
+            .then(|| row.get::<_, Option<String>>(19))
+            .flatten();
         let rec = self.record(&row).map_err(unavailable)?;
+        let children = self.cancel_sql("parent_id = $1", "id");
+        let kids = tx
+            .query(&children, &[&id.0])
+            .await
+            .map_err(self.refused())?;
+        let mut told: Vec<Uuid> = kids
+            .iter()
+            .filter(|k| k.get::<_, bool>(1))
+            .map(|k| k.get(0))
+            .collect();
         if owner.is_some() {
+            told.push(id.0);
+        }
+        for running in told {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&self.channel(CANCEL), &id.0.to_string()],
+                &[&self.channel(CANCEL), &running.to_string()],
             )
             .await
             .map_err(self.refused())?;
         }
         tx.commit().await.map_err(self.refused())?;
         Ok((rec, owner))
+    }
+
+    /// The cancel of the unfinished jobs `which` selects, returning `columns`, then whether
+    /// each was running and the node that ran it.
+    fn cancel_sql(&self, which: &str, columns: &str) -> String {
+        format!(
+            "UPDATE {jobs} SET state = 'cancelled', completed_at = now(),
+                 cancel_requested = (state = 'running' AND claimed_by IS NOT NULL),
+                 history = history || jsonb_build_array(jsonb_build_object(
+                     'at', (extract(epoch FROM clock_timestamp()) * 1000)::int8,
+                     'kind', 'cancelled', 'attempt', attempt,
+                     'detail', CASE WHEN state = 'running' AND claimed_by IS NULL
+                         THEN 'cancelled while waiting for its children'
+                         WHEN state = 'running'
+                         THEN 'cancelled while running: asked to stop, aborted after [jobs] cancel_grace'
+                         ELSE 'cancelled before it ran' END))
+             WHERE {which} AND state IN {UNFINISHED}
+             RETURNING {columns}, cancel_requested, claimed_by",
+            jobs = self.t("jobs")
+        )
     }
 
     /// Sends a failed or cancelled job back to its queue with its attempts reset.

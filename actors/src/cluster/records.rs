@@ -8,6 +8,7 @@ use crate::postgres::{jsonb_text, pg_text};
 use uuid::Uuid;
 
 use super::store::{Completion, Jobs};
+use crate::job::JobId;
 use crate::postgres::Failure;
 use crate::store::journal::StoredRecord;
 
@@ -25,13 +26,18 @@ impl RecordColumns {
     pub(super) fn of(done: &[Completion]) -> RecordColumns {
         let mut cols = RecordColumns::default();
         for c in done {
-            for (key, value) in &c.records {
-                cols.jobs.push(c.id.0);
-                cols.keys.push(pg_text(key));
-                cols.values.push(jsonb_text(value));
-            }
+            cols.push(c.id, &c.records);
         }
         cols
+    }
+
+    /// Adds the records `job`'s attempt stored.
+    pub(super) fn push(&mut self, job: JobId, records: &[(String, serde_json::Value)]) {
+        for (key, value) in records {
+            self.jobs.push(job.0);
+            self.keys.push(pg_text(key));
+            self.values.push(jsonb_text(value));
+        }
     }
 }
 

@@ -43,7 +43,7 @@ const JOB_COLUMNS: &str =
 
 /// An event appended to `history`, in SQL: `kind` and `detail` are SQL expressions, `attempt`
 /// the attempt expression; `at` is the database's now, in ms.
-fn event(kind: &str, attempt: &str, detail: &str) -> String {
+pub(super) fn event(kind: &str, attempt: &str, detail: &str) -> String {
     format!(
         "jsonb_build_array(jsonb_build_object('at', (extract(epoch FROM clock_timestamp()) * 1000)::int8, \
          'kind', {kind}, 'attempt', {attempt}, 'detail', {detail}))"

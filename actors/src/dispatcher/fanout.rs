@@ -27,13 +27,23 @@ pub struct Tally {
 
 impl Tally {
     fn count(&mut self, child: &JobRecord) {
-        match child.status {
+        self.count_end(child.status, child.result.as_deref());
+    }
+
+    /// Counts a child that ended in `status` with `result` (cluster mode reads only these).
+    pub(crate) fn count_end(&mut self, status: JobStatus, result: Option<&str>) {
+        match status {
             JobStatus::Succeeded => {
                 self.succeeded += 1;
-                self.stored += stored_in(child.result.as_deref());
+                self.stored += stored_in(result);
             }
             _ => self.failed += 1,
         }
+    }
+
+    /// The parent's result once its `total` children have ended.
+    pub(crate) fn summary(&self, total: usize) -> Value {
+        json!({ "total": total, "succeeded": self.succeeded, "failed": self.failed, "stored": self.stored })
     }
 }
 
@@ -149,7 +159,7 @@ impl DispatcherState {
         else {
             return;
         };
-        let summary = json!({ "total": head.children().len(), "succeeded": t.succeeded, "failed": t.failed, "stored": t.stored });
+        let summary = t.summary(head.children().len());
         metrics::counter!(m::JOB_EXECUTIONS, "job_name" => head.name.to_string(), "status" => "succeeded").increment(1);
         self.totals.succeeded += 1;
         let done = now_ms();

@@ -1,0 +1,102 @@
+//! Batch jobs in cluster mode: a parent fans out to children that any node may run, waits for
+//! them holding no worker, and is finished by the leader with their summary; cancelling it
+//! cancels its unfinished children wherever they wait.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{number, until_count, yahoo_cluster};
+use crate::fakes::{FakeUpstream, COMPANIES, YAHOO_CHART_PREFIX};
+use crate::support::{poll, req};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Submits a `yahoo.batch_chart` over the first `n` tickers through `node`; its id.
+async fn batch(node: &super::ClusterNode, n: usize) -> String {
+    let tickers: Vec<&str> = COMPANIES.iter().take(n).map(|c| c.ticker).collect();
+    let submit =
+        json!({"cmd": "submit", "job": "yahoo.batch_chart", "params": {"tickers": tickers}});
+    let a = req(&mut node.client().await, submit).await;
+    assert_eq!(a["ok"], true, "{a}");
+    a["job_id"].as_str().unwrap().to_string()
+}
+
+/// Ensures that a batch job submitted through one node fans out to one child per ticker, that
+/// each child runs exactly once (one request each at the fake upstream), and that the parent,
+/// read through another node, succeeds with its children's summary and shows its fan-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fans_out_over_the_cluster_and_ends_with_its_summary() {
+    let fake = FakeUpstream::start().await;
+    let (schema, nodes) = yahoo_cluster("fanout", &fake, "50/s").await;
+    let n = COMPANIES.len().min(10);
+    let parent = batch(&nodes[0], n).await;
+    let done = poll(
+        &mut nodes[2].client().await,
+        "the batch to succeed",
+        WAIT,
+        json!({"cmd": "status", "job_id": parent}),
+        |s| s["job"]["status"] == "succeeded",
+    )
+    .await;
+    let result = &done["job"]["result"];
+    assert_eq!(result["total"], n, "{done}");
+    assert_eq!(result["succeeded"], n, "{done}");
+    assert_eq!(result["failed"], 0, "{done}");
+    let kids = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE parent_id = '{parent}' AND state = 'succeeded'"
+    );
+    assert_eq!(number(&schema, &kids).await, n as i64);
+    assert_eq!(fake.requests_to(YAHOO_CHART_PREFIX).len(), n);
+    let h = req(
+        &mut nodes[1].client().await,
+        json!({"cmd": "history", "job_id": parent}),
+    )
+    .await;
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"fanned_out"), "{h}");
+    assert_eq!(kinds.last(), Some(&"succeeded"), "{h}");
+    drop(nodes);
+    schema.drop_now().await;
+}
+
+/// Ensures that cancelling a waiting batch job through another node cancels its children that
+/// had not run, leaves those that had, and that the leader never finishes the cancelled parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_waiting_batch_cancels_its_children() {
+    let fake = FakeUpstream::start().await;
+    let (schema, nodes) = yahoo_cluster("fanout_cancel", &fake, "2/s").await;
+    let n = COMPANIES.len().min(10);
+    let parent = batch(&nodes[0], n).await;
+    let succeeded = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE parent_id = '{parent}' AND state = 'succeeded'"
+    );
+    until_count(&schema, "two children to succeed", WAIT, &succeeded, 2).await;
+    let mut c = nodes[1].client().await;
+    let why = req(&mut c, json!({"cmd": "why", "job_id": parent})).await;
+    assert_eq!(why["blocker"]["kind"], "children", "{why}");
+    let cancelled = req(&mut c, json!({"cmd": "cancel", "job_id": parent})).await;
+    assert_eq!(cancelled["job"]["status"], "cancelled", "{cancelled}");
+    let unfinished = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE parent_id = '{parent}'
+         AND state NOT IN ('succeeded', 'cancelled')"
+    );
+    until_count(&schema, "every child to be final", WAIT, &unfinished, 0).await;
+    let cancelled_kids = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE parent_id = '{parent}' AND state = 'cancelled'"
+    );
+    assert!(
+        number(&schema, &cancelled_kids).await > 0,
+        "no child was cancelled"
+    );
+    // The leader's rounds pass a cancelled parent by: it stays cancelled.
+    let s = req(&mut c, json!({"cmd": "status", "job_id": parent})).await;
+    assert_eq!(s["job"]["status"], "cancelled", "{s}");
+    drop(nodes);
+    schema.drop_now().await;
+}
