@@ -100,3 +100,48 @@ async fn cancelling_a_waiting_batch_cancels_its_children() {
     drop(nodes);
     schema.drop_now().await;
 }
+
+/// Ensures that a batch job whose node is killed with SIGKILL after the fan-out is not run
+/// again: its children finish on the other nodes (the killed node's running ones rescued), the
+/// leader finishes the parent, and there is one fan-out with one set of children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_outlives_the_node_that_fanned_it_out() {
+    let fake = FakeUpstream::start().await;
+    let (schema, mut nodes) = yahoo_cluster("fanout_kill", &fake, "4/s").await;
+    let n = COMPANIES.len().min(10);
+    let parent = batch(&nodes[0], n).await;
+    let fanned = format!(
+        "SELECT count(*) FROM {{s}}.jobs WHERE id = '{parent}' AND claimed_by IS NULL \
+         AND history @> '[{{\"kind\": \"fanned_out\"}}]'"
+    );
+    until_count(&schema, "the batch to fan out", WAIT, &fanned, 1).await;
+    let who = format!(
+        "SELECT e->>'detail' FROM {{s}}.jobs, jsonb_array_elements(history) e \
+         WHERE id = '{parent}' AND e->>'kind' = 'started'"
+    );
+    let victim = schema.texts(&who).await[0][0].clone().unwrap();
+    nodes.iter_mut().find(|n| n.id == victim).unwrap().kill_9();
+    let done =
+        format!("SELECT count(*) FROM {{s}}.jobs WHERE id = '{parent}' AND state = 'succeeded'");
+    until_count(
+        &schema,
+        "the batch to finish without its node",
+        WAIT,
+        &done,
+        1,
+    )
+    .await;
+    let kids = format!("SELECT count(*) FROM {{s}}.jobs WHERE parent_id = '{parent}'");
+    assert_eq!(
+        number(&schema, &kids).await,
+        n as i64,
+        "one set of children"
+    );
+    let fan_outs = format!(
+        "SELECT count(*) FROM {{s}}.jobs, jsonb_array_elements(history) e \
+         WHERE id = '{parent}' AND e->>'kind' = 'fanned_out'"
+    );
+    assert_eq!(number(&schema, &fan_outs).await, 1, "one fan-out");
+    drop(nodes);
+    schema.drop_now().await;
+}
