@@ -1,5 +1,6 @@
 //! Durability: acknowledged jobs survive `kill -9`, a graceful stop lets running jobs finish,
-//! a data dir cannot be opened twice, and a bad config stops the node before it starts.
+//! a data dir cannot be opened twice, a bad config stops the node before it starts, and a
+//! damaged journal is refused with what sled's recovery cut kept beside it.
 
 use std::io::Write;
 use std::path::Path;
@@ -348,4 +349,61 @@ async fn a_full_disk_refuses_work_and_recovers_by_itself() {
     }
     drop(c);
     node.stop().await.unwrap();
+}
+
+/// Ensures that the binary refuses a data dir whose `db` was damaged after a clean stop: it
+/// exits non-zero saying committed writes were lost and naming the folder where the bytes
+/// sled's recovery overwrote were saved, those bytes are there, and `warden check` reports the
+/// loss (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_refused_and_what_recovery_cut_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(tmp.path());
+    let mut child = spawn_node(&config);
+    let mut c = connect(&addr).await;
+    req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
+    for _ in 0..2 {
+        let jobs: Vec<Value> = (0..1_000).map(|_| json!({"job": "builtin.noop"})).collect();
+        let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
+        assert_eq!(job_ids(&a).len(), 1_000, "{a}");
+    }
+    req(&mut c, json!({"cmd": "shutdown"})).await;
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let data = tmp.path().join("data");
+    let db = data.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[used / 2] ^= 0x40;
+    std::fs::write(&db, &bytes).unwrap();
+
+    let mut refused = spawn_node(&config);
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let mut stderr = String::new();
+        let mut pipe = refused.stderr.take().unwrap();
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        (refused.wait().unwrap(), stderr)
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "a damaged journal was opened: {stderr}");
+    assert!(stderr.contains("lost committed writes"), "{stderr}");
+    let saved = data.join("recovery");
+    assert!(stderr.contains(&saved.display().to_string()), "{stderr}");
+    let kept: Vec<_> = std::fs::read_dir(&saved)
+        .unwrap()
+        .flat_map(|when| std::fs::read_dir(when.unwrap().path()).unwrap())
+        .collect();
+    assert!(!kept.is_empty(), "nothing saved under {}", saved.display());
+
+    let check = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(report.contains("committed writes were lost"), "{report}");
 }
