@@ -8,6 +8,7 @@
 //! - `records.rs`: the records tasks store, written with their attempt's completion, and read.
 //! - `fanout.rs`: batch jobs that fan out: the children written with the parent's fan-out, the
 //!   parent finished by the leader once they have all ended.
+//! - `workflows.rs`: chains and groups: held steps the leader releases or cancels.
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
 //! - `settings.rs`: the settings every node must agree on (rate limits, retry policies).
@@ -29,6 +30,7 @@ mod permits;
 mod records;
 mod settings;
 mod store;
+mod workflows;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,6 +84,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             7,
             "children of batch jobs",
             include_str!("cluster/migrations/0007_children.sql"),
+        ),
+        (
+            8,
+            "workflows",
+            include_str!("cluster/migrations/0008_workflows.sql"),
         ),
     ],
 };

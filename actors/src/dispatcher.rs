@@ -41,6 +41,7 @@ pub use self::views::{
     Accepted, Blocker, BlockerKind, PipelineView, QueueDepths, Stats, Totals, UnfinishedCounts,
     WorkersView,
 };
+pub(crate) use self::workflow::held_detail;
 pub use self::workflow::WorkflowSpec;
 
 /// How often the queue and worker gauges are refreshed.

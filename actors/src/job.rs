@@ -344,6 +344,18 @@ impl WorkflowKind {
     }
 }
 
+impl std::str::FromStr for WorkflowKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "chain" => Ok(WorkflowKind::Chain),
+            "group" => Ok(WorkflowKind::Group),
+            other => Err(format!("expected chain or group, got {other:?}")),
+        }
+    }
+}
+
 /// A workflow's structure, journaled with its jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowRecord {

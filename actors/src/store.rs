@@ -54,12 +54,11 @@ impl JobStore {
         }
     }
 
-    /// The workflow `id` (its structure; its jobs are read with [`JobStore::get`]). Workflows
-    /// are refused in cluster mode, so the cluster's store has none.
-    pub fn workflow(&self, id: uuid::Uuid) -> Result<Option<WorkflowRecord>, String> {
+    /// The workflow `id` (its structure; its jobs are read with [`JobStore::get`]).
+    pub async fn workflow(&self, id: uuid::Uuid) -> Result<Option<WorkflowRecord>, String> {
         match self {
             JobStore::Journal(j) => j.get_workflow(id).map_err(journal_failed),
-            JobStore::Cluster(_) => Ok(None),
+            JobStore::Cluster(c) => c.workflow(id).await.map_err(|e| e.message().to_string()),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::process::{connect, free_port, spawn_node_with, NodeChild};
 use crate::support::{eventually, job_ids, most_in_window, poll, req};
 
 mod records;
+mod workflows;
 
 /// The variable the test configs name in `url_env`.
 const URL_ENV: &str = "WARDEN_TEST_CLUSTER_URL";

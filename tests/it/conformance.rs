@@ -648,29 +648,46 @@ async fn unknown_names_and_ids_carry_the_same_codes(store: Store) {
     n.finish().await;
 }
 
-/// Ensures that the documented differences hold (docs/cluster.md, "What is not done"): a
-/// workflow is accepted on a single node and refused in cluster mode as a `bad_request`, and
-/// `nodes` says whether the node runs in a cluster.
-async fn documented_differences(store: Store) {
-    let (n, mut c) = node(store, "differences").await;
-    let chain =
-        json!({"cmd": "submit_workflow", "kind": "chain", "jobs": [{"job": "builtin.noop"}]});
+/// Ensures that workflows behave the same in both modes: a chain runs its steps in turn, the
+/// second on the first's result as `params.input`; a group's `then` runs after its members (one
+/// failed, `allow_failures`) on `params.results` with the error in place; `workflow` answers
+/// the same shape. And that `nodes` says whether the node runs in a cluster.
+async fn workflows_and_nodes(store: Store) {
+    let (n, mut c) = node(store, "workflows").await;
+    let noop = json!({"job": "builtin.noop"});
+    let chain = json!({"cmd": "submit_workflow", "kind": "chain", "jobs": [noop, noop]});
     let a = req(&mut c, chain).await;
+    assert_eq!(
+        shape(&a),
+        json!({"ok": true, "workflow_id": "<id>", "job_ids": ["<id>", "<id>"]})
+    );
+    let done = workflow_done(&mut c, &a["workflow_id"]).await;
+    assert_eq!(done["kind"], "chain", "{done}");
+    assert_eq!(done["jobs"][1]["params"], json!({"input": null}), "{done}");
+    let group = json!({"cmd": "submit_workflow", "kind": "group",
+        "jobs": [noop, {"job": "builtin.fail_permanent"}], "then": noop, "allow_failures": true});
+    let a = req(&mut c, group).await;
+    assert_eq!(a["ok"], true, "{a}");
+    let done = workflow_done(&mut c, &a["workflow_id"]).await;
+    let results = &done["jobs"][2]["params"]["results"];
+    assert_eq!(results[0], Value::Null, "{done}");
+    assert!(results[1]["error"].is_string(), "{done}");
     let nodes = req(&mut c, json!({"cmd": "nodes"})).await;
-    match store {
-        Store::Sled => {
-            assert_eq!(
-                shape(&a),
-                json!({"ok": true, "workflow_id": "<id>", "job_ids": ["<id>"]})
-            );
-            assert_eq!(nodes["cluster"], false, "{nodes}");
-        }
-        Store::Postgres => {
-            assert_eq!(code(&a), "bad_request");
-            assert_eq!(nodes["cluster"], true, "{nodes}");
-        }
-    }
+    assert_eq!(nodes["cluster"], store == Store::Postgres, "{nodes}");
     n.finish().await;
+}
+
+/// The `workflow` answer once every job of workflow `id` ended, its status `succeeded` or
+/// `failed`.
+async fn workflow_done(c: &mut Client, id: &Value) -> Value {
+    let ended = |w: &Value| {
+        matches!(
+            w["workflow"]["status"].as_str(),
+            Some("succeeded" | "failed")
+        )
+    };
+    let q = json!({"cmd": "workflow", "workflow_id": id});
+    poll(c, "the workflow to end", FINISH, q, ended).await["workflow"].clone()
 }
 
 /// The scenarios, each a test per store.
@@ -711,5 +728,5 @@ both_stores!(
     list_filters_newest_first,
     stats_counts,
     unknown_names_and_ids_carry_the_same_codes,
-    documented_differences,
+    workflows_and_nodes,
 );

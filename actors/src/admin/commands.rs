@@ -212,7 +212,7 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
         Command::Stats => stats(ctx).await,
         Command::Records(r) => records(ctx, r).await,
         Command::SubmitWorkflow(w) => submit_workflow(ctx, w).await,
-        Command::Workflow(r) => workflow(ctx, r.workflow_id),
+        Command::Workflow(r) => workflow(ctx, r.workflow_id).await,
         Command::Why(r) => {
             let b = call(ctx, |p| DispatcherMsg::Why(r.job_id, p)).await??;
             Ok(json!({ "blocker": to_value(b) }))
@@ -227,11 +227,6 @@ async fn run(cmd: Command, ctx: &AdminCtx) -> Result<Value, ApiError> {
             Ok(json!({ "draining": true }))
         }
     }
-}
-
-/// A journal read that failed, as an answer.
-fn journal_err(e: crate::store::journal::JournalError) -> ApiError {
-    ApiError::internal(format!("journal read failed: {e}"))
 }
 
 /// `ping`: the node's name, version and uptime.
@@ -384,18 +379,18 @@ async fn submit_workflow(
     Ok(json!({ "workflow_id": id, "job_ids": ids }))
 }
 
-/// `workflow`: its structure, its jobs and its status.
-fn workflow(ctx: &AdminCtx, id: uuid::Uuid) -> Result<Value, ApiError> {
+/// `workflow`: its structure, its jobs and its status, from the store (either mode).
+async fn workflow(ctx: &AdminCtx, id: uuid::Uuid) -> Result<Value, ApiError> {
+    let read = ApiError::storage_unavailable;
     let wf = ctx
-        .journal
-        .get_workflow(id)
-        .map_err(journal_err)?
+        .jobs
+        .workflow(id)
+        .await
+        .map_err(read)?
         .ok_or_else(|| ApiError::not_found(format!("workflow_id: no workflow with id {id}")))?;
     let mut jobs = Vec::new();
     for job in wf.jobs.iter().chain(wf.then.iter()) {
-        if let Some(rec) = ctx.journal.get(*job).map_err(journal_err)? {
-            jobs.push(rec);
-        }
+        jobs.extend(ctx.jobs.get(*job).await.map_err(read)?);
     }
     let status = workflow_status(&jobs);
     let views: Vec<JobView> = jobs

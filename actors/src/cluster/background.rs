@@ -7,7 +7,8 @@
 //!   beat succeeded for 10 s (a node cut off from the database must not keep jobs the leader
 //!   is about to rescue);
 //! - the leader (every second): takes or renews the lease every 5 s; while it leads, rescues
-//!   silent nodes' jobs, finishes the batch jobs whose children have all ended (`fanout.rs`),
+//!   silent nodes' jobs, moves workflows on (`workflows.rs`), finishes the batch jobs whose
+//!   children have all ended (`fanout.rs`),
 //!   counts the unfinished jobs for every node at the heartbeat's pace (one
 //!   `GROUP BY` over the backlog for the cluster, not one per node) and compacts finished jobs
 //!   past their retention;
@@ -151,6 +152,16 @@ impl Loops {
                 }
                 Ok(_) => {}
                 Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
+            }
+            match jobs.advance_workflows().await {
+                Ok(woken) => {
+                    for pipeline in woken.iter().collect::<std::collections::BTreeSet<_>>() {
+                        let _ = jobs.wake(pipeline).await;
+                    }
+                }
+                Err(e) => {
+                    warn!(actor = "root/dispatcher", error = %e.message(), "workflows not moved on")
+                }
             }
             match jobs.finish_parents().await {
                 Ok(0) => {}

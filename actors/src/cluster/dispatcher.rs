@@ -28,13 +28,14 @@ use super::background::Loops;
 use super::fanout::FanOut;
 use super::operator::{unavailable, Counts};
 use super::store::{Claimed, Completion, NewRow, Outcome};
+use super::workflows::NewWorkflow;
 use super::Cluster;
 use crate::alerts::Alerter;
 use crate::args::JobsArgs;
 use crate::dispatcher::{
-    no_pipeline, retry_or_give_up, route_all, verdict, Accepted, Blocker, BlockerKind,
+    no_pipeline, retry_or_give_up, route, route_all, verdict, Accepted, Blocker, BlockerKind,
     DispatcherLink, DispatcherMsg, PipelineInfo, PipelineView, QueueDepths, Stats, Totals, Verdict,
-    WorkersView,
+    WorkersView, WorkflowSpec,
 };
 use crate::job::{now_ms, rfc3339_ms, JobId, JobRecord, JobStatus};
 use crate::metrics as m;
@@ -321,10 +322,8 @@ impl State {
             DispatcherMsg::Why(id, reply) => {
                 let _ = reply.send(self.why(id).await);
             }
-            DispatcherMsg::SubmitWorkflow(_, reply) => {
-                let _ = reply.send(Err(ApiError::bad_request(
-                    "workflows are not available in cluster mode yet ([store] kind = \"postgres\"); submit the steps as jobs",
-                )));
+            DispatcherMsg::SubmitWorkflow(spec, reply) => {
+                let _ = reply.send(self.submit_workflow(spec).await);
             }
             DispatcherMsg::Withdraw(ids) => {
                 for id in ids {
@@ -553,13 +552,66 @@ impl State {
         self.store_up();
         info!(actor = "root/dispatcher", job_id = %f.parent, children = f.children.len(), "fanned out");
         for row in &f.children {
-            self.totals.submitted += 1;
-            self.meters.job(&row.name).submitted.increment(1);
-            self.owed.insert(row.pipeline.clone());
-            if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
-                l.maybe_work = true;
-            }
+            self.added(row);
         }
+    }
+
+    /// A new job is in the table: counted as submitted, its pipeline owed a wake-up.
+    fn added(&mut self, row: &NewRow) {
+        self.totals.submitted += 1;
+        self.meters.job(&row.name).submitted.increment(1);
+        self.owed.insert(row.pipeline.clone());
+        if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
+            l.maybe_work = true;
+        }
+    }
+
+    /// Accepts a workflow on any node: its structure and all its jobs in one statement, the
+    /// steps that wait held until the leader releases them (`workflows.rs`).
+    async fn submit_workflow(
+        &mut self,
+        spec: WorkflowSpec,
+    ) -> Result<(uuid::Uuid, Vec<JobId>), ApiError> {
+        let has_then = spec.then.is_some();
+        let all: Vec<(SubmitSpec, String)> = spec
+            .jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (s, format!("jobs[{i}].job")))
+            .chain(spec.then.map(|s| (s, "then.job".to_string())))
+            .collect();
+        let mut rows = Vec::with_capacity(all.len());
+        for (s, at) in all {
+            let (lane, priority) = route(&self.router, &self.lanes, &s.name, &at)?;
+            let info = &self.lanes[lane].info;
+            // A step's dedup key and delay do not apply: the workflow decides when it runs.
+            rows.push(NewRow {
+                id: JobId::new(),
+                pipeline: info.name.clone(),
+                params: s.params.to_string(),
+                priority: s.priority.unwrap_or(priority),
+                max_retries: s.max_retries.unwrap_or(info.retry.max_retries),
+                unique_key: None,
+                run_at: None,
+                tick: None,
+                name: s.name,
+            });
+        }
+        self.admit(rows.len())?;
+        let wf = NewWorkflow {
+            id: uuid::Uuid::now_v7(),
+            kind: spec.kind,
+            rows,
+            has_then,
+            allow_failures: spec.allow_failures,
+        };
+        let jobs = self.cluster.jobs.clone();
+        jobs.submit_workflow(&wf).await.map_err(nothing_accepted)?;
+        for row in &wf.rows {
+            self.added(row);
+        }
+        self.announce().await;
+        Ok((wf.id, wf.rows.iter().map(|r| r.id).collect()))
     }
 
     /// A batch job on `worker` named its children: write them with the parent left waiting
@@ -878,25 +930,30 @@ impl State {
         }
     }
 
-    async fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
+    /// Refuses new work while draining, or when `n` more jobs would pass `[jobs] max_queued`.
+    fn admit(&self, n: usize) -> Result<(), ApiError> {
         if self.draining {
             return Err(ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the node is draining; submit to another node",
             ));
         }
-        let routed = route_all(&self.router, &self.lanes, &specs)?;
         let unfinished = self.counts.unfinished();
-        if unfinished + specs.len() > self.limits.max_queued {
+        if unfinished + n > self.limits.max_queued {
             return Err(ApiError::new(
                 ErrorCode::Overloaded,
                 format!(
-                    "the queue is full: {unfinished} unfinished jobs in the cluster, {} more asked, [jobs] max_queued = {}; retry later",
-                    specs.len(),
+                    "the queue is full: {unfinished} unfinished jobs in the cluster, {n} more asked, [jobs] max_queued = {}; retry later",
                     self.limits.max_queued
                 ),
             ));
         }
+        Ok(())
+    }
+
+    async fn submit(&mut self, specs: Vec<SubmitSpec>) -> Result<Vec<Accepted>, ApiError> {
+        let routed = route_all(&self.router, &self.lanes, &specs)?;
+        self.admit(specs.len())?;
         let now = now_ms();
         let mut rows: Vec<NewRow> = Vec::with_capacity(specs.len());
         // Each submit's row, and whether it repeats a key met earlier in the batch.
@@ -924,20 +981,15 @@ impl State {
                 name: spec.name,
             });
         }
-        let placed = self.cluster.jobs.insert(&rows).await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::StorageUnavailable,
-                format!("{}; nothing was accepted; retry later", e.message()),
-            )
-        })?;
+        let placed = self
+            .cluster
+            .jobs
+            .insert(&rows)
+            .await
+            .map_err(nothing_accepted)?;
         for (row, (_, dedup)) in rows.iter().zip(&placed) {
             if !dedup {
-                self.totals.submitted += 1;
-                self.meters.job(&row.name).submitted.increment(1);
-                self.owed.insert(row.pipeline.clone());
-                if let Some(l) = self.lanes.iter_mut().find(|l| l.info.name == row.pipeline) {
-                    l.maybe_work = true;
-                }
+                self.added(row);
             }
         }
         self.announce().await;
@@ -1064,6 +1116,9 @@ impl State {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| ApiError::not_found(format!("job_id: no job with id {id}")))?;
+        if let Some(detail) = self.held_detail(&rec).await {
+            return Ok(Blocker::new(BlockerKind::Scheduled, detail, None));
+        }
         let eta = rec.next_attempt_at.map(rfc3339_ms);
         let lane = self.lanes.iter().find(|l| l.info.name == rec.pipeline);
         let (kind, detail) = match rec.status {
@@ -1111,6 +1166,19 @@ impl State {
         Ok(Blocker::new(kind, detail, eta))
     }
 
+    /// What `rec` waits for when it is a held workflow step (`workflows.rs`).
+    async fn held_detail(&self, rec: &JobRecord) -> Option<String> {
+        let wf_id = rec
+            .workflow_id
+            .filter(|_| rec.status == JobStatus::Pending)?;
+        let jobs = &self.cluster.jobs;
+        if !jobs.is_held(rec.id).await.ok()? {
+            return None;
+        }
+        let wf = jobs.workflow(wf_id).await.ok()??;
+        Some(crate::dispatcher::held_detail(&wf, rec.id))
+    }
+
     fn publish_gauges(&self) {
         for l in &self.lanes {
             let q = self.depths(&l.info.name);
@@ -1124,6 +1192,14 @@ impl State {
                 .set(l.workers.len() as f64);
         }
     }
+}
+
+/// A store failure as the answer to a submit: nothing of it was accepted.
+fn nothing_accepted(e: crate::postgres::Failure) -> ApiError {
+    ApiError::new(
+        ErrorCode::StorageUnavailable,
+        format!("{}; nothing was accepted; retry later", e.message()),
+    )
 }
 
 /// Writes `fan_outs` one by one, stopping at the first refused write (the rest are kept).

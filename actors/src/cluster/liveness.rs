@@ -159,8 +159,8 @@ impl Jobs {
         })
     }
 
-    /// Deletes up to `batch` finished jobs (and schedule ticks) older than `retention`;
-    /// returns how many jobs went.
+    /// Deletes up to `batch` finished jobs (and schedule ticks and closed workflows) older than
+    /// `retention`; returns how many jobs went.
     pub async fn compact(&self, retention: Duration, batch: i64) -> Result<u64, Failure> {
         let client = self.client().await?;
         let sql = format!(
@@ -181,6 +181,14 @@ impl Jobs {
             self.t("schedule_ticks")
         );
         client.execute(&ticks, &[&ms]).await.map_err(self.pg())?;
+        let workflows = format!(
+            "DELETE FROM {} WHERE finished_at < now() - $1::int8 * interval '1 millisecond'",
+            self.t("workflows")
+        );
+        client
+            .execute(&workflows, &[&ms])
+            .await
+            .map_err(self.pg())?;
         Ok(n)
     }
 

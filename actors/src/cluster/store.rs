@@ -33,7 +33,7 @@ pub(super) const RECORD_COLUMNS: &str =
      unique_key, (extract(epoch FROM created_at) * 1000)::int8, \
      (extract(epoch FROM started_at) * 1000)::int8, \
      (extract(epoch FROM completed_at) * 1000)::int8, \
-     CASE WHEN state = 'retrying' OR (state = 'pending' AND run_at > now()) \
+     CASE WHEN state = 'retrying' OR (state = 'pending' AND run_at > now() AND run_at <> 'infinity') \
           THEN (extract(epoch FROM run_at) * 1000)::int8 END, \
      error, result, parent_id, workflow_id, params, history::text";
 

@@ -86,14 +86,13 @@ async fn load(ctx: &ConsoleCtx, id: &str) -> Result<Detail, ApiError> {
     })
 }
 
-/// The job's workflow and its first jobs. Workflows are refused in cluster mode: there the
-/// store has none and this part of the page is absent.
+/// The job's workflow and its first jobs.
 async fn workflow(
     ctx: &ConsoleCtx,
     id: uuid::Uuid,
 ) -> Result<Option<(WorkflowRecord, Vec<JobRecord>)>, ApiError> {
     let read = ApiError::storage_unavailable;
-    let Some(wf) = ctx.admin.jobs.workflow(id).map_err(read)? else {
+    let Some(wf) = ctx.admin.jobs.workflow(id).await.map_err(read)? else {
         return Ok(None);
     };
     let mut members = Vec::new();

@@ -212,6 +212,7 @@ pub async fn search(
         (None, Some(w)) => {
             let ids = jobs
                 .workflow(w)
+                .await
                 .map_err(ApiError::storage_unavailable)?
                 .map(|w| w.jobs.into_iter().chain(w.then).collect())
                 .unwrap_or_default();

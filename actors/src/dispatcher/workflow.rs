@@ -312,13 +312,18 @@ impl DispatcherState {
             return None;
         }
         let wf = self.workflows.get(&live.head.workflow_id()?)?;
-        Some(match wf.jobs.iter().position(|j| *j == id) {
-            Some(k) if k > 0 => format!(
-                "waits for step {k} of its chain ({}) to succeed",
-                wf.jobs[k - 1]
-            ),
-            _ => format!("waits for the {} jobs of its group to end", wf.jobs.len()),
-        })
+        Some(held_detail(wf, id))
+    }
+}
+
+/// What held job `id` of `wf` waits for, in words (`why`, in both modes).
+pub(crate) fn held_detail(wf: &WorkflowRecord, id: JobId) -> String {
+    match wf.jobs.iter().position(|j| *j == id) {
+        Some(k) if k > 0 => format!(
+            "waits for step {k} of its chain ({}) to succeed",
+            wf.jobs[k - 1]
+        ),
+        _ => format!("waits for the {} jobs of its group to end", wf.jobs.len()),
     }
 }
 
