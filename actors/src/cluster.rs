@@ -6,6 +6,7 @@
 //!
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
 //! - `records.rs`: the records tasks store, written with their attempt's completion, and read.
+//! - `sink_outbox.rs`: the PostgreSQL sink's outbox, written with those records.
 //! - `operator.rs`: cancel, retry, pause and the counts of `stats`.
 //! - `liveness.rs`: heartbeats, the leader lease, the rescue of silent nodes' jobs, compaction.
 //! - `settings.rs`: the settings every node must agree on (rate limits, retry policies).
@@ -25,6 +26,7 @@ mod operator;
 mod permits;
 mod records;
 mod settings;
+mod sink_outbox;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,7 @@ pub use self::liveness::{NodeView, Rescued};
 pub use self::operator::Counts;
 pub use self::permits::{Permit, Permits};
 pub use self::settings::of_pipelines as settings_of;
+pub use self::sink_outbox::sink_setting;
 pub use self::store::{like_pattern, like_patterns, Claimed, Completion, Jobs, NewRow, Outcome};
 
 /// The cluster store's schema, in order. Never edit a shipped one: add the next.
@@ -74,6 +77,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             6,
             "the records tasks store",
             include_str!("cluster/migrations/0006_records.sql"),
+        ),
+        (
+            7,
+            "the PostgreSQL sink's outbox",
+            include_str!("cluster/migrations/0007_sink_outbox.sql"),
         ),
     ],
 };
@@ -172,6 +180,7 @@ impl Cluster {
                 target,
                 schema: args.schema.clone(),
                 node: args.node_id.clone(),
+                outbox: Arc::default(),
             },
             config,
             args,

@@ -9,12 +9,16 @@
 //! Times that decide anything (`run_at`, `claimed_at`) are the database's clock. Times shown
 //! to people are read back as Unix milliseconds, so a record looks the same in both modes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::records::{upsert_cte, RecordColumns};
+use super::sink_outbox::outbox_cte;
 use crate::job::{JobEvent, JobId, JobRecord, JobStatus, Priority};
 use crate::postgres::{Failure, Target};
 use crate::protocol::ScheduleTick;
@@ -211,6 +215,9 @@ pub struct Jobs {
     pub(super) target: Target,
     pub(super) schema: String,
     pub(super) node: String,
+    /// Whether the records a completion changes also get a sink outbox row (`sink_outbox.rs`):
+    /// on from before anything runs when `[sinks.postgres]` is configured.
+    pub(super) outbox: Arc<AtomicBool>,
 }
 
 impl Jobs {
@@ -481,8 +488,8 @@ impl Jobs {
             .collect())
     }
 
-    /// Writes the ends of claimed jobs, and the records their attempts stored, in one
-    /// statement. A completion whose claim is no longer this node's (rescued by the leader,
+    /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
+    /// outbox rows when the sink is on), in one statement. A completion whose claim is no longer this node's (rescued by the leader,
     /// cancelled) changes nothing and writes none of its records: the ids written are
     /// returned, the others were fenced out. The exception is [`Outcome::Cancelled`], the
     /// attempt of a job cancelled while it ran here: its end is the cancel's, left as it is,
@@ -516,11 +523,16 @@ impl Jobs {
              WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9
                AND (j.state = 'running' OR (d.state = 'cancelled' AND j.state = 'cancelled'))
              RETURNING j.id),
-             {records}
+             {records}{outboxed}
              SELECT id FROM done",
             jobs = self.t("jobs"),
             ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
             records = upsert_cte(&self.t("records"), 10, 11, 12),
+            outboxed = if self.outbox.load(Ordering::Acquire) {
+                outbox_cte(&self.t("sink_outbox"))
+            } else {
+                String::new()
+            },
         );
         let rows = client
             .query(
