@@ -1,11 +1,12 @@
 //! The PostgreSQL sink: `sink:postgres`, one actor under the root (with `[sinks.postgres]`)
 //! that ships the records the pipelines store into typed PostgreSQL tables.
 //!
-//! Records are stored in the journal first, as without a sink; the job succeeds on that. Each
-//! changed record also gets an outbox entry in the same sled transaction
-//! (`store/journal/outbox.rs`). This actor takes the oldest `batch` entries, turns their records
-//! into rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent upserts
-//! (`write.rs`, `tables.rs`), and only then removes the entries and advances the cursor. So:
+//! On a single node records are stored in the journal first, as without a sink; the job
+//! succeeds on that. Each changed record also gets an outbox entry in the same sled
+//! transaction (`store/journal/outbox.rs`). This actor takes the oldest `batch` entries, turns
+//! their records into rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent
+//! upserts (`write.rs`, `tables.rs`), and only then removes the entries and advances the cursor.
+//! So:
 //!
 //! - PostgreSQL down, slow or restarting never touches the jobs: records wait in the outbox
 //!   (`warden_sink_backlog`), the actor retries with exponential, jittered backoff (200 ms
@@ -18,7 +19,8 @@
 //!   no restart budget and cannot take the node down. A panic would be restarted by the root.
 //! - Rows PostgreSQL refuses (a data error, which `rows.rs` is built to make impossible) are
 //!   retried one record at a time; a record still refused is parked (meta key
-//!   `sink/postgres/rejected/<key>`, logged, counted as `rejected`) so it cannot block the
+//!   `sink/postgres/rejected/<key>`, in cluster mode the cluster's `sink_rejected` table;
+//!   logged, counted as `rejected`) so it cannot block the
 //!   records behind it. `warden sinks backfill --prefix <key>` ships it again.
 //!
 //! In cluster mode (`[store] kind = "postgres"`) the outbox is the cluster's `sink_outbox` table
