@@ -92,8 +92,8 @@ async fn one_shipper(nodes: &[&ClusterNode]) -> usize {
 
 /// Ensures that with the sink on two cluster nodes, the records of jobs run on both land in the
 /// typed tables once each, with the latest value the cluster holds, shipped by one node while
-/// the other stands by; that when the shipper is killed the other takes over and ships what
-/// comes next; that a backfill ships everything again without rewriting a row; and that a node
+/// the other stands by; that when the shipper is killed in the middle of a batch the other
+/// takes over and ships the rest; that a backfill ships everything again without rewriting a row; and that a node
 /// without the sink cannot join the cluster while these run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_ship_each_record_once_with_its_latest_value() {
@@ -125,13 +125,28 @@ async fn two_nodes_ship_each_record_once_with_its_latest_value() {
         "{err}"
     );
 
+    // The shipper killed mid-batch: its write waits on a lock the test holds on the table.
+    let blocker = pg::connect(&pg::test_url()).await.unwrap();
+    let table = format!("{}.records", sink.name);
+    blocker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    let survivor = 1 - shipper;
+    put(&nodes[survivor], &cluster, 100..110, 40).await;
+    let waiting = format!(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = '{table}'::regclass"
+    );
+    until_count(&sink, "the shipper to wait mid-batch", WAIT, &waiting, 1).await;
     nodes[shipper].kill_9();
-    let survivor = &nodes[1 - shipper];
-    put(survivor, &cluster, 100..110, 40).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
     shipped(&cluster).await;
     let want = cluster_records(&cluster).await;
     assert_eq!(want.len(), 45);
     assert_eq!(sink.texts(sunk).await, want, "the survivor took over");
+    let took_over = view(&nodes[survivor]).await;
+    assert!(took_over["shipped"].as_u64().unwrap() > 0, "{took_over}");
+    let survivor = &nodes[survivor];
 
     let versions = "SELECT count(*)::text, max(xmin::text::bigint)::text FROM {s}.records";
     let before = sink.texts(versions).await;
