@@ -489,11 +489,12 @@ impl Jobs {
     }
 
     /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
-    /// outbox rows when the sink is on), in one statement. A completion whose claim is no longer this node's (rescued by the leader,
-    /// cancelled) changes nothing and writes none of its records: the ids written are
-    /// returned, the others were fenced out. The exception is [`Outcome::Cancelled`], the
-    /// attempt of a job cancelled while it ran here: its end is the cancel's, left as it is,
-    /// and its records are written as long as the job is still that cancelled claim.
+    /// outbox rows when the sink is on), in one statement. A completion whose claim is no
+    /// longer this node's (rescued by the leader, cancelled) changes nothing and writes none of
+    /// its records: the ids written are returned, the others were fenced out. The exception is
+    /// [`Outcome::Cancelled`], the attempt of a job cancelled while it ran here: its end is the
+    /// cancel's, left as it is, and its records are written as long as the job is still that
+    /// cancelled claim.
     pub async fn complete(&self, done: &[Completion]) -> Result<Vec<JobId>, Failure> {
         if done.is_empty() {
             return Ok(Vec::new());
