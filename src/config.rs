@@ -606,12 +606,6 @@ impl Config {
         }
         sinks::validate(&self.sinks)?;
         store::validate(&self.store)?;
-        if self.store.is_cluster() && self.sinks.postgres.is_some() {
-            return Err(Problem::new(
-                "sinks.postgres",
-                warden_actors::sink::REFUSED_IN_CLUSTER,
-            ));
-        }
         self.validate_routes()
     }
 

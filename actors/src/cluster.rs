@@ -6,6 +6,7 @@
 //!
 //! - `store.rs`: the jobs table (insert with dedup, claim, fenced completions, reads).
 //! - `records.rs`: the records tasks store, written with their attempt's completion, and read.
+//! - `sink_outbox.rs`: the PostgreSQL sink's outbox, written with those records.
 //! - `fanout.rs`: batch jobs that fan out: the children written with the parent's fan-out, the
 //!   parent finished by the leader once they have all ended.
 //! - `workflows.rs`: chains and groups: held steps the leader releases or cancels.
@@ -29,6 +30,7 @@ mod operator;
 mod permits;
 mod records;
 mod settings;
+mod sink_outbox;
 mod store;
 mod workflows;
 
@@ -44,6 +46,7 @@ pub use self::liveness::{NodeView, Rescued};
 pub use self::operator::Counts;
 pub use self::permits::{Permit, Permits};
 pub use self::settings::of_pipelines as settings_of;
+pub use self::sink_outbox::sink_setting;
 pub use self::store::{like_pattern, like_patterns, Claimed, Completion, Jobs, NewRow, Outcome};
 
 /// The cluster store's schema, in order. Never edit a shipped one: add the next.
@@ -89,6 +92,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             8,
             "workflows",
             include_str!("cluster/migrations/0008_workflows.sql"),
+        ),
+        (
+            9,
+            "the PostgreSQL sink's outbox",
+            include_str!("cluster/migrations/0009_sink_outbox.sql"),
         ),
     ],
 };
@@ -187,6 +195,7 @@ impl Cluster {
                 target,
                 schema: args.schema.clone(),
                 node: args.node_id.clone(),
+                outbox: Arc::default(),
             },
             config,
             args,

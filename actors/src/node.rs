@@ -30,7 +30,7 @@ use crate::link::Link;
 use crate::progress::ProgressBoard;
 use crate::routing::Router;
 use crate::scheduler::{SchedulerLink, SchedulerSpec};
-use crate::sink::SinkSpec;
+use crate::sink::{Outbox, SinkSpec};
 use crate::store::journal::{Journal, JournalError};
 use crate::supervisor::{spawn_child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::tasks::{Attempts, Records, TaskEnv};
@@ -117,7 +117,7 @@ impl Node {
             None => None,
         };
         let links = Links::new(&args);
-        let sink = sink_spec(&args, &journal)?;
+        let sink = sink_spec(&args, &journal, cluster.as_ref())?;
         let progress = ProgressBoard::default();
         // In cluster mode each attempt's records wait in a buffer for its completion.
         let attempts = Attempts::default();
@@ -522,27 +522,38 @@ async fn spawn_root(
 }
 
 /// The sink's recipe, built before anything runs so that no record is stored without its
-/// outbox entry.
-fn sink_spec(args: &NodeArgs, journal: &Journal) -> Result<Option<SinkSpec>, NodeError> {
-    args.sink
-        .clone()
-        .map(|s| SinkSpec::new(s, journal.clone()))
-        .transpose()
+/// outbox entry: the journal's on a single node, the cluster's in cluster mode.
+fn sink_spec(
+    args: &NodeArgs,
+    journal: &Journal,
+    cluster: Option<&Cluster>,
+) -> Result<Option<SinkSpec>, NodeError> {
+    let Some(sink) = args.sink.clone() else {
+        return Ok(None);
+    };
+    let outbox = match cluster {
+        None => Outbox::Journal(journal.clone()),
+        Some(c) => Outbox::cluster(
+            c.jobs.clone(),
+            journal.clone(),
+            &c.args.schema,
+            &sink.schema,
+        ),
+    };
+    SinkSpec::new(sink, outbox)
+        .map(Some)
         .map_err(NodeError::Invalid)
 }
 
-/// Opens the cluster store: connects, migrates, and makes sure no live node has this id. A
-/// sink is refused beside it (records live in the cluster's table).
+/// Opens the cluster store: connects, migrates, and makes sure no live node has this id and
+/// every live node agrees with this one's settings (the sink's among them: with it, every
+/// node's completions enqueue their records for it).
 async fn open_cluster(args: ClusterArgs, node: &NodeArgs) -> Result<Cluster, NodeError> {
-    if node.sink.is_some() {
-        return Err(NodeError::Invalid(format!(
-            "sinks.postgres: {}",
-            crate::sink::REFUSED_IN_CLUSTER
-        )));
-    }
     let cluster = Cluster::new(args).map_err(NodeError::Invalid)?;
+    let mut settings = crate::cluster::settings_of(&node.pipelines);
+    settings.push(crate::cluster::sink_setting(node.sink.as_ref()));
     let version = cluster
-        .open(&crate::cluster::settings_of(&node.pipelines))
+        .open(&settings)
         .await
         .map_err(|e| NodeError::Store(e.message().to_string()))?;
     info!(store = %cluster.target().shown, schema = %cluster.args.schema,

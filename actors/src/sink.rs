@@ -1,11 +1,12 @@
 //! The PostgreSQL sink: `sink:postgres`, one actor under the root (with `[sinks.postgres]`)
 //! that ships the records the pipelines store into typed PostgreSQL tables.
 //!
-//! Records are stored in the journal first, as without a sink; the job succeeds on that. Each
-//! changed record also gets an outbox entry in the same sled transaction
-//! (`store/journal/outbox.rs`). This actor takes the oldest `batch` entries, turns their records
-//! into rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent upserts
-//! (`write.rs`, `tables.rs`), and only then removes the entries and advances the cursor. So:
+//! On a single node records are stored in the journal first, as without a sink; the job
+//! succeeds on that. Each changed record also gets an outbox entry in the same sled
+//! transaction (`store/journal/outbox.rs`). This actor takes the oldest `batch` entries, turns
+//! their records into rows (`rows.rs`), writes them in one PostgreSQL transaction of idempotent
+//! upserts (`write.rs`, `tables.rs`), and only then removes the entries and advances the cursor.
+//! So:
 //!
 //! - PostgreSQL down, slow or restarting never touches the jobs: records wait in the outbox
 //!   (`warden_sink_backlog`), the actor retries with exponential, jittered backoff (200 ms
@@ -18,12 +19,24 @@
 //!   no restart budget and cannot take the node down. A panic would be restarted by the root.
 //! - Rows PostgreSQL refuses (a data error, which `rows.rs` is built to make impossible) are
 //!   retried one record at a time; a record still refused is parked (meta key
-//!   `sink/postgres/rejected/<key>`, logged, counted as `rejected`) so it cannot block the
+//!   `sink/postgres/rejected/<key>`, in cluster mode the cluster's `sink_rejected` table;
+//!   logged, counted as `rejected`) so it cannot block the
 //!   records behind it. `warden sinks backfill --prefix <key>` ships it again.
+//!
+//! In cluster mode (`[store] kind = "postgres"`) the outbox is the cluster's `sink_outbox` table
+//! (`cluster/sink_outbox.rs`), written in the same statement as the records of a completion
+//! (`outbox.rs` hides which outbox the actor talks to). Every node runs this actor, but only one
+//! ships at a time: the one whose connection to the sink's database holds a session advisory
+//! lock (`pg_try_advisory_lock`). It writes every batch through that same connection (the
+//! [`Lease`]), and peeks the outbox only once it holds the lock, so the batches of two nodes
+//! never interleave: a node that loses its connection loses the lock with it, and no write of
+//! its can land after the next holder's. The others show `standby` and try the lock again every
+//! `flush_every`; a dead node's connection closes, and with it its lock.
 //!
 //! The migrations (`migrations/`, run by `postgres::migrate`) run on the first connection of
 //! each incarnation.
 
+mod outbox;
 mod rows;
 mod status;
 mod tables;
@@ -41,7 +54,7 @@ use tracing::{info, warn};
 use crate::args::PostgresSinkArgs;
 use crate::backoff::{exponential, random_unit};
 use crate::metrics as m;
-use crate::store::journal::{Journal, OutboxItem};
+use crate::store::journal::OutboxItem;
 use crate::supervisor::{spawn_child, ChildSpec};
 
 use crate::postgres as pg;
@@ -58,24 +71,13 @@ pub static MIGRATIONS: crate::postgres::migrate::Migrations =
         )],
     };
 
-/// Why a node with `[sinks.postgres]` and `[store] kind = "postgres"` refuses to start (the
-/// field it names is `sinks.postgres`). The
-/// sink's guarantee rests on the outbox entry being written in the same transaction as the
-/// record; in cluster mode records are written to PostgreSQL with their job's completion and no
-/// journal outbox sees them, and shipping from the `records` table needs a cluster-wide cursor
-/// that commit order cannot give from `updated_at` alone. Refusing is better than a sink that
-/// silently ships nothing (docs/cluster.md).
-pub const REFUSED_IN_CLUSTER: &str =
-    "not available in cluster mode ([store] kind = \"postgres\"): \
-     records live in the cluster's own `records` table there (read them with `records` or `export` \
-     through any node); remove [sinks.postgres] or run the node without [store]";
-
+pub use self::outbox::Outbox;
 pub use self::rows::{Row, Rows};
 pub use self::tables::{insert_sql, upsert_sql, Table, TableId};
 /// The driver, for the benchmark and the tests (the same version the sink uses).
 pub use tokio_postgres;
 
-use self::status::Status;
+use self::status::{Phase, Status};
 
 /// The first retry's delay; doubled per failure up to `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -83,7 +85,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// What every incarnation and the admin handle share.
 struct Ctx {
     args: PostgresSinkArgs,
-    journal: Journal,
+    outbox: Outbox,
     pool: Pool,
     target: pg::Target,
     status: Status,
@@ -97,23 +99,23 @@ pub struct SinkSpec {
 }
 
 impl SinkSpec {
-    /// A sink for `args` over `journal`, whose outbox it turns on. Fails only on a URL that does
-    /// not parse (the message never repeats the URL).
-    pub fn new(args: PostgresSinkArgs, journal: Journal) -> Result<SinkSpec, String> {
+    /// A sink for `args` shipping from `outbox`, which it turns on. Fails only on a URL that
+    /// does not parse (the message never repeats the URL).
+    pub fn new(args: PostgresSinkArgs, outbox: Outbox) -> Result<SinkSpec, String> {
         let (pool, target) = pg::pool(pg::PoolOptions {
             url: &args.url,
             timeout: args.timeout,
             application: "warden-sink",
-            // The writer, and one for a backfill or a probe.
+            // The writer (in cluster mode the lease), and one for a probe or the lock.
             size: 2,
         })
         .map_err(|e| format!("sinks.postgres.url: {e}"))?;
-        journal.enable_outbox();
+        outbox.enable();
         let status = Status::new(target.shown.clone(), args.schema.clone());
         Ok(SinkSpec {
             ctx: Arc::new(Ctx {
                 args,
-                journal,
+                outbox,
                 pool,
                 target,
                 status,
@@ -123,16 +125,12 @@ impl SinkSpec {
 
     /// What `warden sinks` shows.
     pub fn view(&self) -> Value {
-        self.ctx.status.view(&self.ctx.journal)
+        self.ctx.status.view(&self.ctx.outbox)
     }
 
     /// Enqueues every stored record under `prefix` for shipping; returns how many.
     pub async fn backfill(&self, prefix: String) -> Result<u64, String> {
-        let journal = self.ctx.journal.clone();
-        tokio::task::spawn_blocking(move || journal.outbox_backfill(&prefix))
-            .await
-            .map_err(|e| format!("the backfill stopped: {e}"))?
-            .map_err(|e| e.to_string())
+        self.ctx.outbox.backfill(prefix).await
     }
 }
 
@@ -169,6 +167,29 @@ struct Run {
     ctx: Arc<Ctx>,
     /// Whether this incarnation has checked the schema.
     migrated: bool,
+    /// Cluster mode: the connection holding the shipping lock, while this node ships.
+    lease: Lease,
+}
+
+/// The connection a cluster's shipper holds the shipping lock on and writes every batch
+/// through. It never goes back to the pool (a pooled connection keeping the lock would keep it
+/// from this node's next incarnation too): releasing or dropping it closes it, and the server
+/// releases the lock with the session.
+#[derive(Default)]
+struct Lease(Option<deadpool_postgres::Client>);
+
+impl Lease {
+    fn release(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// What the actor does after a successful step.
@@ -177,6 +198,8 @@ enum Next {
     More,
     /// The outbox is empty: look again after `flush_every`.
     Idle,
+    /// Cluster mode: another node ships; try the lock again after `flush_every`.
+    Standby,
 }
 
 impl Actor for Sink {
@@ -196,12 +219,13 @@ impl Actor for Sink {
         for kind in ["unavailable", "rejected", "schema", "journal"] {
             metrics::counter!(m::SINK_ERRORS, "kind" => kind).increment(0);
         }
-        metrics::gauge!(m::SINK_BACKLOG).set(ctx.journal.outbox_backlog() as f64);
+        metrics::gauge!(m::SINK_BACKLOG).set(ctx.outbox.count().await as f64);
         ctx.status.connecting();
         me.cast(SinkMsg::Flush)?;
         Ok(Run {
             ctx,
             migrated: false,
+            lease: Lease::default(),
         })
     }
 
@@ -212,16 +236,22 @@ impl Actor for Sink {
         run: &mut Run,
     ) -> Result<(), ActorProcessingErr> {
         let ctx = run.ctx.clone();
-        metrics::gauge!(m::SINK_BACKLOG).set(ctx.journal.outbox_backlog() as f64);
+        metrics::gauge!(m::SINK_BACKLOG).set(ctx.outbox.count().await as f64);
         match run.step().await {
             Ok(next) => {
-                let failed_before = ctx.status.succeeded(matches!(next, Next::More));
+                let failed_before = ctx.status.succeeded(match next {
+                    Next::More => Phase::Shipping,
+                    Next::Idle => Phase::Idle,
+                    Next::Standby => Phase::Standby,
+                });
                 if failed_before > 0 {
-                    info!(sink = "postgres", server = %ctx.target.shown, failures = failed_before, backlog = ctx.journal.outbox_backlog(), "sink recovered");
+                    info!(sink = "postgres", server = %ctx.target.shown, failures = failed_before, backlog = ctx.outbox.backlog(), "sink recovered");
                 }
                 match next {
                     Next::More => me.cast(SinkMsg::Flush)?,
-                    Next::Idle => drop(me.send_after(ctx.args.flush_every, || SinkMsg::Flush)),
+                    Next::Idle | Next::Standby => {
+                        drop(me.send_after(ctx.args.flush_every, || SinkMsg::Flush))
+                    }
                 }
             }
             Err(failure) => {
@@ -231,7 +261,7 @@ impl Actor for Sink {
                 warn!(
                     sink = "postgres", server = %ctx.target.shown, kind = failure.kind(),
                     error = %failure.message(), failures, retry_in_ms = delay.as_millis() as u64,
-                    backlog = ctx.journal.outbox_backlog(), "sink failed; retrying with backoff"
+                    backlog = ctx.outbox.backlog(), "sink failed; retrying with backoff"
                 );
                 drop(me.send_after(delay, || SinkMsg::Flush));
             }
@@ -267,24 +297,49 @@ impl Ctx {
             Ok(Err(e)) => Err(self.target.failure(&e)),
             Err(_) => {
                 drop(deadpool_postgres::Object::take(client));
-                Err(Failure::Unavailable(format!(
-                    "{}: no answer to a batch within {bound:?}",
-                    self.target.shown
-                )))
+                Err(self.hung(bound))
             }
         }
     }
 
-    /// CIK → ticker from SEC's ticker map as the `sec` pipeline cached it; empty when it has
-    /// none (the column stays NULL).
-    fn sec_tickers(&self) -> std::collections::HashMap<u64, String> {
-        self.journal
-            .meta_get(crate::sources::sec::TICKERS_META_KEY)
-            .ok()
-            .flatten()
-            .and_then(|bytes| crate::sources::sec::TickerMap::decode(&bytes))
-            .map(|map| map.tickers_by_cik())
-            .unwrap_or_default()
+    /// [`Ctx::write`] through the lease: a failure other than refused rows, or no answer,
+    /// releases it (and so the shipping lock), since the connection may be broken or still
+    /// busy; the next step takes the lock again on a fresh one.
+    async fn write_leased(
+        &self,
+        lease: &mut Lease,
+        rows: &Rows,
+    ) -> Result<write::Written, Failure> {
+        let Some(client) = lease.0.as_mut() else {
+            return Err(Failure::Unavailable(format!(
+                "{}: the connection holding the shipping lock is gone",
+                self.target.shown
+            )));
+        };
+        let bound = self.args.timeout * 2;
+        let result =
+            tokio::time::timeout(bound, write::write(client, &self.args.schema, rows)).await;
+        let (failure, healthy) = match result {
+            Ok(Ok(written)) => return Ok(written),
+            Ok(Err(e)) => {
+                let failure = self.target.failure(&e);
+                // Refused rows roll a transaction back on a healthy connection: it keeps the lock.
+                let healthy = matches!(failure, Failure::Rejected(_));
+                (failure, healthy)
+            }
+            Err(_) => (self.hung(bound), false),
+        };
+        if !healthy {
+            lease.release();
+        }
+        Err(failure)
+    }
+
+    fn hung(&self, bound: Duration) -> Failure {
+        Failure::Unavailable(format!(
+            "{}: no answer to a batch within {bound:?}",
+            self.target.shown
+        ))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, Failure> {
@@ -296,7 +351,8 @@ impl Ctx {
 }
 
 impl Run {
-    /// One try: connect (and migrate) if needed, then ship the oldest batch.
+    /// One try: connect (and migrate) if needed, then, in cluster mode only while this node
+    /// holds the shipping lock, ship the oldest batch.
     async fn step(&mut self) -> Result<Next, Failure> {
         let ctx = self.ctx.clone();
         if !self.migrated {
@@ -308,7 +364,14 @@ impl Run {
             self.migrated = true;
             info!(sink = "postgres", server = %ctx.target.shown, schema = %ctx.args.schema, version, "sink connected");
         }
-        let items = ctx.journal.outbox_peek(ctx.args.batch)?;
+        if let Some(key) = ctx.outbox.lock_key() {
+            if !self.lead(key).await? {
+                return Ok(Next::Standby);
+            }
+        }
+        // Peeked only now: a value read under the lock is never older than one the previous
+        // holder wrote.
+        let items = ctx.outbox.peek(ctx.args.batch).await?;
         if items.is_empty() {
             return Ok(Next::Idle);
         }
@@ -317,22 +380,22 @@ impl Run {
             rows.add(record);
         }
         if rows.tables.contains_key(&TableId::SecFilings) {
-            let tickers = ctx.sec_tickers();
+            let tickers = ctx.outbox.sec_tickers();
             rows.fill_tickers(|cik| tickers.get(&cik).cloned());
         }
         let started = Instant::now();
-        let written = match ctx.write(ctx.client().await?, &rows).await {
+        let written = match self.write(&rows).await {
             Err(Failure::Rejected(why)) => self.one_by_one(&items, &why).await?,
             other => other?,
         };
         let seconds = started.elapsed().as_secs_f64();
         let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
-        ctx.journal.outbox_ack(&seqs)?;
+        ctx.outbox.ack(&seqs).await?;
         metrics::histogram!(m::SINK_FLUSH).record(seconds);
         for (table, n) in &written {
             metrics::counter!(m::SINK_ROWS, "table" => table.name()).increment(*n);
         }
-        metrics::gauge!(m::SINK_BACKLOG).set(ctx.journal.outbox_backlog() as f64);
+        metrics::gauge!(m::SINK_BACKLOG).set(ctx.outbox.count().await as f64);
         ctx.status.flushed(items.len(), &written, seconds);
         Ok(if items.len() >= ctx.args.batch {
             Next::More
@@ -341,25 +404,64 @@ impl Run {
         })
     }
 
+    /// Cluster mode: whether this node ships now. It does while the connection it took the
+    /// lock on is open; without one it tries to take the lock on a fresh connection, which
+    /// fails while another node's session holds it.
+    async fn lead(&mut self, key: i64) -> Result<bool, Failure> {
+        if self.lease.0.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(true);
+        }
+        self.lease.release();
+        let ctx = self.ctx.clone();
+        let client = ctx.client().await?;
+        let taken = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await;
+        match taken {
+            Ok(row) if row.get::<_, bool>(0) => {
+                info!(sink = "postgres", server = %ctx.target.shown, "this node ships the cluster's records now");
+                self.lease.0 = Some(client);
+                Ok(true)
+            }
+            // Not taken: the connection holds no lock and goes back to the pool.
+            Ok(_) => Ok(false),
+            // Whether the lock was taken is unknown: the connection must not be reused.
+            Err(e) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(ctx.target.failure(&e))
+            }
+        }
+    }
+
+    /// Writes `rows` through the lease in cluster mode, a pooled connection otherwise.
+    async fn write(&mut self, rows: &Rows) -> Result<write::Written, Failure> {
+        let ctx = self.ctx.clone();
+        if ctx.outbox.lock_key().is_some() {
+            ctx.write_leased(&mut self.lease, rows).await
+        } else {
+            ctx.write(ctx.client().await?, rows).await
+        }
+    }
+
     /// After PostgreSQL refused a batch's rows: each record alone, parking those it refuses
     /// again. Any other failure stops the round (the batch is shipped again later).
-    async fn one_by_one(&self, items: &[OutboxItem], why: &str) -> Result<write::Written, Failure> {
-        let ctx = &self.ctx;
+    async fn one_by_one(
+        &mut self,
+        items: &[OutboxItem],
+        why: &str,
+    ) -> Result<write::Written, Failure> {
+        let ctx = self.ctx.clone();
         warn!(sink = "postgres", error = %why, records = items.len(), "PostgreSQL refused a batch; shipping its records one by one");
         let mut written = write::Written::new();
         for record in items.iter().filter_map(|i| i.record.as_ref()) {
             let mut rows = Rows::default();
             rows.add(record);
-            match ctx.write(ctx.client().await?, &rows).await {
+            match self.write(&rows).await {
                 Ok(w) => w
                     .into_iter()
                     .for_each(|(t, n)| *written.entry(t).or_default() += n),
                 Err(Failure::Rejected(why)) => {
-                    let parked = serde_json::json!({"error": why, "at": crate::job::now_ms()});
-                    ctx.journal.meta_put(
-                        &format!("sink/postgres/rejected/{}", record.key),
-                        parked.to_string().as_bytes(),
-                    )?;
+                    ctx.outbox.park(&record.key, &why).await?;
                     ctx.status.rejected();
                     metrics::counter!(m::SINK_ERRORS, "kind" => "rejected").increment(1);
                     warn!(sink = "postgres", key = %record.key, error = %why, "record parked: PostgreSQL refused it");

@@ -41,6 +41,11 @@ pub(super) fn sinks(a: &Value) -> String {
 fn details(s: &Value) -> String {
     let name = text(&s["name"]);
     let mut out = String::new();
+    if s["state"] == "standby" {
+        out.push_str(&format!(
+            "\n{name}: standby: another node of the cluster ships (it holds the shipping lock)"
+        ));
+    }
     if let Some(tables) = s["rows_written"].as_object().filter(|t| !t.is_empty()) {
         let parts: Vec<String> = tables.iter().map(|(t, n)| format!("{t}={n}")).collect();
         out.push_str(&format!(
@@ -88,4 +93,21 @@ pub(super) fn backfilled(a: &Value) -> String {
         text(&a["enqueued"]),
         text(&a["backlog"])
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Ensures that a cluster node's sink on standby says that another node ships, and that
+    /// a shipping sink does not.
+    #[test]
+    fn a_standby_sink_says_another_node_ships() {
+        let standby = json!({"sinks": [{"name": "postgres", "state": "standby", "backlog": 3}]});
+        assert!(sinks(&standby).contains("postgres: standby: another node of the cluster ships"));
+        let idle = json!({"sinks": [{"name": "postgres", "state": "idle", "backlog": 0}]});
+        assert!(!sinks(&idle).contains("standby"));
+    }
 }

@@ -1,7 +1,7 @@
 //! Cluster mode: node processes of the real binary on loopback, sharing one PostgreSQL schema
 //! (`[store] kind = "postgres"`). The jobs table is read directly to check what no admin answer
 //! could prove alone (who ran a job, how many times it started). `console.rs`: the web console
-//! of cluster nodes.
+//! of cluster nodes; `records.rs`: the records tasks store; `sink.rs`: the PostgreSQL sink.
 
 mod batches;
 mod console;
@@ -22,6 +22,7 @@ use crate::process::{connect, free_port, spawn_node_with, NodeChild};
 use crate::support::{eventually, job_ids, most_in_window, poll, req};
 
 mod records;
+mod sink;
 mod workflows;
 
 /// The variable the test configs name in `url_env`.

@@ -4,7 +4,8 @@
 //!
 //! - The node that ran the parent writes the fan-out in one statement, fenced by its claim: the
 //!   children (pending, `parent_id` set, at the parent's priority), the `fanned_out` event, the
-//!   records the parent's attempt stored, and `claimed_by = NULL` on the parent. A waiting parent
+//!   records the parent's attempt stored (with their sink outbox rows when the sink is on), and
+//!   `claimed_by = NULL` on the parent. A waiting parent
 //!   is thus a `running` row that no node claims: the rescue of silent nodes' jobs passes it by
 //!   (a node that dies after the fan-out leaves nothing to redo), and no completion can reach it.
 //! - The leader finishes the waiting parents whose children have all ended, at each of its
@@ -16,7 +17,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::records::{upsert_cte, RecordColumns};
+use super::records::RecordColumns;
 use super::store::{event, Jobs, NewRow, UNFINISHED};
 use crate::dispatcher::Tally;
 use crate::job::{JobId, JobStatus};
@@ -75,7 +76,7 @@ impl Jobs {
             jobs = self.t("jobs"),
             fanned = event("'fanned_out'", "j.attempt", &format!("'{n} children'")),
             submitted = event("'submitted'", "0", "'child of ' || done.id::text"),
-            records = upsert_cte(&self.t("records"), 9, 10, 11),
+            records = self.records_ctes(9, 10, 11),
         );
         let row = client
             .query_one(

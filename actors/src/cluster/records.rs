@@ -46,7 +46,8 @@ impl RecordColumns {
 /// [`RecordColumns`]. Within one batch a key two jobs stored takes the later completion's value
 /// (`DISTINCT ON` over the input order), since one statement cannot update a row twice; the rows
 /// go in key order, so two nodes' batches lock shared keys in the same order. Storing the same
-/// value again changes nothing, not even `updated_at`.
+/// value again changes nothing, not even `updated_at`. It returns the keys it changed (what the
+/// sink's outbox enqueues).
 pub(super) fn upsert_cte(table: &str, jobs: u8, keys: u8, values: u8) -> String {
     format!(
         "written_records AS (
@@ -58,12 +59,13 @@ pub(super) fn upsert_cte(table: &str, jobs: u8, keys: u8, values: u8) -> String 
              ORDER BY r.key, r.n DESC
              ON CONFLICT (key) DO UPDATE
              SET value = excluded.value, job_id = excluded.job_id, updated_at = excluded.updated_at
-             WHERE t.value IS DISTINCT FROM excluded.value)"
+             WHERE t.value IS DISTINCT FROM excluded.value
+             RETURNING t.key)"
     )
 }
 
 /// `prefix` as a `LIKE` pattern matching the keys that start with it.
-fn prefix_pattern(prefix: &str) -> String {
+pub(super) fn prefix_pattern(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1);
     for c in prefix.chars() {
         super::store::push_like_literal(&mut out, c);

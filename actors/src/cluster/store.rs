@@ -9,12 +9,16 @@
 //! Times that decide anything (`run_at`, `claimed_at`) are the database's clock. Times shown
 //! to people are read back as Unix milliseconds, so a record looks the same in both modes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::records::{upsert_cte, RecordColumns};
+use super::sink_outbox::outbox_cte;
 use crate::job::{JobEvent, JobId, JobRecord, JobStatus, Priority};
 use crate::postgres::{Failure, Target};
 use crate::protocol::ScheduleTick;
@@ -211,6 +215,9 @@ pub struct Jobs {
     pub(super) target: Target,
     pub(super) schema: String,
     pub(super) node: String,
+    /// Whether the records a completion changes also get a sink outbox row (`sink_outbox.rs`):
+    /// on from before anything runs when `[sinks.postgres]` is configured.
+    pub(super) outbox: Arc<AtomicBool>,
 }
 
 impl Jobs {
@@ -481,12 +488,13 @@ impl Jobs {
             .collect())
     }
 
-    /// Writes the ends of claimed jobs, and the records their attempts stored, in one
-    /// statement. A completion whose claim is no longer this node's (rescued by the leader,
-    /// cancelled) changes nothing and writes none of its records: the ids written are
-    /// returned, the others were fenced out. The exception is [`Outcome::Cancelled`], the
-    /// attempt of a job cancelled while it ran here: its end is the cancel's, left as it is,
-    /// and its records are written as long as the job is still that cancelled claim.
+    /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
+    /// outbox rows when the sink is on), in one statement. A completion whose claim is no
+    /// longer this node's (rescued by the leader, cancelled) changes nothing and writes none of
+    /// its records: the ids written are returned, the others were fenced out. The exception is
+    /// [`Outcome::Cancelled`], the attempt of a job cancelled while it ran here: its end is the
+    /// cancel's, left as it is, and its records are written as long as the job is still that
+    /// cancelled claim.
     pub async fn complete(&self, done: &[Completion]) -> Result<Vec<JobId>, Failure> {
         if done.is_empty() {
             return Ok(Vec::new());
@@ -520,7 +528,7 @@ impl Jobs {
              SELECT id FROM done",
             jobs = self.t("jobs"),
             ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
-            records = upsert_cte(&self.t("records"), 10, 11, 12),
+            records = self.records_ctes(10, 11, 12),
         );
         let rows = client
             .query(
@@ -543,6 +551,17 @@ impl Jobs {
             .await
             .map_err(self.pg())?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// The CTEs that upsert the records of the jobs the CTE `done` wrote ([`upsert_cte`]; the
+    /// parameter numbers of [`RecordColumns`]), and enqueue those changed for the sink when it
+    /// is on (`sink_outbox.rs`).
+    pub(super) fn records_ctes(&self, jobs: u8, keys: u8, values: u8) -> String {
+        let mut ctes = upsert_cte(&self.t("records"), jobs, keys, values);
+        if self.outbox.load(Ordering::Acquire) {
+            ctes.push_str(&outbox_cte(&self.t("sink_outbox")));
+        }
+        ctes
     }
 
     /// The record of `id`.

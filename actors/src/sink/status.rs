@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::outbox::Outbox;
 use super::write::Written;
 use crate::job::{now_ms, rfc3339_ms};
 use crate::postgres::Failure;
-use crate::store::journal::Journal;
 
 /// Where the sink is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,6 +25,8 @@ pub enum Phase {
     Shipping,
     /// The last try failed; waiting to try again.
     Retrying,
+    /// Cluster mode: connected, another node ships (it holds the shipping lock).
+    Standby,
 }
 
 impl Phase {
@@ -34,6 +36,7 @@ impl Phase {
             Phase::Idle => "idle",
             Phase::Shipping => "shipping",
             Phase::Retrying => "retrying",
+            Phase::Standby => "standby",
         }
     }
 }
@@ -102,10 +105,11 @@ impl Status {
         self.lock().failures
     }
 
-    /// A try succeeded; returns how many failed in a row before it.
-    pub fn succeeded(&self, more: bool) -> u32 {
+    /// A try succeeded, leaving the sink in `phase`; returns how many failed in a row before
+    /// it.
+    pub fn succeeded(&self, phase: Phase) -> u32 {
         let mut s = self.lock();
-        s.phase = if more { Phase::Shipping } else { Phase::Idle };
+        s.phase = phase;
         s.next_try_at = None;
         std::mem::take(&mut s.failures)
     }
@@ -126,17 +130,17 @@ impl Status {
         self.lock().rejected += 1;
     }
 
-    /// The view of `warden sinks` and `tree`; backlog and cursor come from the journal.
-    pub fn view(&self, journal: &Journal) -> Value {
+    /// The view of `warden sinks` and `tree`; backlog and cursor come from the outbox.
+    pub fn view(&self, outbox: &Outbox) -> Value {
         let s = self.lock();
-        let cursor = journal.outbox_cursor().unwrap_or_default();
+        let cursor = outbox.cursor();
         json!({
             "name": "postgres",
             "state": s.phase.as_str(),
             "target": self.target,
             "schema": self.schema,
             "schema_version": s.schema_version,
-            "backlog": journal.outbox_backlog(),
+            "backlog": outbox.backlog(),
             "cursor": cursor.seq,
             "shipped": cursor.shipped,
             "rows_written": s.rows,

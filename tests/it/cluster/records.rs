@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden_actors::cluster::{Completion, Outcome};
 
-use super::{cluster_with, number, refusal, store, until_count, ClusterNode, URL_ENV};
+use super::{cluster_with, number, store, until_count, ClusterNode};
 use crate::pg::{self, Schema};
 use crate::support::{eventually, job_ids, poll, req};
 
@@ -263,21 +263,5 @@ async fn a_fenced_completion_writes_none_of_its_records() {
         .unwrap();
     assert_eq!(again, vec![a.id]);
     assert_eq!(jobs.records("f/fenced", None, 10).await.unwrap().len(), 1);
-    schema.drop_now().await;
-}
-
-/// Ensures that a node with both `[store] kind = "postgres"` and `[sinks.postgres]` refuses to
-/// start, naming `sinks.postgres` and why.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sink_is_refused_in_cluster_mode() {
-    let schema = Schema::fresh("records_sink").await;
-    let sink = format!("[sinks.postgres]\nurl_env = {URL_ENV:?}\n");
-    let node = ClusterNode::start_with("node-0", &pg::test_url(), &schema.name, &sink);
-    let (status, err) = refusal(node).await;
-    assert!(!status.success(), "{err}");
-    assert!(
-        err.contains("sinks.postgres") && err.contains("not available in cluster mode"),
-        "{err}"
-    );
     schema.drop_now().await;
 }
