@@ -98,6 +98,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             "the PostgreSQL sink's outbox",
             include_str!("cluster/migrations/0009_sink_outbox.sql"),
         ),
+        (
+            10,
+            "one probe for the cluster",
+            include_str!("cluster/migrations/0010_probe.sql"),
+        ),
     ],
 };
 

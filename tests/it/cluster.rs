@@ -602,6 +602,60 @@ async fn a_breaker_open_on_one_node_holds_every_node() {
     schema.drop_now().await;
 }
 
+/// Ensures that once a shared breaker's open window ends, one probe goes to the upstream for
+/// the whole cluster, not one per node: node-0's breaker opens, node-1 and node-2 hold jobs
+/// for the source meanwhile, the window ends, a single request reaches the fake (it fails, so
+/// the window opens again, twice as long), and every job succeeds once a later probe does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
+    const OPEN_FOR: Duration = Duration::from_secs(6);
+    let fake = FakeUpstream::start().await;
+    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 4, Failure::Status(500));
+    let schema = Schema::fresh("probe").await;
+    let extra = format!(
+        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = \"50/s\"\n\
+         breaker = {{ failure_threshold = 3, open_for = \"{}s\" }}\n\
+         retry = {{ max_retries = 5, base_delay = \"100ms\", max_delay = \"1s\" }}\n",
+        fake.base_url(),
+        OPEN_FOR.as_secs()
+    );
+    let url = pg::test_url();
+    let first = ClusterNode::start_with("node-0", &url, &schema.name, &extra);
+    let mut ids = charts(std::slice::from_ref(&first), 3).await;
+    until_count(
+        &schema,
+        "node-0's breaker to open and be shared",
+        Duration::from_secs(20),
+        "SELECT count(*) FROM {s}.sources WHERE name = 'yahoo' AND breaker_open_until > now()",
+        1,
+    )
+    .await;
+    let opened = Instant::now();
+    let others: Vec<ClusterNode> = (1..3)
+        .map(|i| ClusterNode::start_with(&format!("node-{i}"), &url, &schema.name, &extra))
+        .collect();
+    ids.extend(charts(&others, 8).await);
+    until_count(
+        &schema,
+        "every job to succeed once a probe did",
+        Duration::from_secs(60),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        ids.len() as i64,
+    )
+    .await;
+    // From the first window's end to well inside the second (twice as long): the failed probe.
+    let probes: Vec<Duration> = fake
+        .arrivals_to(fakes::YAHOO_CHART_PREFIX)
+        .into_iter()
+        .filter(|t| *t > opened)
+        .map(|t| t.duration_since(opened))
+        .filter(|d| *d < OPEN_FOR + OPEN_FOR * 3 / 2)
+        .collect();
+    assert_eq!(probes.len(), 1, "requests after the window: {probes:?}");
+    drop((first, others));
+    schema.drop_now().await;
+}
+
 /// Ensures that a job running on one node and cancelled through another stops on its node
 /// (its worker is told at once through NOTIFY), and that its late end does not overwrite the
 /// cancel.

@@ -11,9 +11,12 @@
 //!
 //! The source's row also carries its circuit breaker's open window: each node keeps its own
 //! breaker (it counts the failures it sees), and a node whose breaker opens records until when
-//! ([`Permits::breaker`]), so that every node's permits are refused until then; a node whose
-//! probe succeeds closes it for all. After an open window each node's own breaker decides
-//! whether to probe: up to one probe per node, not one for the cluster.
+//! ([`Permits::breaker`]), so that every node's permits are refused until then. Once the window
+//! has passed, and until a probe closes it, the source is half-open for the whole cluster: the
+//! first permit asked is [`Permit::Probe`], leased for [`PROBE_LEASE`] (`probe_until`), and
+//! every other node is refused meanwhile. The node holding it makes its own breaker take that
+//! request as its probe, so the probe's outcome closes the window for every node or opens it
+//! again (through [`Permits::breaker`], as any transition of that breaker).
 
 use std::time::Duration;
 
@@ -30,9 +33,16 @@ pub enum Permit {
     FreeIn(Duration),
     /// The source is paused (a throttle signal) for this much longer.
     Paused(Duration),
-    /// A node's circuit breaker opened on the source, for this much longer.
+    /// A node's circuit breaker opened on the source, for this much longer (or another node's
+    /// probe is out, for at most this much longer).
     BreakerOpen(Duration),
+    /// Granted as the cluster's one probe of a source whose breaker window has passed.
+    Probe,
 }
+
+/// How long the cluster's probe may be out before another node may probe instead: the
+/// breaker's own patience with a probe.
+pub const PROBE_LEASE: Duration = crate::pipeline::breaker::PROBE_TIMEOUT;
 
 /// The cluster's permits, for the limiters of this node.
 #[derive(Clone)]
@@ -49,6 +59,20 @@ impl std::fmt::Debug for Permits {
     }
 }
 
+/// A source's row, as a permit reads it (locked until the permit's transaction ends).
+struct SourceRow {
+    /// How much longer a throttle pause holds (zero: none).
+    paused: Duration,
+    /// How much longer a node's open breaker holds (zero: none, or passed).
+    open: Duration,
+    /// A breaker window was recorded and no probe has closed it since.
+    half_open: bool,
+    /// How much longer the last probe granted may be out (zero: none).
+    probe_out: Duration,
+}
+
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
 impl Permits {
     /// Asks for one permit of `source` under `windows` (each widened by `guard`).
     pub async fn acquire(
@@ -60,6 +84,33 @@ impl Permits {
         let j = &self.jobs;
         let mut client = j.client().await?;
         let tx = client.transaction().await.map_err(j.pg())?;
+        let row = self.lock_source(&tx, source).await?;
+        if !row.paused.is_zero() {
+            return Ok(Permit::Paused(row.paused));
+        }
+        if !row.open.is_zero() {
+            return Ok(Permit::BreakerOpen(row.open));
+        }
+        if row.half_open && !row.probe_out.is_zero() {
+            return Ok(Permit::BreakerOpen(row.probe_out));
+        }
+        let free_in = self.free_in(&tx, source, windows, guard).await?;
+        if !free_in.is_zero() {
+            return Ok(Permit::FreeIn(free_in));
+        }
+        self.grant(&tx, source, windows, guard, row.half_open)
+            .await?;
+        tx.commit().await.map_err(j.pg())?;
+        Ok(if row.half_open {
+            Permit::Probe
+        } else {
+            Permit::Granted
+        })
+    }
+
+    /// Locks `source`'s row (creating it) and reads it.
+    async fn lock_source(&self, tx: &Tx<'_>, source: &str) -> Result<SourceRow, Failure> {
+        let j = &self.jobs;
         let sources = j.t("sources");
         tx.execute(
             &format!("INSERT INTO {sources} (name) VALUES ($1) ON CONFLICT DO NOTHING"),
@@ -67,68 +118,95 @@ impl Permits {
         )
         .await
         .map_err(j.pg())?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "SELECT coalesce((extract(epoch FROM paused_until - clock_timestamp()) * 1000)::int8, 0),
-                            coalesce((extract(epoch FROM breaker_open_until - clock_timestamp()) * 1000)::int8, 0)
-                     FROM {sources} WHERE name = $1 FOR UPDATE"
-                ),
-                &[&source],
-            )
-            .await
-            .map_err(j.pg())?;
-        let (paused_ms, open_ms): (i64, i64) = (row.get(0), row.get(1));
-        if paused_ms > 0 {
-            return Ok(Permit::Paused(Duration::from_millis(paused_ms as u64)));
-        }
-        if open_ms > 0 {
-            return Ok(Permit::BreakerOpen(Duration::from_millis(open_ms as u64)));
-        }
+        let left = |column: &str| {
+            format!("coalesce((extract(epoch FROM {column} - clock_timestamp()) * 1000)::int8, 0)")
+        };
+        let sql = format!(
+            "SELECT {}, {}, breaker_open_until IS NOT NULL, {} FROM {sources} WHERE name = $1 FOR UPDATE",
+            left("paused_until"),
+            left("breaker_open_until"),
+            left("probe_until"),
+        );
+        let row = tx.query_one(&sql, &[&source]).await.map_err(j.pg())?;
+        let ms = |i: usize| Duration::from_millis(row.get::<_, i64>(i).max(0) as u64);
+        Ok(SourceRow {
+            paused: ms(0),
+            open: ms(1),
+            half_open: row.get(2),
+            probe_out: ms(3),
+        })
+    }
+
+    /// When the next permit frees: zero when every window has room, else when the grant that
+    /// fills the fullest window leaves it.
+    async fn free_in(
+        &self,
+        tx: &Tx<'_>,
+        source: &str,
+        windows: &[RateWindow],
+        guard: Duration,
+    ) -> Result<Duration, Failure> {
+        let j = &self.jobs;
+        let sql = format!(
+            "SELECT (extract(epoch FROM at + $2::int8 * interval '1 millisecond' - clock_timestamp()) * 1000)::int8
+             FROM {} WHERE source = $1 AND at > clock_timestamp() - $2::int8 * interval '1 millisecond'
+             ORDER BY at DESC OFFSET $3 LIMIT 1",
+            j.t("grants")
+        );
         let mut free_in_ms = 0i64;
         for w in windows {
             let span_ms = (w.per + guard).as_millis() as i64;
             let offset = i64::from(w.limit.max(1)) - 1;
             let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT (extract(epoch FROM at + $2::int8 * interval '1 millisecond' - clock_timestamp()) * 1000)::int8
-                         FROM {} WHERE source = $1 AND at > clock_timestamp() - $2::int8 * interval '1 millisecond'
-                         ORDER BY at DESC OFFSET $3 LIMIT 1",
-                        j.t("grants")
-                    ),
-                    &[&source, &span_ms, &offset],
-                )
+                .query_opt(&sql, &[&source, &span_ms, &offset])
                 .await
                 .map_err(j.pg())?;
             if let Some(r) = row {
                 free_in_ms = free_in_ms.max(r.get::<_, i64>(0).max(1));
             }
         }
-        if free_in_ms > 0 {
-            return Ok(Permit::FreeIn(Duration::from_millis(free_in_ms as u64)));
-        }
+        Ok(Duration::from_millis(free_in_ms as u64))
+    }
+
+    /// Records a grant (dropping grants older than the longest window) and, for the cluster's
+    /// probe, its lease.
+    async fn grant(
+        &self,
+        tx: &Tx<'_>,
+        source: &str,
+        windows: &[RateWindow],
+        guard: Duration,
+        probe: bool,
+    ) -> Result<(), Failure> {
+        let j = &self.jobs;
         let longest_ms = windows
             .iter()
             .map(|w| (w.per + guard).as_millis() as i64)
             .max()
             .unwrap_or(0);
-        tx.execute(
-            &format!(
-                "WITH old AS (DELETE FROM {grants} WHERE source = $1
-                     AND at < clock_timestamp() - $3::int8 * interval '1 millisecond')
-                 INSERT INTO {grants} (source, at, node) VALUES ($1, clock_timestamp(), $2)",
-                grants = j.t("grants")
-            ),
-            &[&source, &j.node, &longest_ms],
-        )
-        .await
-        .map_err(j.pg())?;
-        tx.commit().await.map_err(j.pg())?;
-        Ok(Permit::Granted)
+        let sql = format!(
+            "WITH old AS (DELETE FROM {grants} WHERE source = $1
+                 AND at < clock_timestamp() - $3::int8 * interval '1 millisecond')
+             INSERT INTO {grants} (source, at, node) VALUES ($1, clock_timestamp(), $2)",
+            grants = j.t("grants")
+        );
+        tx.execute(&sql, &[&source, &j.node, &longest_ms])
+            .await
+            .map_err(j.pg())?;
+        if probe {
+            let lease = PROBE_LEASE.as_millis() as i64;
+            let sql = format!(
+                "UPDATE {} SET probe_until = clock_timestamp() + $2::int8 * interval '1 millisecond'
+                 WHERE name = $1",
+                j.t("sources")
+            );
+            tx.execute(&sql, &[&source, &lease]).await.map_err(j.pg())?;
+        }
+        Ok(())
     }
 
-    /// Pauses `source` on every node for `pause` (never shortening a pause in force).
+    /// Pauses `source` on every node for `pause` (never shortening a pause in force). A probe
+    /// lease ends with it: the probe was answered (throttled), and the pause holds every node.
     pub async fn pause(&self, source: &str, pause: Duration) -> Result<(), Failure> {
         let j = &self.jobs;
         let client = j.client().await?;
@@ -138,7 +216,7 @@ impl Permits {
                 &format!(
                     "INSERT INTO {} AS s (name, paused_until)
                      VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond')
-                     ON CONFLICT (name) DO UPDATE SET paused_until =
+                     ON CONFLICT (name) DO UPDATE SET probe_until = NULL, paused_until =
                          greatest(s.paused_until, EXCLUDED.paused_until)",
                     j.t("sources")
                 ),
@@ -161,13 +239,15 @@ impl Permits {
                 let sql = format!(
                     "INSERT INTO {sources} AS s (name, breaker_open_until)
                      VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond')
-                     ON CONFLICT (name) DO UPDATE SET breaker_open_until =
+                     ON CONFLICT (name) DO UPDATE SET probe_until = NULL, breaker_open_until =
                          greatest(s.breaker_open_until, EXCLUDED.breaker_open_until)"
                 );
                 client.execute(&sql, &[&source, &ms]).await
             }
             None => {
-                let sql = format!("UPDATE {sources} SET breaker_open_until = NULL WHERE name = $1");
+                let sql = format!(
+                    "UPDATE {sources} SET breaker_open_until = NULL, probe_until = NULL WHERE name = $1"
+                );
                 client.execute(&sql, &[&source]).await
             }
         }

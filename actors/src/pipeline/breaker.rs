@@ -277,6 +277,26 @@ impl Breaker {
         }
     }
 
+    /// Takes a request already admitted as the probe: the cluster granted it as its one probe
+    /// of a source another node's breaker opened on (`cluster/permits.rs`). A breaker whose own
+    /// probe is out keeps it; otherwise it goes half-open with this probe out, so the probe's
+    /// outcome closes it or opens it, and that transition reaches the cluster.
+    pub fn adopt_probe(&mut self, now: Instant) -> Option<Transition> {
+        if self.state == CircuitState::HalfOpen && self.probe_since.is_some() {
+            return None;
+        }
+        let from = self.state;
+        self.state = CircuitState::HalfOpen;
+        self.open_until = None;
+        self.opened_at.get_or_insert(now);
+        self.probe_since = Some(now);
+        (from != CircuitState::HalfOpen).then(|| Transition {
+            from,
+            to: CircuitState::HalfOpen,
+            reason: "probing for the cluster: another node's breaker opened on this source".into(),
+        })
+    }
+
     /// The probe will not be sent after all (the limiter refused it): the next caller probes.
     pub fn abandon_probe(&mut self) {
         if self.state == CircuitState::HalfOpen {
@@ -337,6 +357,9 @@ pub enum CircuitBreakerMsg {
     Record(Verdict, bool),
     /// The probe admitted will not be sent after all (the limiter refused it).
     ProbeAbandoned,
+    /// Cluster mode: a request this breaker admitted is the cluster's probe of the source
+    /// (another node's breaker opened on it): take it as this breaker's probe.
+    AdoptProbe,
     /// The state, for the admin `pipelines` command.
     State(RpcReplyPort<BreakerView>),
     /// Internal: the open period is over.
@@ -494,6 +517,10 @@ impl Actor for CircuitBreaker {
             CircuitBreakerMsg::Admit(reply) => st.admit(&me, reply),
             CircuitBreakerMsg::Record(verdict, was_probe) => st.record(&me, verdict, was_probe),
             CircuitBreakerMsg::ProbeAbandoned => st.core.abandon_probe(),
+            CircuitBreakerMsg::AdoptProbe => {
+                let moved = st.core.adopt_probe(Instant::now());
+                st.apply(&me, moved);
+            }
             CircuitBreakerMsg::State(reply) => {
                 // The timer may be due but not yet processed: show the state as of now.
                 let moved = st.core.poll(Instant::now());
@@ -603,6 +630,29 @@ mod tests {
 
     fn to(t: Option<Transition>) -> Option<CircuitState> {
         t.map(|t| t.to)
+    }
+
+    /// Ensures that a closed breaker adopts the cluster's probe (half-open, the probe out, so
+    /// its own callers wait), that the probe's success closes it and its failure opens it for
+    /// twice the open period, and that a breaker whose own probe is out keeps that one.
+    #[test]
+    fn an_adopted_probe_moves_the_breaker_as_its_own_would() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CONFIG);
+        assert_eq!(to(b.adopt_probe(t0)), Some(CircuitState::HalfOpen));
+        assert!(matches!(b.admit(t0).0, Admission::Refused { .. }));
+        assert_eq!(
+            to(b.record(Verdict::Ok, true, t0)),
+            Some(CircuitState::Closed)
+        );
+        b.adopt_probe(t0);
+        let failed = b.record(Verdict::Transient, true, t0);
+        assert_eq!(to(failed), Some(CircuitState::Open));
+        assert_eq!(b.open_for(), secs(20));
+        let half = b.poll(t0 + secs(20));
+        assert_eq!(to(half), Some(CircuitState::HalfOpen));
+        assert_eq!(b.admit(t0 + secs(20)).0, Admission::Probe);
+        assert_eq!(b.adopt_probe(t0 + secs(20)).map(|t| t.to), None);
     }
 
     /// Ensures that the breaker opens after `failure_threshold` CONSECUTIVE transient failures:

@@ -7,6 +7,11 @@
 //! come back, and the task turns that into a throttled error, so the job waits in the dispatcher
 //! without spending an attempt.
 //!
+//! In cluster mode the limiter may grant the cluster's one probe of a source whose shared
+//! breaker window has passed ([`Grant::ClusterProbe`]); when this node's breaker did not admit
+//! the request as its own probe, the gate has it adopt the request as one, so that the probe's
+//! outcome moves this breaker, and through it the cluster's window (`cluster/permits.rs`).
+//!
 //! # Knowing which request was the probe
 //!
 //! [`Gate::report`] carries no request token, so the gate remembers which caller holds the
@@ -25,7 +30,7 @@ use ractor::rpc::CallResult;
 
 use crate::link::Link;
 use crate::pipeline::breaker::{Admission, CircuitBreakerMsg};
-use crate::pipeline::limiter::{RateLimiterMsg, Refusal};
+use crate::pipeline::limiter::{Grant, RateLimiterMsg, Refusal};
 use crate::upstream::{Blocked, Gate, Hold, Verdict};
 
 /// How long `acquire` waits for the breaker's answer (it answers at once unless it is stuck).
@@ -81,14 +86,14 @@ impl PipelineGate {
     }
 
     /// A limiter permit, or why there is none.
-    async fn permit(&self) -> Result<(), Blocked> {
+    async fn permit(&self) -> Result<Grant, Blocked> {
         let restarting = || blocked(Hold::LimiterUnavailable, Some(RESTART_RETRY));
         let limiter = self.limiter.get().ok_or_else(restarting)?;
         match limiter
             .call(RateLimiterMsg::Acquire, Some(PERMIT_TIMEOUT))
             .await
         {
-            Ok(CallResult::Success(Ok(()))) => Ok(()),
+            Ok(CallResult::Success(Ok(grant))) => Ok(grant),
             Ok(CallResult::Success(Err(Refusal::Paused { remaining }))) => {
                 Err(blocked(Hold::SourcePaused, Some(remaining)))
             }
@@ -112,13 +117,21 @@ impl Gate for PipelineGate {
     fn acquire(&self) -> BoxFuture<'_, Result<(), Blocked>> {
         Box::pin(async move {
             let probe = self.admit().await? == Admission::Probe;
-            if let Err(why) = self.permit().await {
-                if probe {
-                    self.breaker.cast(CircuitBreakerMsg::ProbeAbandoned);
+            let grant = match self.permit().await {
+                Ok(grant) => grant,
+                Err(why) => {
+                    if probe {
+                        self.breaker.cast(CircuitBreakerMsg::ProbeAbandoned);
+                    }
+                    return Err(why);
                 }
-                return Err(why);
+            };
+            let cluster_probe = grant == Grant::ClusterProbe && !probe;
+            if cluster_probe {
+                // Sent before this caller's report, so the breaker has adopted it by then.
+                self.breaker.cast(CircuitBreakerMsg::AdoptProbe);
             }
-            if probe {
+            if probe || cluster_probe {
                 *self.probe_slot() = Some(tokio::task::try_id());
             }
             Ok(())

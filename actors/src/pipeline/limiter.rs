@@ -407,6 +407,17 @@ pub struct RateLimiterArgs {
     pub shared: Option<crate::cluster::Permits>,
 }
 
+/// What a granted permit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// An ordinary permit.
+    Permit,
+    /// Cluster mode: the one request the whole cluster lets through once a shared breaker's
+    /// open window has passed. Its node's breaker takes it as its probe, so its outcome closes
+    /// the window for every node or opens it again (`cluster/permits.rs`).
+    ClusterProbe,
+}
+
 /// Why a permit was not granted: the caller should come back later (the job waits without
 /// spending an attempt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,7 +443,7 @@ pub enum Refusal {
 pub enum RateLimiterMsg {
     /// Answered `Ok` when the caller may send (FIFO among waiters; the permit is counted at
     /// that moment), or at once with a [`Refusal`].
-    Acquire(RpcReplyPort<Result<(), Refusal>>),
+    Acquire(RpcReplyPort<Result<Grant, Refusal>>),
     /// The upstream asked us to slow down: pause the whole source (never shortening a pause).
     Throttle {
         /// How long it asked for (`Retry-After`); wins when given.
@@ -463,7 +474,7 @@ pub struct LimiterView {
 
 /// A caller waiting for a permit.
 struct Waiter {
-    reply: RpcReplyPort<Result<(), Refusal>>,
+    reply: RpcReplyPort<Result<Grant, Refusal>>,
     since: Instant,
 }
 
@@ -499,7 +510,11 @@ pub struct RateLimiterState {
 
 impl RateLimiterState {
     /// Answers `Acquire`: queue the caller, or refuse at once.
-    fn acquire(&mut self, me: &ActorRef<RateLimiterMsg>, reply: RpcReplyPort<Result<(), Refusal>>) {
+    fn acquire(
+        &mut self,
+        me: &ActorRef<RateLimiterMsg>,
+        reply: RpcReplyPort<Result<Grant, Refusal>>,
+    ) {
         let now = Instant::now();
         if let Some(until) = self.core.paused(now) {
             let _ = reply.send(Err(Refusal::Paused {
@@ -558,7 +573,7 @@ impl RateLimiterState {
                 break;
             }
             let w = self.waiters.pop_front().expect("front exists");
-            if w.reply.send(Ok(())).is_ok() {
+            if w.reply.send(Ok(Grant::Permit)).is_ok() {
                 self.core.take(now);
                 granted = true;
                 metrics::histogram!(RATE_LIMITER_WAIT, "pipeline" => self.pipeline.clone())
@@ -657,44 +672,54 @@ impl RateLimiterState {
                 .acquire(&self.pipeline, self.core.windows(), CLUSTER_SEND_GUARD)
                 .await;
             let now = Instant::now();
-            match asked {
-                Ok(Permit::Granted) => {
-                    let w = self.waiters.pop_front().expect("front exists");
-                    metrics::histogram!(RATE_LIMITER_WAIT, "pipeline" => self.pipeline.clone())
-                        .record((now - w.since).as_secs_f64());
-                    // A caller that gave up meanwhile wastes this permit: never more than the
-                    // windows allow, at worst fewer.
-                    if w.reply.send(Ok(())).is_ok() {
-                        self.core.take(now);
-                    }
-                }
-                Ok(Permit::FreeIn(free_in)) if free_in > MAX_PERMIT_WAIT => {
-                    self.refuse_all(Refusal::WindowsFull { free_in });
-                }
-                Ok(Permit::FreeIn(free_in)) => {
-                    self.arm(me, now + free_in, now);
-                    return;
-                }
-                Ok(Permit::BreakerOpen(remaining)) => {
-                    // Not a throttle: this node's windows and pause stay as they are.
-                    self.refuse_all(Refusal::BreakerOpen { remaining });
-                    return;
-                }
-                Ok(Permit::Paused(remaining)) => {
-                    self.core.pause(now + remaining);
-                    self.refuse_all(Refusal::Paused { remaining });
-                    self.arm(me, now + remaining, now);
-                    return;
-                }
-                Err(e) => {
-                    warn!(actor = %self.path, pipeline = %self.pipeline, error = %e.message(),
-                        "no permit: the cluster store cannot be asked; the jobs wait");
-                    self.refuse_all(Refusal::WindowsFull {
-                        free_in: STORE_RETRY,
-                    });
-                }
+            let grant = match asked {
+                Ok(Permit::Granted) => Grant::Permit,
+                Ok(Permit::Probe) => Grant::ClusterProbe,
+                other => return self.refused_shared(me, other, now),
+            };
+            let w = self.waiters.pop_front().expect("front exists");
+            metrics::histogram!(RATE_LIMITER_WAIT, "pipeline" => self.pipeline.clone())
+                .record((now - w.since).as_secs_f64());
+            // A caller that gave up meanwhile wastes this permit: never more than the windows
+            // allow, at worst fewer (and a wasted probe lease ends with its lease).
+            if w.reply.send(Ok(grant)).is_ok() {
+                self.core.take(now);
             }
         }
+        self.disarm();
+    }
+
+    /// What the store's refusal (or failure) means for this node's waiters: wait for a permit
+    /// that frees soon, else refuse them all, saying for how long.
+    fn refused_shared(
+        &mut self,
+        me: &ActorRef<RateLimiterMsg>,
+        asked: Result<crate::cluster::Permit, crate::postgres::Failure>,
+        now: Instant,
+    ) {
+        use crate::cluster::Permit;
+        let why = match asked {
+            Ok(Permit::Granted | Permit::Probe) => return,
+            Ok(Permit::FreeIn(free_in)) if free_in <= MAX_PERMIT_WAIT => {
+                return self.arm(me, now + free_in, now);
+            }
+            Ok(Permit::FreeIn(free_in)) => Refusal::WindowsFull { free_in },
+            // Not a throttle: this node's windows and pause stay as they are.
+            Ok(Permit::BreakerOpen(remaining)) => Refusal::BreakerOpen { remaining },
+            Ok(Permit::Paused(remaining)) => {
+                self.core.pause(now + remaining);
+                self.refuse_all(Refusal::Paused { remaining });
+                return self.arm(me, now + remaining, now);
+            }
+            Err(e) => {
+                warn!(actor = %self.path, pipeline = %self.pipeline, error = %e.message(),
+                    "no permit: the cluster store cannot be asked; the jobs wait");
+                Refusal::WindowsFull {
+                    free_in: STORE_RETRY,
+                }
+            }
+        };
+        self.refuse_all(why);
         self.disarm();
     }
 
@@ -1203,7 +1228,7 @@ mod tests {
         Actor::spawn(None, RateLimiter, args).await.unwrap().0
     }
 
-    async fn acquire(l: &ActorRef<RateLimiterMsg>) -> Result<(), Refusal> {
+    async fn acquire(l: &ActorRef<RateLimiterMsg>) -> Result<Grant, Refusal> {
         ractor::call!(l, RateLimiterMsg::Acquire).unwrap()
     }
 
@@ -1218,7 +1243,7 @@ mod tests {
         }
     }
 
-    fn remaining(r: Result<(), Refusal>) -> Duration {
+    fn remaining(r: Result<Grant, Refusal>) -> Duration {
         match r {
             Err(Refusal::Paused { remaining }) => remaining,
             other => panic!("expected a pause, got {other:?}"),
@@ -1314,7 +1339,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(remaining(acquire(&l).await), Duration::from_secs(1));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(acquire(&l).await, Ok(()));
+        assert_eq!(acquire(&l).await, Ok(Grant::Permit));
         assert_eq!(state(&l).await.paused_until, None);
 
         l.cast(throttle(None, false)).unwrap();
