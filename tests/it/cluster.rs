@@ -656,6 +656,38 @@ async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
     schema.drop_now().await;
 }
 
+/// Ensures that the claim ages waiting jobs as a single node does (`[jobs] max_wait`): a low
+/// job submitted before 60 high ones, with `max_wait = "1s"`, competes as high after two
+/// seconds and, being older, starts before the last of them; without aging it would start
+/// after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_job_is_promoted_as_it_waits() {
+    let (schema, nodes) = cluster_with("aging", 1, "[jobs]\nmax_wait = \"1s\"\n").await;
+    let sleep = |ms: u64, priority: &str| json!({"job": "builtin.sleep", "params": {"ms": ms}, "priority": priority});
+    let mut jobs = vec![sleep(100, "low")];
+    jobs.extend((0..60).map(|_| sleep(300, "high")));
+    let a = req(
+        &mut nodes[0].client().await,
+        json!({"cmd": "submit_batch", "jobs": jobs}),
+    )
+    .await;
+    assert_eq!(job_ids(&a).len(), 61, "{a}");
+    until_count(
+        &schema,
+        "all 61 jobs to succeed",
+        Duration::from_secs(60),
+        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        61,
+    )
+    .await;
+    let before = "SELECT count(*) FROM {s}.jobs h, {s}.jobs l \
+                  WHERE l.priority = 2 AND h.priority = 0 AND h.started_at > l.started_at";
+    let later_highs = number(&schema, before).await;
+    assert!(later_highs > 0, "the low job started after every high one");
+    drop(nodes);
+    schema.drop_now().await;
+}
+
 /// Ensures that a job running on one node and cancelled through another stops on its node
 /// (its worker is told at once through NOTIFY), and that its late end does not overwrite the
 /// cancel.

@@ -454,10 +454,11 @@ impl State {
             };
             (fanned, ended)
         };
+        let max_wait = self.limits.max_wait;
         let claims = async {
             let mut out = Vec::with_capacity(asks.len());
             for (lane, name, want) in &asks {
-                out.push((*lane, *want, jobs.claim(name, *want).await));
+                out.push((*lane, *want, jobs.claim(name, *want, max_wait).await));
             }
             out
         };

@@ -447,19 +447,40 @@ impl Jobs {
             .collect())
     }
 
-    /// Claims up to `n` runnable jobs of `pipeline` for this node, in run order (priority, then
-    /// due time, then id), skipping rows another node is claiming.
-    pub async fn claim(&self, pipeline: &str, n: usize) -> Result<Vec<Claimed>, Failure> {
+    /// Claims up to `n` runnable jobs of `pipeline` for this node, in run order: by effective
+    /// priority, the single node's aging (every `max_wait` a job has been runnable promotes it
+    /// one level), then due time, then id; skipping rows another node is claiming.
+    ///
+    /// Ordering the whole backlog by an expression would sort it at every claim, so the
+    /// candidates are the oldest runnable jobs of each priority (`CANDIDATES` more than asked,
+    /// three index range scans): within one priority the oldest is promoted the most, so the
+    /// best `n` are among them, with room to skip rows other nodes hold.
+    pub async fn claim(
+        &self,
+        pipeline: &str,
+        n: usize,
+        max_wait: std::time::Duration,
+    ) -> Result<Vec<Claimed>, Failure> {
+        const CANDIDATES: i64 = 64;
         let client = self.client().await?;
         let sql = format!(
-            "WITH next AS (
-                 SELECT id FROM {jobs}
-                 WHERE pipeline = $1 AND state IN ('pending', 'retrying') AND run_at <= now()
-                   -- A pause holds from its commit, whatever a node's heartbeat last read.
-                   AND NOT EXISTS (SELECT 1 FROM {paused} WHERE pipeline = $1)
-                 ORDER BY priority, run_at, id
+            "WITH cand AS (
+                 SELECT c.id, greatest(0, c.priority - floor(
+                            extract(epoch FROM now() - c.run_at) * 1000 / $4::float8)::int) AS level,
+                        c.run_at
+                 FROM unnest(ARRAY[0, 1, 2]::int2[]) AS p(priority),
+                      LATERAL (SELECT id, priority, run_at FROM {jobs}
+                               WHERE pipeline = $1 AND state IN ('pending', 'retrying')
+                                 AND priority = p.priority AND run_at <= now()
+                               ORDER BY run_at, id LIMIT $2::int8 + {CANDIDATES}) c
+                 -- A pause holds from its commit, whatever a node's heartbeat last read.
+                 WHERE NOT EXISTS (SELECT 1 FROM {paused} WHERE pipeline = $1)),
+             next AS (
+                 SELECT j.id FROM {jobs} j JOIN cand ON cand.id = j.id
+                 WHERE j.state IN ('pending', 'retrying')
+                 ORDER BY cand.level, cand.run_at, j.id
                  LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
+                 FOR UPDATE OF j SKIP LOCKED)
              UPDATE {jobs} j
              SET state = 'running', claimed_by = $3, claimed_at = now(), started_at = now(),
                  attempt = j.attempt + 1, claim_no = j.claim_no + 1, cancel_requested = false,
@@ -470,9 +491,11 @@ impl Jobs {
             paused = self.t("paused_pipelines"),
             started = event("'started'", "j.attempt + 1", "$3::text"),
         );
+        // At least a millisecond: a zero max_wait would divide by zero.
+        let max_wait_ms = max_wait.as_millis().clamp(1, i64::MAX as u128) as f64;
         let limit = i64::try_from(n).unwrap_or(i64::MAX);
         let rows = client
-            .query(&sql, &[&pipeline, &limit, &self.node])
+            .query(&sql, &[&pipeline, &limit, &self.node, &max_wait_ms])
             .await
             .map_err(self.pg())?;
         Ok(rows
