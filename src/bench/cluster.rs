@@ -125,7 +125,7 @@ async fn ceiling(args: &ClusterBenchArgs, schema: &str) -> Result<f64, String> {
             .await
             .map_err(|e| e.message().to_string())?;
         let claimed = jobs
-            .claim("builtin", n, crate::config::JobsSection::default().max_wait)
+            .claim("builtin", n, None)
             .await
             .map_err(|e| e.message().to_string())?;
         let ends: Vec<Completion> = claimed

@@ -536,22 +536,33 @@ async fn a_429_on_one_node_pauses_every_node() {
     schema.drop_now().await;
 }
 
+/// A fake upstream whose next `fails` chart requests fail (500), a fresh schema, and the
+/// config of a `yahoo` pipeline on it whose breaker opens after 3 failures for `open_for`.
+async fn breaker_cluster(
+    test: &str,
+    fails: usize,
+    open_for: Duration,
+) -> (FakeUpstream, Schema, String) {
+    let fake = FakeUpstream::start().await;
+    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, fails, Failure::Status(500));
+    let schema = Schema::fresh(test).await;
+    let extra = format!(
+        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = \"50/s\"\n\
+         breaker = {{ failure_threshold = 3, open_for = \"{}s\" }}\n\
+         retry = {{ max_retries = 5, base_delay = \"100ms\", max_delay = \"1s\" }}\n",
+        fake.base_url(),
+        open_for.as_secs()
+    );
+    (fake, schema, extra)
+}
+
 /// Ensures that a circuit breaker opened on one node holds every node: a node started after
 /// node-0's breaker opened claims the waiting jobs, but sends nothing to the upstream until the
 /// open window ends; then every job succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breaker_open_on_one_node_holds_every_node() {
     const OPEN_FOR: Duration = Duration::from_secs(12);
-    let fake = FakeUpstream::start().await;
-    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 3, Failure::Status(500));
-    let schema = Schema::fresh("breaker").await;
-    let extra = format!(
-        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = \"50/s\"\n\
-         breaker = {{ failure_threshold = 3, open_for = \"{}s\" }}\n\
-         retry = {{ max_retries = 5, base_delay = \"100ms\", max_delay = \"1s\" }}\n",
-        fake.base_url(),
-        OPEN_FOR.as_secs()
-    );
+    let (fake, schema, extra) = breaker_cluster("breaker", 3, OPEN_FOR).await;
     let url = pg::test_url();
     let first = ClusterNode::start_with("node-0", &url, &schema.name, &extra);
     let mut ids = charts(std::slice::from_ref(&first), 3).await;
@@ -609,16 +620,7 @@ async fn a_breaker_open_on_one_node_holds_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
     const OPEN_FOR: Duration = Duration::from_secs(6);
-    let fake = FakeUpstream::start().await;
-    fake.fail_next_to(fakes::YAHOO_CHART_PREFIX, 4, Failure::Status(500));
-    let schema = Schema::fresh("probe").await;
-    let extra = format!(
-        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = \"50/s\"\n\
-         breaker = {{ failure_threshold = 3, open_for = \"{}s\" }}\n\
-         retry = {{ max_retries = 5, base_delay = \"100ms\", max_delay = \"1s\" }}\n",
-        fake.base_url(),
-        OPEN_FOR.as_secs()
-    );
+    let (fake, schema, extra) = breaker_cluster("probe", 4, OPEN_FOR).await;
     let url = pg::test_url();
     let first = ClusterNode::start_with("node-0", &url, &schema.name, &extra);
     let mut ids = charts(std::slice::from_ref(&first), 3).await;

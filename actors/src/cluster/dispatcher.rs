@@ -108,6 +108,8 @@ struct Lane {
     breaker_open: bool,
     /// Jobs may be waiting: claim when a worker is idle.
     maybe_work: bool,
+    /// A job of this pipeline has waited `[jobs] max_wait`: claims age (`Jobs::claim`).
+    aging: bool,
 }
 
 impl AsRef<PipelineInfo> for Lane {
@@ -251,6 +253,7 @@ impl State {
                 paused: false,
                 breaker_open: false,
                 maybe_work: true,
+                aging: false,
             })
             .collect();
         State {
@@ -424,7 +427,21 @@ impl State {
             self.rescue_own().await;
         }
         self.lanes.iter_mut().for_each(|l| l.maybe_work = true);
+        self.check_aging().await;
         self.announce().await;
+    }
+
+    /// Whether each pipeline's claims must age now: some job has waited `[jobs] max_wait`.
+    async fn check_aging(&mut self) {
+        let names: Vec<String> = self.lanes.iter().map(|l| l.info.name.clone()).collect();
+        match self.cluster.jobs.aging(&names, self.limits.max_wait).await {
+            Ok(aging) => {
+                for (l, aging) in self.lanes.iter_mut().zip(aging) {
+                    l.aging = aging;
+                }
+            }
+            Err(e) => debug!(error = %e.message(), "aging not checked; claims keep their order"),
+        }
     }
 
     /// Writes the gathered ends and claims for idle workers, both at once on two connections:
@@ -433,12 +450,20 @@ impl State {
     async fn flush(&mut self) {
         self.flush_scheduled = false;
         let done = std::mem::take(&mut self.done);
-        let asks: Vec<(usize, String, usize)> = if self.may_claim() {
+        let max_wait = self.limits.max_wait;
+        let asks: Vec<(usize, String, usize, Option<Duration>)> = if self.may_claim() {
             self.lanes
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.claimable())
-                .map(|(i, l)| (i, l.info.name.clone(), l.idle.len()))
+                .map(|(i, l)| {
+                    (
+                        i,
+                        l.info.name.clone(),
+                        l.idle.len(),
+                        l.aging.then_some(max_wait),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -454,11 +479,10 @@ impl State {
             };
             (fanned, ended)
         };
-        let max_wait = self.limits.max_wait;
         let claims = async {
             let mut out = Vec::with_capacity(asks.len());
-            for (lane, name, want) in &asks {
-                out.push((*lane, *want, jobs.claim(name, *want, max_wait).await));
+            for (lane, name, want, aging) in &asks {
+                out.push((*lane, *want, jobs.claim(name, *want, *aging).await));
             }
             out
         };
@@ -618,15 +642,7 @@ impl State {
     /// A batch job on `worker` named its children: write them with the parent left waiting
     /// (`fanout.rs`), or end it at once when it has none or one cannot be routed.
     fn fanned_out(&mut self, lane: usize, worker: ActorId, job: JobId, specs: Vec<SubmitSpec>) {
-        let Some((r, records)) = self
-            .take_running(lane, worker)
-            .filter(|(r, _)| r.claim.id == job)
-        else {
-            return;
-        };
-        if r.cancelled {
-            self.keep_cancelled(r.claim, records);
-        } else {
+        if let Some((r, records)) = self.ended_attempt(lane, worker, job) {
             match self.children(&specs) {
                 Err(e) => {
                     let why = format!("cannot fan out: {}", e.message);
@@ -743,6 +759,25 @@ impl State {
         Some((r, records))
     }
 
+    /// The attempt of job `id` on `worker` ended: the job and its attempt's records, unless
+    /// the job was cancelled meanwhile (then only those records are left to write) or the
+    /// worker was not running it.
+    fn ended_attempt(
+        &mut self,
+        lane: usize,
+        worker: ActorId,
+        id: JobId,
+    ) -> Option<(Running, Vec<(String, serde_json::Value)>)> {
+        let (r, records) = self
+            .take_running(lane, worker)
+            .filter(|(r, _)| r.claim.id == id)?;
+        if r.cancelled {
+            self.keep_cancelled(r.claim, records);
+            return None;
+        }
+        Some((r, records))
+    }
+
     /// Job `id`'s attempt on `worker` ended after `elapsed` (measured by the worker).
     fn job_done(
         &mut self,
@@ -752,17 +787,9 @@ impl State {
         outcome: TaskResult,
         elapsed: Duration,
     ) {
-        let Some((r, records)) = self
-            .take_running(lane, worker)
-            .filter(|(r, _)| r.claim.id == id)
-        else {
-            return;
+        let Some((r, records)) = self.ended_attempt(lane, worker, id) else {
+            return self.check_drained();
         };
-        if r.cancelled {
-            self.keep_cancelled(r.claim, records);
-            self.check_drained();
-            return;
-        }
         let c = &r.claim;
         self.meters
             .job(&c.name)

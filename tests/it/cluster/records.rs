@@ -191,10 +191,7 @@ say(result={"attempt": attempt})"#,
 /// A claimed `builtin.noop` of a fresh job, through `jobs`.
 async fn claimed(jobs: &warden_actors::cluster::Jobs) -> warden_actors::cluster::Claimed {
     jobs.insert(&[super::noop_row()]).await.unwrap();
-    let mut got = jobs
-        .claim("builtin", 1, Duration::from_secs(300))
-        .await
-        .unwrap();
+    let mut got = jobs.claim("builtin", 1, None).await.unwrap();
     assert_eq!(got.len(), 1);
     got.remove(0)
 }
