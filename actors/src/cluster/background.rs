@@ -141,39 +141,7 @@ impl Loops {
             if !leading {
                 continue;
             }
-            match jobs.rescue(timing.silent_after, false).await {
-                Ok(r) if r.requeued + r.dead > 0 => {
-                    warn!(
-                        actor = "root/dispatcher",
-                        requeued = r.requeued,
-                        dead_lettered = r.dead,
-                        "rescued the jobs of silent nodes"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
-            }
-            match jobs.advance_workflows().await {
-                Ok(woken) => {
-                    for pipeline in woken.iter().collect::<std::collections::BTreeSet<_>>() {
-                        let _ = jobs.wake(pipeline).await;
-                    }
-                }
-                Err(e) => {
-                    warn!(actor = "root/dispatcher", error = %e.message(), "workflows not moved on")
-                }
-            }
-            match jobs.finish_parents().await {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    actor = "root/dispatcher",
-                    parents = n,
-                    "batch jobs finished: their children have all ended"
-                ),
-                Err(e) => {
-                    warn!(actor = "root/dispatcher", error = %e.message(), "waiting batch jobs not finished")
-                }
-            }
+            self.lead_round().await;
             if Instant::now() >= next_count {
                 if let Err(e) = jobs.publish_counts().await {
                     warn!(actor = "root/dispatcher", error = %e.message(), "counts not published");
@@ -184,6 +152,44 @@ impl Loops {
                 self.compact().await;
                 next_compact = Instant::now() + timing.compact_every;
             }
+        }
+    }
+
+    /// What the leader does every round: rescue silent nodes' jobs, move workflows on, finish
+    /// the batch jobs whose children have all ended. Each failure is logged and retried at the
+    /// next round.
+    async fn lead_round(&self) {
+        let jobs = &self.cluster.jobs;
+        let silent = self.cluster.args.timing.silent_after;
+        match jobs.rescue(silent, false).await {
+            Ok(r) if r.requeued + r.dead > 0 => warn!(
+                actor = "root/dispatcher",
+                requeued = r.requeued,
+                dead_lettered = r.dead,
+                "rescued the jobs of silent nodes"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
+        }
+        match jobs.advance_workflows().await {
+            Ok(woken) => {
+                for pipeline in woken.iter().collect::<std::collections::BTreeSet<_>>() {
+                    let _ = jobs.wake(pipeline).await;
+                }
+            }
+            Err(e) => {
+                warn!(actor = "root/dispatcher", error = %e.message(), "workflows not moved on")
+            }
+        }
+        match jobs.finish_parents().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                actor = "root/dispatcher",
+                parents = n,
+                "batch jobs finished: their children have all ended"
+            ),
+            Err(e) => warn!(actor = "root/dispatcher", error = %e.message(),
+                "waiting batch jobs not finished"),
         }
     }
 
