@@ -658,6 +658,45 @@ async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
     schema.drop_now().await;
 }
 
+/// Ensures that while the cluster's probe of a source is out, another node is refused but told
+/// to ask again within a second, not when the probe's two-minute lease ends: the probe usually
+/// answers in milliseconds, and the jobs held behind it would otherwise wait out the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_cluster_probe_is_out_other_nodes_ask_again_soon() {
+    use warden_actors::args::RateWindow;
+    use warden_actors::cluster::Permit;
+    let schema = Schema::fresh("probe_out").await;
+    let (a, b) = (
+        store(&schema, "node-a").await,
+        store(&schema, "node-b").await,
+    );
+    let windows = [RateWindow {
+        limit: 50,
+        per: Duration::from_secs(1),
+    }];
+    let ask = |c: &Cluster| {
+        let p = c.permits();
+        async move { p.acquire("yahoo", &windows, Duration::ZERO).await.unwrap() }
+    };
+    a.permits()
+        .breaker("yahoo", Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    eventually(
+        "node-a to get the probe",
+        Duration::from_secs(5),
+        || async { (ask(&a).await == Permit::Probe).then_some(()) },
+    )
+    .await;
+    match ask(&b).await {
+        Permit::BreakerOpen(retry) => assert!(retry <= Duration::from_secs(1), "{retry:?}"),
+        other => panic!("node-b got {other:?} while node-a's probe was out"),
+    }
+    b.permits().breaker("yahoo", None).await.unwrap();
+    assert_eq!(ask(&b).await, Permit::Granted);
+    schema.drop_now().await;
+}
+
 /// Ensures that the claim ages waiting jobs as a single node does (`[jobs] max_wait`): a low
 /// job submitted before 60 high ones, with `max_wait = "1s"`, competes as high after two
 /// seconds and, being older, starts before the last of them; without aging it would start

@@ -14,7 +14,8 @@
 //! ([`Permits::breaker`]), so that every node's permits are refused until then. Once the window
 //! has passed, and until a probe closes it, the source is half-open for the whole cluster: the
 //! first permit asked is [`Permit::Probe`], leased for [`PROBE_LEASE`] (`probe_until`), and
-//! every other node is refused meanwhile. The node holding it makes its own breaker take that
+//! every other node is refused meanwhile, told to ask again after [`PROBE_PENDING_RETRY`] (the
+//! lease only bounds a probe that never reports). The node holding it makes its own breaker take that
 //! request as its probe, so the probe's outcome closes the window for every node or opens it
 //! again (through [`Permits::breaker`], as any transition of that breaker).
 
@@ -34,7 +35,7 @@ pub enum Permit {
     /// The source is paused (a throttle signal) for this much longer.
     Paused(Duration),
     /// A node's circuit breaker opened on the source, for this much longer (or another node's
-    /// probe is out, for at most this much longer).
+    /// probe is out: ask again after [`PROBE_PENDING_RETRY`]).
     BreakerOpen(Duration),
     /// Granted as the cluster's one probe of a source whose breaker window has passed.
     Probe,
@@ -43,6 +44,10 @@ pub enum Permit {
 /// How long the cluster's probe may be out before another node may probe instead: the
 /// breaker's own patience with a probe.
 pub const PROBE_LEASE: Duration = crate::pipeline::breaker::PROBE_TIMEOUT;
+
+/// While the cluster's probe is out, other nodes ask again after this, as callers on the
+/// probing node do.
+pub const PROBE_PENDING_RETRY: Duration = crate::pipeline::breaker::PROBE_PENDING_RETRY;
 
 /// The cluster's permits, for the limiters of this node.
 #[derive(Clone)]
@@ -92,7 +97,9 @@ impl Permits {
             return Ok(Permit::BreakerOpen(row.open));
         }
         if row.half_open && !row.probe_out.is_zero() {
-            return Ok(Permit::BreakerOpen(row.probe_out));
+            // The lease only bounds a probe that never reports; one that does answers within
+            // a request's time, so ask again soon rather than when the lease ends.
+            return Ok(Permit::BreakerOpen(row.probe_out.min(PROBE_PENDING_RETRY)));
         }
         let free_in = self.free_in(&tx, source, windows, guard).await?;
         if !free_in.is_zero() {
