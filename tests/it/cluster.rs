@@ -153,6 +153,9 @@ async fn number(schema: &Schema, query: &str) -> i64 {
     rows[0][0].as_deref().unwrap_or("0").parse().unwrap()
 }
 
+/// Counts the jobs that succeeded (for [`until_count`]).
+const SUCCEEDED: &str = "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'";
+
 /// Waits until `query` counts `want`.
 async fn until_count(schema: &Schema, what: &str, within: Duration, query: &str, want: i64) {
     eventually(what, within, || async {
@@ -186,7 +189,7 @@ async fn three_nodes_run_each_of_20000_jobs_exactly_once() {
         &schema,
         "every job to succeed",
         Duration::from_secs(240),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         20_000,
     )
     .await;
@@ -250,7 +253,7 @@ async fn a_killed_nodes_jobs_finish_on_the_others() {
         &schema,
         "the killed node's jobs to finish elsewhere",
         Duration::from_secs(30),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         12,
     )
     .await;
@@ -472,7 +475,7 @@ async fn a_rate_limit_holds_for_the_whole_cluster() {
         &schema,
         "20 jobs to succeed within the minute's quota",
         Duration::from_secs(30),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         20,
     )
     .await;
@@ -556,6 +559,16 @@ async fn breaker_cluster(
     (fake, schema, extra)
 }
 
+/// When each chart request reached `fake` after `opened`, counted from it, up to `within`.
+fn charts_within(fake: &FakeUpstream, opened: Instant, within: Duration) -> Vec<Duration> {
+    fake.arrivals_to(fakes::YAHOO_CHART_PREFIX)
+        .into_iter()
+        .filter(|t| *t > opened)
+        .map(|t| t.duration_since(opened))
+        .filter(|d| *d < within)
+        .collect()
+}
+
 /// Ensures that a circuit breaker opened on one node holds every node: a node started after
 /// node-0's breaker opened claims the waiting jobs, but sends nothing to the upstream until the
 /// open window ends; then every job succeeds.
@@ -594,17 +607,11 @@ async fn a_breaker_open_on_one_node_holds_every_node() {
         &schema,
         "every job to succeed once the breaker closed",
         Duration::from_secs(40),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         ids.len() as i64,
     )
     .await;
-    let early: Vec<Duration> = fake
-        .arrivals_to(fakes::YAHOO_CHART_PREFIX)
-        .into_iter()
-        .filter(|t| *t > opened)
-        .map(|t| t.duration_since(opened))
-        .filter(|d| *d < OPEN_FOR - Duration::from_secs(1))
-        .collect();
+    let early = charts_within(&fake, opened, OPEN_FOR - Duration::from_secs(1));
     assert!(
         early.is_empty(),
         "requests while the breaker was open: {early:?}"
@@ -641,18 +648,12 @@ async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
         &schema,
         "every job to succeed once a probe did",
         Duration::from_secs(60),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         ids.len() as i64,
     )
     .await;
     // From the first window's end to well inside the second (twice as long): the failed probe.
-    let probes: Vec<Duration> = fake
-        .arrivals_to(fakes::YAHOO_CHART_PREFIX)
-        .into_iter()
-        .filter(|t| *t > opened)
-        .map(|t| t.duration_since(opened))
-        .filter(|d| *d < OPEN_FOR + OPEN_FOR * 3 / 2)
-        .collect();
+    let probes = charts_within(&fake, opened, OPEN_FOR + OPEN_FOR * 3 / 2);
     assert_eq!(probes.len(), 1, "requests after the window: {probes:?}");
     drop((first, others));
     schema.drop_now().await;
@@ -717,7 +718,7 @@ async fn a_low_job_is_promoted_as_it_waits() {
         &schema,
         "all 61 jobs to succeed",
         Duration::from_secs(60),
-        "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'",
+        SUCCEEDED,
         61,
     )
     .await;

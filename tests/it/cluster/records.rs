@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use warden_actors::cluster::{Completion, Outcome};
 
-use super::{cluster_with, number, store, until_count, ClusterNode};
+use super::{cluster_with, number, store, until_count, ClusterNode, SUCCEEDED};
 use crate::pg::{self, Schema};
 use crate::support::{eventually, job_ids, poll, req};
 
@@ -71,8 +71,7 @@ say(result={"n": n})"#,
     )
     .await;
     let ids = job_ids(&a);
-    let done = "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'";
-    until_count(&schema, "the 4 jobs to succeed", WAIT, done, 4).await;
+    until_count(&schema, "the 4 jobs to succeed", WAIT, SUCCEEDED, 4).await;
     let b = ClusterNode::start_with_console("node-1", &pg::test_url(), &schema.name, &task);
     let listed = all_records(&b, "ext/rec/", 5).await;
     super::console::web(&b)
@@ -97,7 +96,7 @@ say(result={"n": n})"#,
     )
     .await;
     assert_eq!(again["ok"], true, "{again}");
-    until_count(&schema, "the re-run to succeed", WAIT, done, 5).await;
+    until_count(&schema, "the re-run to succeed", WAIT, SUCCEEDED, 5).await;
     assert_eq!(
         all_records(&nodes[0], "ext/rec/0/", 100).await,
         stamps,

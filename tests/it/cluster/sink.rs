@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::records::exec_task;
-use super::{cluster_with, number, refusal, until_count, ClusterNode, URL_ENV};
+use super::{cluster_with, number, refusal, until_count, ClusterNode, SUCCEEDED, URL_ENV};
 use crate::pg::{self, PrivatePg, Schema};
 use crate::support::{eventually, job_ids, poll, req};
 
@@ -52,8 +52,7 @@ async fn put(node: &ClusterNode, cluster: &Schema, vs: std::ops::Range<i64>, tot
     )
     .await;
     assert!(!job_ids(&a).is_empty(), "{a}");
-    let done = "SELECT count(*) FROM {s}.jobs WHERE state = 'succeeded'";
-    until_count(cluster, "the jobs to succeed", WAIT, done, total).await;
+    until_count(cluster, "the jobs to succeed", WAIT, SUCCEEDED, total).await;
 }
 
 /// The cluster's records under `ext/sink/`, (key, value) in key order.
