@@ -15,14 +15,15 @@
 //! has passed, and until a probe closes it, the source is half-open for the whole cluster: the
 //! first permit asked is [`Permit::Probe`], leased for [`PROBE_LEASE`] (`probe_until`), and
 //! every other node is refused meanwhile, told to ask again after [`PROBE_PENDING_RETRY`] (the
-//! lease only bounds a probe that never reports). The node holding it makes its own breaker take that
-//! request as its probe, so the probe's outcome closes the window for every node or opens it
-//! again (through [`Permits::breaker`], as any transition of that breaker).
+//! lease only bounds a probe that never reports). The node holding it makes its own breaker
+//! take that request as its probe, so the probe's outcome closes the window for every node or
+//! opens it again (through [`Permits::breaker`], as any transition of that breaker).
 
 use std::time::Duration;
 
 use super::store::Jobs;
 use crate::args::RateWindow;
+use crate::pipeline::breaker::PROBE_PENDING_RETRY;
 use crate::postgres::Failure;
 
 /// What the store answered for one permit.
@@ -44,10 +45,6 @@ pub enum Permit {
 /// How long the cluster's probe may be out before another node may probe instead: the
 /// breaker's own patience with a probe.
 pub const PROBE_LEASE: Duration = crate::pipeline::breaker::PROBE_TIMEOUT;
-
-/// While the cluster's probe is out, other nodes ask again after this, as callers on the
-/// probing node do.
-pub const PROBE_PENDING_RETRY: Duration = crate::pipeline::breaker::PROBE_PENDING_RETRY;
 
 /// The cluster's permits, for the limiters of this node.
 #[derive(Clone)]
