@@ -1,14 +1,16 @@
 //! The `warden` binary: `warden node` runs a node, `warden bench` measures one, `warden check`
 //! verifies a data dir offline, and every other subcommand is the admin CLI (see `cli.rs`).
 //! Only this file installs process-global things: the tracing subscriber, the Prometheus
-//! recorder and the signal handlers.
+//! recorder and the signal handlers; and it writes where the node listens (`listening.rs`).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warden::cli::{ClientCommand, ClientOpts};
 use warden::config::Config;
+use warden::listening::Listening;
 use warden::{bench, telemetry};
 use warden_actors::node::Node;
 
@@ -101,10 +103,13 @@ async fn run_node(config: Option<PathBuf>) -> ExitCode {
         }
     };
     telemetry::init_tracing(cfg.log.format, &cfg.log.level);
-    if let Err(e) = telemetry::install_metrics(cfg.metrics.listen) {
-        eprintln!("warden: {e}");
-        return ExitCode::from(2);
-    }
+    let metrics = match telemetry::install_metrics(cfg.metrics.listen) {
+        Ok(bound) => bound,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let origin = config
         .as_ref()
         .map_or(warden::config::DEFAULT_ORIGIN.to_string(), |p| {
@@ -117,6 +122,7 @@ async fn run_node(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let data_dir = args.data_dir.clone();
     let node = match Node::start(args).await {
         Ok(n) => n,
         Err(e) => {
@@ -125,16 +131,38 @@ async fn run_node(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    announce(&node, metrics, &data_dir);
     let gauges = telemetry::spawn_node_gauges(started, node.journal().clone());
     let ended = node.run(shutdown_signal()).await;
     gauges.abort();
     let _ = gauges.await;
+    if let Err(e) = Listening::remove(&data_dir) {
+        tracing::warn!(error = %e, "could not remove {}", Listening::path(&data_dir).display());
+    }
     match ended {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warden: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logs where the node listens and writes it to `<data_dir>/listening.json`, for whoever
+/// started it on port 0. A file that cannot be written is a warning: the node serves anyway.
+fn announce(node: &Node, metrics: SocketAddr, data_dir: &Path) {
+    let listening = Listening {
+        pid: std::process::id(),
+        admin: node.admin_addr(),
+        metrics,
+        console: node.console_addr(),
+    };
+    let console = listening
+        .console
+        .map_or("off".to_string(), |a| a.to_string());
+    tracing::info!(admin = %listening.admin, metrics = %metrics, console, "listening");
+    if let Err(e) = listening.write(data_dir) {
+        tracing::warn!(error = %e, "could not write {}", Listening::path(data_dir).display());
     }
 }
 

@@ -1,12 +1,12 @@
 //! The process-global installs, called only from `main.rs`: the tracing subscriber (pretty or
 //! JSON, level from the config unless `RUST_LOG` is set), the Prometheus recorder with its
-//! HTTP listener and its histogram buckets, and the node-wide gauges (`warden_uptime_seconds`,
+//! HTTP endpoint and its histogram buckets, and the node-wide gauges (`warden_uptime_seconds`,
 //! `warden_journal_bytes`) refreshed every second.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use tracing::Subscriber;
 use tracing_subscriber::filter::filter_fn;
@@ -112,10 +112,22 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
 
-/// Installs the Prometheus recorder serving `/metrics` on `listen`, and describes every metric.
-pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
+/// How often the recorder drains its histograms' buckets (the exporter's own listener's pace).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder, serves its text on `listen` and describes every metric;
+/// returns the bound address (the port the kernel chose, for port 0).
+///
+/// The exporter's own HTTP listener binds inside its builder and never says which port it got,
+/// so the node binds the port itself and serves the recorder's text with axum (already the
+/// console's server): every path answers it, as the exporter's listener did.
+pub fn install_metrics(listen: SocketAddr) -> Result<SocketAddr, String> {
+    let bind_failed = |e: std::io::Error| format!("[metrics] listen: cannot bind {listen}: {e}");
+    let listener = std::net::TcpListener::bind(listen).map_err(bind_failed)?;
+    let bound = listener.local_addr().map_err(bind_failed)?;
+    listener.set_nonblocking(true).map_err(bind_failed)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_failed)?;
     let mut builder = PrometheusBuilder::new()
-        .with_http_listener(listen)
         .set_buckets(DURATION_BUCKETS)
         .map_err(|e| e.to_string())?;
     for (name, buckets) in [
@@ -133,13 +145,40 @@ pub fn install_metrics(listen: SocketAddr) -> Result<(), String> {
             .set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
             .map_err(|e| e.to_string())?;
     }
-    builder
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    tokio::spawn(serve_metrics(listener, handle));
     m::describe_all();
     metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!(m::UPTIME).set(0.0);
-    Ok(())
+    Ok(bound)
+}
+
+/// Serves `handle`'s text on `listener` for as long as the process runs, and runs the
+/// recorder's upkeep (which a recorder installed without the exporter's listener needs).
+async fn serve_metrics(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let render = move || {
+        let handle = handle.clone();
+        // Rendering walks every series: off the runtime's workers, as the exporter did.
+        async move {
+            tokio::task::spawn_blocking(move || handle.render())
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let app = axum::Router::new().fallback(render);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics endpoint stopped");
+    }
 }
 
 /// Refreshes `warden_uptime_seconds` (since `started`) and `warden_journal_bytes` every second
