@@ -136,7 +136,7 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     let start = node.sample().ok_or("the node is gone")?;
     print_sample("start", &start);
 
-    let mut c = Client::connect_addr(node.admin)
+    let mut c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     history::dead_letters(&mut c).await?;
@@ -149,7 +149,7 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
     drop(c);
     let restart = history::restart_with_history(&mut node).await?;
     println!("restart_with_history_ms={}", restart.as_millis());
-    let c = Client::connect_addr(node.admin)
+    let c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
 
@@ -164,13 +164,13 @@ async fn measure(args: BenchArgs) -> Result<(), String> {
 
 /// Batches over several connections, from the first submit until every job succeeded.
 async fn throughput(node: &NodeProcess, args: &BenchArgs, ceiling: f64) -> Result<(), String> {
-    let mut c = Client::connect_addr(node.admin)
+    let mut c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     let before = load::succeeded(&mut c).await?;
     let batch = args.batch.clamp(1, 10_000);
     let started = Instant::now();
-    let total = load::submit_parallel(node.admin, args.jobs, batch, args.connections).await?;
+    let total = load::submit_parallel(node.admin()?, args.jobs, batch, args.connections).await?;
     let submitted = started.elapsed();
     wait_succeeded(&mut c, before + total as u64, PHASE_TIMEOUT).await?;
     let tput = total as f64 / started.elapsed().as_secs_f64();

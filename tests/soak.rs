@@ -103,7 +103,7 @@ async fn drain(node: &mut NodeProcess, c: &mut Client, stalls: &mut Vec<String>)
 async fn continuous(node: &mut NodeProcess, c: &mut Client, stalls: &mut Vec<String>) -> f64 {
     let before = succeeded(c).await.expect("stats");
     let started = Instant::now();
-    let sent = submit_parallel(node.admin, JOBS, BATCH, 2)
+    let sent = submit_parallel(node.admin().expect("ready"), JOBS, BATCH, 2)
         .await
         .expect("submits");
     drain(node, c, stalls).await;
@@ -122,7 +122,9 @@ async fn backlog_across_kill(
     samples: &Samples,
     stalls: &mut Vec<String>,
 ) -> Client {
-    let mut c = Client::connect_addr(node.admin).await.expect("connect");
+    let mut c = Client::connect_addr(node.admin().expect("ready"))
+        .await
+        .expect("connect");
     ok(&mut c, &json!({"cmd": "pause", "pipeline": "builtin"}))
         .await
         .expect("pause");
@@ -136,7 +138,9 @@ async fn backlog_across_kill(
     samples.pid.store(node.pid(), Ordering::Relaxed);
     node.wait_ready(PHASE).await.expect("ready after restart");
     let restart_to_ping = killed.elapsed();
-    let mut c = Client::connect_addr(node.admin).await.expect("connect");
+    let mut c = Client::connect_addr(node.admin().expect("ready"))
+        .await
+        .expect("connect");
     // The pause is journaled: nothing ran before `resume` (`stats` totals count from this start).
     let ran_early = succeeded(&mut c).await.expect("stats");
     assert_eq!(ran_early, 0, "the pause survived the restart");
@@ -182,7 +186,9 @@ async fn a_million_jobs_twice_across_a_kill() {
     let samples = Arc::new(Samples::default());
     samples.pid.store(node.pid(), Ordering::Relaxed);
     let sampler = spawn_sampler(samples.clone());
-    let mut c = Client::connect_addr(node.admin).await.expect("connect");
+    let mut c = Client::connect_addr(node.admin().expect("ready"))
+        .await
+        .expect("connect");
     let start = now(&node);
     println!(
         "start_rss_bytes={} start_fds={} start_threads={}",

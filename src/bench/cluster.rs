@@ -165,8 +165,8 @@ async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<f64, String> {
     let mut node = NodeProcess::spawn_workers(exe, dir.path(), "", args.workers)?;
     node.wait_ready(PHASE_TIMEOUT).await?;
     let started = Instant::now();
-    submit_parallel(node.admin, args.jobs, args.batch, 2).await?;
-    let mut c = crate::client::Client::connect_addr(node.admin)
+    submit_parallel(node.admin()?, args.jobs, args.batch, 2).await?;
+    let mut c = crate::client::Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     super::load::wait_succeeded(&mut c, args.jobs as u64, PHASE_TIMEOUT).await?;
@@ -204,10 +204,15 @@ async fn cluster_run(
     }
     let per_node = args.jobs / n;
     let started = Instant::now();
-    let submits: Vec<_> = nodes
-        .iter()
-        .map(|node| tokio::spawn(submit_parallel(node.admin, per_node, args.batch, 2)))
-        .collect();
+    let mut submits = Vec::new();
+    for node in &nodes {
+        submits.push(tokio::spawn(submit_parallel(
+            node.admin()?,
+            per_node,
+            args.batch,
+            2,
+        )));
+    }
     let mut total = 0;
     for s in submits {
         total += s.await.map_err(|e| e.to_string())??;

@@ -49,7 +49,7 @@ pub async fn measure(exe: &Path, dir: &Path, jobs: usize) -> Result<(), String> 
         ("tree", "/tree".into()),
     ];
     for (name, path) in pages {
-        let (p50, p99) = time_page(node.console, &path).await?;
+        let (p50, p99) = time_page(node.console()?, &path).await?;
         println!("console_{name}_p50_ms={p50:.2} console_{name}_p99_ms={p99:.2}");
     }
     let status = node.shutdown(PHASE_TIMEOUT).await?;

@@ -54,7 +54,7 @@ pub async fn measure(exe: &Path, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
     let mut node = NodeProcess::spawn_with(exe, &node_dir, &extra)?;
     node.wait_ready(PHASE_TIMEOUT).await?;
-    let mut c = Client::connect_addr(node.admin)
+    let mut c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     println!("exec_workers={workers}");

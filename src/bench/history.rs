@@ -59,7 +59,7 @@ pub async fn dead_letters(c: &mut Client) -> Result<(), String> {
 /// restarts it on the same data dir and returns the time from the restart to its first `ping`
 /// answer; the backlog then drains (the pause is journaled, so it is resumed here).
 pub async fn restart_with_history(node: &mut NodeProcess) -> Result<Duration, String> {
-    let mut c = Client::connect_addr(node.admin)
+    let mut c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     ok(&mut c, &json!({"cmd": "pause", "pipeline": "builtin"})).await?;
@@ -68,7 +68,7 @@ pub async fn restart_with_history(node: &mut NodeProcess) -> Result<Duration, St
     node.kill9()?;
     node.restart()?;
     let ready = node.wait_ready(super::PHASE_TIMEOUT).await?;
-    let mut c = Client::connect_addr(node.admin)
+    let mut c = Client::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     ok(&mut c, &json!({"cmd": "resume", "pipeline": "builtin"})).await?;

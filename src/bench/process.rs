@@ -1,10 +1,10 @@
 //! A `warden node` child process as users run it: the embedded default config with only the
-//! data dir and the two listen addresses changed (free loopback ports), its log (stderr, the
-//! default `info` level) appended to a file, and its resource figures read from `/proc`. Used by
-//! `warden bench` and by the soak test.
+//! data dir changed and its ports on loopback port 0 (read back from `listening.json`), its log
+//! (stderr, the default `info` level) appended to a file, and its resource figures read from
+//! `/proc`. Used by `warden bench` and by the soak test.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,37 +13,30 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::config::DEFAULT_TOML;
+use crate::listening::Listening;
 
-/// A free loopback address: bound to port 0, then released for the child to take.
-pub fn free_addr() -> Result<SocketAddr, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free loopback port: {e}"))
-}
+/// Where the child's ports go: port 0 on loopback, the kernel's choice, read back from the
+/// `listening.json` the node writes.
+const ANY_LOOPBACK_PORT: &str = "127.0.0.1:0";
 
-/// The embedded default config with `node.data_dir`, `admin.listen`, `metrics.listen` and
-/// `console.listen` replaced.
-pub fn default_config_with(
-    data_dir: &Path,
-    admin: SocketAddr,
-    metrics: SocketAddr,
-    console: SocketAddr,
-) -> Result<String, String> {
+/// The embedded default config with `node.data_dir` replaced and `admin`, `metrics` and
+/// `console` listening on port 0 of loopback.
+pub fn default_config_on(data_dir: &Path) -> Result<String, String> {
     let mut doc: toml::Table = DEFAULT_TOML
         .parse()
         .map_err(|e| format!("the embedded default config: {e}"))?;
-    let mut set = |section: &str, key: &str, value: String| {
+    let mut set = |section: &str, key: &str, value: &str| {
         let table = doc
             .get_mut(section)
             .and_then(toml::Value::as_table_mut)
             .ok_or_else(|| format!("the embedded default config has no [{section}]"))?;
-        table.insert(key.into(), toml::Value::String(value));
+        table.insert(key.into(), toml::Value::String(value.to_string()));
         Ok::<(), String>(())
     };
-    set("node", "data_dir", data_dir.display().to_string())?;
-    set("admin", "listen", admin.to_string())?;
-    set("metrics", "listen", metrics.to_string())?;
-    set("console", "listen", console.to_string())?;
+    set("node", "data_dir", &data_dir.display().to_string())?;
+    for section in ["admin", "metrics", "console"] {
+        set(section, "listen", ANY_LOOPBACK_PORT)?;
+    }
     toml::to_string(&doc).map_err(|e| format!("writing the config: {e}"))
 }
 
@@ -93,13 +86,10 @@ pub struct NodeProcess {
     exe: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    data: PathBuf,
     child: Child,
-    /// The admin port.
-    pub admin: SocketAddr,
-    /// The Prometheus endpoint.
-    pub metrics: SocketAddr,
-    /// The web console.
-    pub console: SocketAddr,
+    /// Where the running child listens, once [`NodeProcess::wait_ready`] has read it.
+    listening: Option<Listening>,
 }
 
 impl NodeProcess {
@@ -121,9 +111,9 @@ impl NodeProcess {
         extra: &str,
         workers: Option<usize>,
     ) -> Result<NodeProcess, String> {
-        let (admin, metrics, console) = (free_addr()?, free_addr()?, free_addr()?);
         let config = dir.join("node.toml");
-        let mut text = default_config_with(&dir.join("data"), admin, metrics, console)?;
+        let data = dir.join("data");
+        let mut text = default_config_on(&data)?;
         if let Some(n) = workers {
             text = with_builtin_workers(&text, n)?;
         }
@@ -135,17 +125,35 @@ impl NodeProcess {
             exe: exe.to_owned(),
             config,
             log,
+            data,
             child,
-            admin,
-            metrics,
-            console,
+            listening: None,
         })
     }
 
     /// Starts the node again on the same config and data dir (after [`NodeProcess::kill9`]).
     pub fn restart(&mut self) -> Result<(), String> {
         self.child = start(&self.exe, &self.config, &self.log)?;
+        self.listening = None;
         Ok(())
+    }
+
+    /// Where the running child listens; known once [`NodeProcess::wait_ready`] succeeded.
+    fn listening(&self) -> Result<Listening, String> {
+        self.listening
+            .ok_or_else(|| "the node's addresses are known once it is ready".to_string())
+    }
+
+    /// The admin port (after [`NodeProcess::wait_ready`]).
+    pub fn admin(&self) -> Result<SocketAddr, String> {
+        Ok(self.listening()?.admin)
+    }
+
+    /// The web console (after [`NodeProcess::wait_ready`]).
+    pub fn console(&self) -> Result<SocketAddr, String> {
+        self.listening()?
+            .console
+            .ok_or_else(|| "the node serves no console".to_string())
     }
 
     /// The child's process id.
@@ -184,8 +192,16 @@ impl NodeProcess {
     /// Waits until the node answers `ping`, up to `timeout`; returns how long that took.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration, String> {
         let started = Instant::now();
+        let listening = match Listening::wait(&self.data, self.pid(), timeout).await {
+            Ok(l) => l,
+            Err(e) => match self.exited()? {
+                Some(status) => return Err(self.ended_early(status)),
+                None => return Err(e),
+            },
+        };
+        self.listening = Some(listening);
         loop {
-            if let Ok(mut c) = Client::connect_addr(self.admin).await {
+            if let Ok(mut c) = Client::connect_addr(listening.admin).await {
                 if let Ok(a) = c.request(&json!({"cmd": "ping"})).await {
                     if a["ok"] == true {
                         return Ok(started.elapsed());
@@ -198,7 +214,7 @@ impl NodeProcess {
             if started.elapsed() > timeout {
                 return Err(format!(
                     "the node did not answer ping on {} within {timeout:?}",
-                    self.admin
+                    listening.admin
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -207,7 +223,7 @@ impl NodeProcess {
 
     /// Asks the node to `shutdown` and waits for it to exit, up to `timeout`.
     pub async fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus, String> {
-        let mut c = Client::connect_addr(self.admin)
+        let mut c = Client::connect_addr(self.admin()?)
             .await
             .map_err(|e| e.to_string())?;
         let _ = c.request(&json!({"cmd": "shutdown"})).await;

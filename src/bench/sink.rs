@@ -147,7 +147,7 @@ async fn sink(args: &SinkBenchArgs, dir: &Path, schema: &str, rows: usize) -> Re
     );
     let mut node = NodeProcess::spawn_with(&exe, dir, &extra)?;
     node.wait_ready(PHASE_TIMEOUT).await?;
-    let mut c = Admin::connect_addr(node.admin)
+    let mut c = Admin::connect_addr(node.admin()?)
         .await
         .map_err(|e| e.to_string())?;
     wait_sink(&mut c, "the sink to connect", |s| s["state"] == "idle").await?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use warden::client::Client;
+use warden::listening::Listening;
 use warden_actors::args::RateWindow;
 use warden_actors::cluster::{Cluster, ClusterArgs, NewRow, Permit, Timing};
 use warden_actors::job::{JobId, Priority};
@@ -19,7 +20,7 @@ use warden_actors::scheduler::unique_key;
 
 use crate::fakes::{self, Failure, FakeUpstream};
 use crate::pg::{self, PrivatePg, Schema};
-use crate::process::{connect, free_port, spawn_node_with, NodeChild};
+use crate::process::{connect, listening, spawn_node_with, NodeChild};
 use crate::support::{eventually, job_ids, most_in_window, poll, req};
 
 mod records;
@@ -29,14 +30,13 @@ mod workflows;
 /// The variable the test configs name in `url_env`.
 const URL_ENV: &str = "WARDEN_TEST_CLUSTER_URL";
 
-/// One node process of a test cluster.
+/// One node process of a test cluster, on port 0: where it listens is read from the
+/// `listening.json` its process writes.
 struct ClusterNode {
     id: String,
-    addr: String,
     config: PathBuf,
+    data: PathBuf,
     url: String,
-    /// Its web console's address, when it serves one.
-    console: Option<String>,
     child: Option<NodeChild>,
     _dir: tempfile::TempDir,
 }
@@ -52,37 +52,35 @@ impl ClusterNode {
         Self::start_full(id, url, schema, extra, false)
     }
 
-    /// [`ClusterNode::start_with`], serving the web console on a free port of its own.
+    /// [`ClusterNode::start_with`], serving the web console on a port of its own.
     fn start_with_console(id: &str, url: &str, schema: &str, extra: &str) -> ClusterNode {
         Self::start_full(id, url, schema, extra, true)
     }
 
-    /// A node with `extra` in its config and the console on a free port when `console`; off
-    /// otherwise (its default port would be one for every node on this host).
+    /// A node with `extra` in its config and the console on when `console`; off otherwise (its
+    /// default port would be one for every node on this host).
     fn start_full(id: &str, url: &str, schema: &str, extra: &str, console: bool) -> ClusterNode {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let console = console.then(|| format!("127.0.0.1:{}", free_port()));
-        let console_section = match &console {
-            Some(listen) => format!("[console]\nlisten = {listen:?}\n"),
-            None => "[console]\nenabled = false\n".to_string(),
+        let data = dir.path().join("data");
+        let console_section = match console {
+            true => "[console]\nlisten = \"127.0.0.1:0\"\n",
+            false => "[console]\nenabled = false\n",
         };
         let config = dir.path().join("node.toml");
         let text = format!(
             "[node]\nname = {id:?}\ndata_dir = {data:?}\nshutdown_timeout = \"10s\"\n\
-             [admin]\nlisten = {addr:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n\
              [pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n\
              [store]\nkind = \"postgres\"\nurl_env = {URL_ENV:?}\nschema = {schema:?}\nnode_id = {id:?}\n\
              {console_section}{extra}",
-            data = dir.path().join("data").display().to_string(),
+            data = data.display().to_string(),
         );
         std::fs::write(&config, text).unwrap();
         let mut node = ClusterNode {
             id: id.to_string(),
-            addr,
             config,
+            data,
             url: url.to_string(),
-            console,
             child: None,
             _dir: dir,
         };
@@ -90,7 +88,7 @@ impl ClusterNode {
         node
     }
 
-    /// Starts the process again on the same config.
+    /// Starts the process again on the same config (on new ports).
     fn restart(&mut self) {
         self.child = Some(spawn_node_with(&self.config, &[(URL_ENV, &self.url)]));
     }
@@ -103,8 +101,14 @@ impl ClusterNode {
         }
     }
 
+    /// Where the running process listens, once it has bound its ports.
+    async fn listening(&self) -> Listening {
+        let child = self.child.as_ref().expect("the node runs");
+        listening(&self.data, child.id()).await
+    }
+
     async fn client(&self) -> Client {
-        connect(&self.addr).await
+        connect(&self.listening().await.admin.to_string()).await
     }
 }
 

@@ -7,15 +7,14 @@
 //! [`shape`] replaced what differs between any two runs (ids, times), so the two stores are held
 //! to the same answer, not merely to similar ones.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use warden::client::Client;
 
 use crate::pg::{self, Schema};
-use crate::process::{free_port, spawn_node_with, NodeChild};
+use crate::process::{spawn_node_with, NodeChild};
 use crate::support::{code, finished, job_ids, poll, req, status, submit, until_running};
 
 /// The variable the cluster config names in `url_env`.
@@ -35,7 +34,7 @@ pub enum Store {
 
 /// A node process of one scenario, with the schema it owns in cluster mode.
 struct StoreNode {
-    addr: String,
+    data: PathBuf,
     child: Option<NodeChild>,
     schema: Option<Schema>,
     _dir: tempfile::TempDir,
@@ -46,7 +45,7 @@ impl StoreNode {
     /// `test` names its schema in cluster mode.
     async fn start(store: Store, test: &str) -> StoreNode {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join("data");
         let schema = match store {
             Store::Sled => None,
             Store::Postgres => Some(Schema::fresh(&format!("conf_{test}")).await),
@@ -60,16 +59,16 @@ impl StoreNode {
         let config: PathBuf = dir.path().join("node.toml");
         let text = format!(
             "[node]\nname = \"conformance\"\ndata_dir = {data:?}\nshutdown_timeout = \"10s\"\n\
-             [admin]\nlisten = {addr:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n[console]\nenabled = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n[console]\nenabled = false\n\
              [pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n\
              {store_section}",
-            data = dir.path().join("data").display().to_string(),
+            data = data.display().to_string(),
         );
         std::fs::write(&config, text).unwrap();
         let url = pg::test_url();
         let child = spawn_node_with(&config, &[(URL_ENV, url.as_str())]);
         StoreNode {
-            addr,
+            data,
             child: Some(child),
             schema,
             _dir: dir,
@@ -77,29 +76,9 @@ impl StoreNode {
     }
 
     /// A client, once the node answers; a node that exited instead fails the test with its
-    /// stderr (a port taken between [`free_port`] and the node's bind shows there).
+    /// stderr.
     async fn client(&mut self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(c) = Client::connect(&self.addr, Duration::from_secs(1)).await {
-                return c;
-            }
-            let child = self.child.as_mut().unwrap();
-            if let Some(exit) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!(
-                    "the node at {} exited ({exit}) before answering: {err}",
-                    self.addr
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node at {} never answered",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.child.as_mut().unwrap().client(&self.data).await
     }
 
     /// Kills the node, then drops its schema (the node must not write to a dropped schema).

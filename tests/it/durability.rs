@@ -1,6 +1,7 @@
 //! Durability: acknowledged jobs survive `kill -9`, a graceful stop lets running jobs finish,
 //! a data dir cannot be opened twice, a bad config stops the node before it starts, and a
-//! damaged journal is refused with what sled's recovery cut kept beside it.
+//! damaged journal is refused with what sled's recovery cut kept beside it; and a node process
+//! on port 0 says where it listens (the file every process test here finds its node by).
 
 use std::io::Write;
 use std::path::Path;
@@ -9,26 +10,25 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::process::{connect, free_port, spawn_node};
+use crate::process::spawn_node;
 use crate::support::{finished, job_ids, poll, req, status, submit, until_running, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Writes a config for the binary and returns the admin address it will listen on.
-fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
+/// Writes a config for the binary (its ports 0) and returns it and the node's data dir.
+fn write_config(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
     let path = dir.join("node.toml");
     let text = format!(
-        "[node]\ndata_dir = {:?}\nshutdown_timeout = \"10s\"\n[admin]\nlisten = {admin:?}\n[metrics]\nlisten = {metrics:?}\n\
+        "[node]\ndata_dir = {:?}\nshutdown_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [console]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\n[pipelines.builtin]\nworkers = 4\nretry = {{ max_retries = 3, base_delay = \"50ms\", max_delay = \"1s\" }}\n",
-        dir.join("data").display().to_string()
+        data.display().to_string()
     );
     std::fs::File::create(&path)
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    (path, admin)
+    (path, data)
 }
 
 /// Ensures that a node killed with SIGKILL while 1,500 acknowledged jobs are queued or running
@@ -37,9 +37,9 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_job() {
     let tmp = tempfile::tempdir().unwrap();
-    let (config, addr) = write_config(tmp.path());
+    let (config, data) = write_config(tmp.path());
     let mut child = spawn_node(&config);
-    let mut c = connect(&addr).await;
+    let mut c = child.client(&data).await;
     let mut ids: Vec<String> = Vec::new();
     for _ in 0..3 {
         let jobs: Vec<Value> = (0..500)
@@ -65,7 +65,7 @@ async fn kill_9_loses_no_acknowledged_job() {
     );
 
     let mut child = spawn_node(&config);
-    let mut c = connect(&addr).await;
+    let mut c = child.client(&data).await;
     poll(
         &mut c,
         "every replayed job to finish",
@@ -84,6 +84,39 @@ async fn kill_9_loses_no_acknowledged_job() {
         .await
         .unwrap();
     assert!(code.success(), "exit status {code:?}");
+}
+
+/// Ensures that a node on port 0 says where it listens: `listening.json` in its data dir names
+/// its pid and the ports it took, the admin port answers there, `/metrics` serves Prometheus
+/// text there, and a clean stop removes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_port_0_says_where_it_listens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (config, data) = write_config(tmp.path());
+    let mut child = spawn_node(&config);
+    let at = child.listening(&data).await;
+    assert_eq!(at.pid, child.id());
+    let console = at.console.expect("the console is on");
+    for port in [at.admin.port(), at.metrics.port(), console.port()] {
+        assert_ne!(port, 0, "{at:?}");
+    }
+    let mut c = child.client(&data).await;
+    assert_eq!(req(&mut c, json!({"cmd": "ping"})).await["ok"], true);
+    let metrics = reqwest::get(format!("http://{}/metrics", at.metrics))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("warden_build_info"), "{text}");
+    req(&mut c, json!({"cmd": "shutdown"})).await;
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    assert!(
+        !warden::listening::Listening::path(&data).exists(),
+        "a stopped node listens nowhere"
+    );
 }
 
 /// Ensures that a bad config file stops the binary before it starts, with a message that names
@@ -178,9 +211,9 @@ async fn shutdown_command_stops_the_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_with_exit_0() {
     let tmp = tempfile::tempdir().unwrap();
-    let (config, addr) = write_config(tmp.path());
+    let (config, data) = write_config(tmp.path());
     let mut child = spawn_node(&config);
-    let mut c = connect(&addr).await;
+    let mut c = child.client(&data).await;
     let id = submit(&mut c, "builtin.sleep", json!({"ms": 300})).await;
     until_running(&mut c, &id).await;
     // The shell's own `kill`, so the test needs no procps.
@@ -194,7 +227,7 @@ async fn sigterm_stops_gracefully_with_exit_0() {
         .unwrap();
     assert!(code.success(), "exit status {code:?}");
     let mut child = spawn_node(&config);
-    let mut c = connect(&addr).await;
+    let mut c = child.client(&data).await;
     assert_eq!(
         status(&mut c, &id).await["status"],
         "succeeded",
@@ -211,10 +244,10 @@ async fn sigterm_stops_gracefully_with_exit_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seen_successes_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
-    let (config, addr) = write_config(tmp.path());
+    let (config, data) = write_config(tmp.path());
     for round in 0..3 {
         let mut child = spawn_node(&config);
-        let mut c = connect(&addr).await;
+        let mut c = child.client(&data).await;
         let jobs: Vec<Value> = (0..500).map(|_| json!({"job": "builtin.noop"})).collect();
         let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
         assert_eq!(a["ok"], true, "{a}");
@@ -236,7 +269,7 @@ async fn seen_successes_survive_kill_9() {
         child.wait().unwrap();
 
         let mut child = spawn_node(&config);
-        let mut c = connect(&addr).await;
+        let mut c = child.client(&data).await;
         for id in &ids {
             let h = req(&mut c, json!({"cmd": "history", "job_id": id})).await;
             let started = h["events"]
@@ -358,9 +391,9 @@ async fn a_full_disk_refuses_work_and_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_journal_is_refused_and_what_recovery_cut_is_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let (config, addr) = write_config(tmp.path());
+    let (config, data) = write_config(tmp.path());
     let mut child = spawn_node(&config);
-    let mut c = connect(&addr).await;
+    let mut c = child.client(&data).await;
     req(&mut c, json!({"cmd": "pause", "pipeline": "builtin"})).await;
     for _ in 0..2 {
         let jobs: Vec<Value> = (0..1_000).map(|_| json!({"job": "builtin.noop"})).collect();

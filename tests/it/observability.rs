@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 use warden::client::Client;
+use warden::listening::Listening;
 use warden_actors::metrics as m;
 
 use crate::fakes::{self, Failure, FakeUpstream};
@@ -30,6 +31,8 @@ const AV_KEY: &str = "av-key-9f8e7d6c5b4a";
 /// The environment variable that carries it (`api_key_env`).
 const AV_KEY_ENV: &str = "WARDEN_TEST_AV_KEY";
 
+/// A free port for the `prometheus` server, which cannot say which port it took when given 0
+/// (the nodes here listen on port 0 and say where in `listening.json`).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -83,13 +86,12 @@ impl NodeProcess {
     }
 
     async fn spawn(dir: Arc<tempfile::TempDir>, spec: Arc<NodeSpec>) -> NodeProcess {
-        let admin = format!("127.0.0.1:{}", free_port());
-        let metrics = format!("127.0.0.1:{}", free_port());
+        let data = dir.path().join("data");
         let config = format!(
             "[node]\ndata_dir = {:?}\nshutdown_timeout = \"5s\"\n\
-             [admin]\nlisten = {admin:?}\n{}\n\
-             [metrics]\nlisten = {metrics:?}\n[console]\nlisten = \"127.0.0.1:0\"\n{}",
-            dir.path().join("data").display().to_string(),
+             [admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[console]\nlisten = \"127.0.0.1:0\"\n{}",
+            data.display().to_string(),
             spec.token
                 .as_ref()
                 .map(|t| format!("token = {t:?}"))
@@ -118,10 +120,14 @@ impl NodeProcess {
                 sink.lock().unwrap().push(line);
             }
         });
+        let listening = match Listening::wait(&data, child.id(), WAIT).await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}: {:?}", logs.lock().unwrap()),
+        };
         let mut node = NodeProcess {
             child,
-            admin,
-            metrics,
+            admin: listening.admin.to_string(),
+            metrics: listening.metrics.to_string(),
             logs,
             reader: Some(reader),
             dir,

@@ -1,22 +1,23 @@
 //! Node processes of the real binary, for the tests that kill them: started from a config file,
 //! killed and reaped when dropped, so a failing test leaves no node behind.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use warden::client::Client;
+use warden::listening::Listening;
 
 /// How long a node process may take to answer its first command.
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
-/// A free port on loopback (bound, then released for the node to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Where the node process `pid` on `data_dir` listens, once it has bound its ports (the
+/// `listening.json` it writes); nodes in tests listen on port 0.
+pub async fn listening(data_dir: &Path, pid: u32) -> Listening {
+    Listening::wait(data_dir, pid, ANSWER_WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A node process, killed and reaped when dropped.
@@ -32,6 +33,28 @@ impl std::ops::Deref for NodeChild {
 impl std::ops::DerefMut for NodeChild {
     fn deref_mut(&mut self) -> &mut Child {
         &mut self.0
+    }
+}
+
+impl NodeChild {
+    /// Where this node, on `data_dir`, listens once it has bound its ports; a node that exited
+    /// instead fails the test with its stderr.
+    pub async fn listening(&mut self, data_dir: &Path) -> Listening {
+        match Listening::wait(data_dir, self.id(), ANSWER_WAIT).await {
+            Ok(l) => l,
+            Err(e) => {
+                let mut err = String::new();
+                if let Some(mut stderr) = self.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                panic!("{e}: {err}")
+            }
+        }
+    }
+
+    /// A client of this node on `data_dir`, once it answers.
+    pub async fn client(&mut self, data_dir: &Path) -> Client {
+        connect(&self.listening(data_dir).await.admin.to_string()).await
     }
 }
 

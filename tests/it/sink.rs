@@ -360,7 +360,7 @@ async fn kill_9_mid_flush_loses_and_duplicates_nothing() {
     let exe = Path::new(env!("CARGO_BIN_EXE_warden"));
     let mut node = NodeProcess::spawn_with(exe, dir.path(), &extra).unwrap();
     node.wait_ready(WAIT).await.unwrap();
-    let mut c = Client::connect_addr(node.admin).await.unwrap();
+    let mut c = Client::connect_addr(node.admin().unwrap()).await.unwrap();
     let jobs: Vec<Value> = (0..4).map(|_| json!({"job": "gen.many"})).collect();
     let a = req(&mut c, json!({"cmd": "submit_batch", "jobs": jobs})).await;
     let ids = job_ids(&a);
@@ -379,7 +379,7 @@ async fn kill_9_mid_flush_loses_and_duplicates_nothing() {
 
     node.restart().unwrap();
     node.wait_ready(WAIT).await.unwrap();
-    let mut c = Client::connect_addr(node.admin).await.unwrap();
+    let mut c = Client::connect_addr(node.admin().unwrap()).await.unwrap();
     for id in &ids {
         let done = finished(&mut c, id, WAIT).await;
         assert_eq!(done["status"], "succeeded", "{done}");
@@ -416,7 +416,7 @@ async fn bad_credentials_are_shown_in_words_never_the_password() {
     let exe = Path::new(env!("CARGO_BIN_EXE_warden"));
     let mut node = NodeProcess::spawn_with(exe, dir.path(), &extra).unwrap();
     node.wait_ready(WAIT).await.unwrap();
-    let mut c = Client::connect_addr(node.admin).await.unwrap();
+    let mut c = Client::connect_addr(node.admin().unwrap()).await.unwrap();
     let id = submit(&mut c, "builtin.noop", json!({})).await;
     assert_eq!(finished(&mut c, &id, WAIT).await["status"], "succeeded");
     let a = poll(
@@ -443,7 +443,7 @@ async fn bad_credentials_are_shown_in_words_never_the_password() {
     );
 
     let out = std::process::Command::new(exe)
-        .args(["sinks", "--addr", &node.admin.to_string()])
+        .args(["sinks", "--addr", &node.admin().unwrap().to_string()])
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
@@ -459,7 +459,7 @@ async fn bad_credentials_are_shown_in_words_never_the_password() {
             "--to",
             "postgres",
             "--addr",
-            &node.admin.to_string(),
+            &node.admin().unwrap().to_string(),
         ])
         .output()
         .unwrap();

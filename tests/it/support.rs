@@ -226,7 +226,6 @@ where
     }
 }
 
-/// Sends one request and returns the answer.
 /// The job ids of a `submit_batch` or `submit_workflow` answer, in order.
 pub fn job_ids(answer: &Value) -> Vec<String> {
     answer["job_ids"]
@@ -237,6 +236,7 @@ pub fn job_ids(answer: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Sends one request and returns the answer.
 pub async fn req(c: &mut Client, r: Value) -> Value {
     // Bounded: a node that never answers is a failure, not a stuck test.
     tokio::time::timeout(Duration::from_secs(10), c.request(&r))

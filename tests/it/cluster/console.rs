@@ -27,8 +27,9 @@ async fn console_pair(test: &str) -> (Schema, Vec<ClusterNode>) {
 }
 
 /// A client of `node`'s console.
-pub(super) fn web(node: &ClusterNode) -> Web {
-    Web::at(node.console.as_deref().expect("the node serves a console"))
+pub(super) async fn web(node: &ClusterNode) -> Web {
+    let console = node.listening().await.console;
+    Web::at(&console.expect("the node serves a console").to_string())
 }
 
 /// How many times an event of `kind` is in a `history` answer.
@@ -62,7 +63,7 @@ async fn a_job_run_on_one_node_shows_on_the_others_console() {
     assert_eq!(finished(&mut a, &done, WAIT).await["status"], "succeeded");
     assert_eq!(finished(&mut a, &dead, WAIT).await["status"], "failed");
 
-    let mut b = web(&nodes[1]);
+    let mut b = web(&nodes[1]).await;
     b.get(&format!("/jobs/{done}")).await.shows(&[
         &done,
         "builtin.noop",
@@ -96,7 +97,7 @@ async fn a_dead_job_retried_from_the_other_nodes_console_runs_again() {
     let dead = submit(&mut a, "builtin.fail_permanent", json!({})).await;
     until_dead_after_starts(&mut a, &dead, 1).await;
 
-    let mut b = web(&nodes[1]);
+    let mut b = web(&nodes[1]).await;
     let csrf = b.get(&format!("/jobs/{dead}")).await.csrf();
     let back = format!("/jobs/{dead}");
     let p = b
@@ -133,11 +134,15 @@ async fn a_dead_job_retried_from_the_other_nodes_console_runs_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_page_lists_every_node_and_the_leader() {
     let (schema, nodes) = console_pair("console_nodes").await;
+    let admins = [
+        nodes[0].listening().await.admin.to_string(),
+        nodes[1].listening().await.admin.to_string(),
+    ];
     for (i, node) in nodes.iter().enumerate() {
-        let mut w = web(node);
+        let mut w = web(node).await;
         // Both nodes beat before they answer; a leader is elected within a lease renewal.
         let page = eventually("both nodes and a leader on the page", WAIT, || async {
-            let page = web(node).get("/nodes").await;
+            let page = web(node).await.get("/nodes").await;
             let listed = [
                 "badge leader",
                 "data-node=\"node-0\"",
@@ -147,8 +152,8 @@ async fn the_nodes_page_lists_every_node_and_the_leader() {
         })
         .await;
         page.shows(&[
-            &nodes[0].addr,
-            &nodes[1].addr,
+            &admins[0],
+            &admins[1],
             "(this node)",
             "href=\"/nodes\" class=\"active\"",
         ]);

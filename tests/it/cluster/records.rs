@@ -75,6 +75,7 @@ say(result={"n": n})"#,
     let b = ClusterNode::start_with_console("node-1", &pg::test_url(), &schema.name, &task);
     let listed = all_records(&b, "ext/rec/", 5).await;
     super::console::web(&b)
+        .await
         .get("/records?prefix=ext/rec/3/")
         .await
         .shows(&["ext/rec/3/0", "ext/rec/3/2"]);
