@@ -31,16 +31,6 @@ const AV_KEY: &str = "av-key-9f8e7d6c5b4a";
 /// The environment variable that carries it (`api_key_env`).
 const AV_KEY_ENV: &str = "WARDEN_TEST_AV_KEY";
 
-/// A free port for the `prometheus` server, which cannot say which port it took when given 0
-/// (the nodes here listen on port 0 and say where in `listening.json`).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ===== A node as a child process =====
 
 /// A `warden node` child process on free loopback ports, its stderr collected line by line.
@@ -717,15 +707,13 @@ fn looks_like_uuid(v: &str) -> bool {
 /// A `prometheus` child process, killed when dropped (also when the test fails).
 struct Prometheus {
     child: Child,
-    addr: String,
     log: PathBuf,
 }
 
 impl Prometheus {
-    /// Starts `prometheus` on a free loopback port with a 1 s scrape of `target` as job
+    /// Starts `prometheus` on port 0 of loopback with a 1 s scrape of `target` as job
     /// `warden`, its config, storage and log in `dir`.
     fn start(dir: &Path, target: &str) -> Prometheus {
-        let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -744,23 +732,32 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("tsdb").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("prometheus (Debian's `prometheus` package) must be installed");
-        Prometheus { child, addr, log }
+        Prometheus { child, log }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The address it took, from its log's `msg="Listening on" address=…` line (the port the
+    /// kernel gave it; the line before that one repeats the flag's port 0).
+    fn addr(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("msg=\"Listening on\""))?;
+        let addr = line.split("address=").nth(1)?.split_whitespace().next()?;
+        Some(addr.to_string())
+    }
+
     /// Runs an instant query; returns the first result's value, if any.
     async fn query(&self, promql: &str) -> Option<String> {
         let target = format!("/api/v1/query?query={}", encode(promql));
-        let (status, body) = http_get(&self.addr, &target).await.ok()?;
+        let (status, body) = http_get(&self.addr()?, &target).await.ok()?;
         if status != 200 {
             return None;
         }

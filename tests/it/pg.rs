@@ -1,8 +1,9 @@
 //! PostgreSQL for the sink's tests, never a mock: a schema of its own per test on the shared
 //! cluster ([`Schema`]: `WARDEN_TEST_PG`, default the `warden_test` role and database that
 //! `scripts/test` creates), and a private server for a test that stops and starts PostgreSQL
-//! ([`PrivatePg`]: `initdb` into a temporary dir, `pg_ctl` on a free port, run as the
-//! `postgres` user when the tests run as root, since PostgreSQL refuses to run as root).
+//! ([`PrivatePg`]: `initdb` into a temporary dir, `pg_ctl` on a free port below the ephemeral
+//! range, run as the `postgres` user when the tests run as root, since PostgreSQL refuses to
+//! run as root).
 
 #![allow(dead_code)]
 
@@ -14,6 +15,29 @@ use std::time::Duration;
 use warden_actors::sink::tokio_postgres::{self, Client, NoTls};
 
 use crate::support::eventually;
+
+/// Where private servers' ports are looked for: above the well-known services.
+const PRIVATE_PORTS_FROM: u16 = 10_000;
+
+/// A port for a private server, free now and below the kernel's ephemeral range
+/// (`ip_local_port_range`). PostgreSQL cannot listen on port 0 and must keep its port across a
+/// stop and a start; a port from the ephemeral range could meanwhile be handed to any port-0
+/// bind or outgoing connection on the host (another test's node), one below it never is.
+fn private_port() -> u16 {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral_from.saturating_sub(PRIVATE_PORTS_FROM).max(1));
+    // Start each process (and each call) somewhere else, so concurrent runs rarely probe alike.
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let seed = u64::from(std::process::id()) * 7_919
+        + u64::from(CALLS.fetch_add(1, Ordering::Relaxed)) * 104_729;
+    (0..span)
+        .map(|i| PRIVATE_PORTS_FROM + ((seed + i) % span) as u16)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
 
 /// The shared cluster's URL for tests.
 pub fn test_url() -> String {
@@ -162,12 +186,10 @@ impl PrivatePg {
         ])
         .arg(dir.path().join("data"));
         run(init, "initdb");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = PrivatePg { dir, port };
+        let pg = PrivatePg {
+            dir,
+            port: private_port(),
+        };
         pg.pg_start().await;
         pg
     }

@@ -1,10 +1,11 @@
 //! The web console in a real browser: headless Chromium driven over WebDriver (fantoccini
-//! against a chromedriver each test starts on a free port). scripts/test installs Debian's
+//! against a chromedriver each test starts on port 0). scripts/test installs Debian's
 //! `chromium` and `chromium-driver`; without them these tests fail saying so.
 //!
 //! Also the screenshot recipe (`just screenshots`, an ignored test): the main pages on a demo
 //! workload, written to `docs/console-*.png` for README.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::support::{add, eventually, finished, req, submit, upstream, TestNode}
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A chromedriver process on a free port, killed on drop.
+/// A chromedriver process, killed on drop.
 struct Driver {
     child: Child,
     url: String,
@@ -31,20 +32,40 @@ impl Drop for Driver {
     }
 }
 
+/// The port chromedriver says it took ("… started successfully on port N."); its stdout is
+/// read to the end on a thread of its own, so the pipe never fills and blocks it.
+async fn announced_port(stdout: std::process::ChildStdout) -> u16 {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let port = line
+                .strip_prefix("ChromeDriver was started successfully on port ")
+                .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok());
+            if let Some(port) = port {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("chromedriver says its port")
+        .expect("chromedriver says its port before its stdout ends")
+}
+
 impl Driver {
-    /// Starts chromedriver and waits until it takes sessions.
+    /// Starts chromedriver on port 0 and waits until it takes sessions.
     async fn start() -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        let mut child = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver is installed (scripts/test installs Debian's chromium-driver)");
+        let port = announced_port(child.stdout.take().unwrap()).await;
         let driver = Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
