@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A task gets the same [`TaskCtx`](task::TaskCtx) as the built-in ones (params, attempt, the
+//! A task gets the same [`task::TaskCtx`] as the built-in ones (params, attempt, the
 //! cancel and soft-limit signals, the record store, progress) and returns the same error
 //! classes. It runs in the pipeline routing sends its name to (`reports.greet` → `reports`),
 //! which starts with default settings when the config has no `[pipelines.reports]`.

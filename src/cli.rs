@@ -7,7 +7,7 @@
 //! succeed; 2 when the node cannot be reached (the message names the address tried).
 //!
 //! The pieces: `request` turns a subcommand into its request object, `session` sends it and
-//! sorts the answer into success or [`session::Failure`], `render` draws the human output,
+//! sorts the answer into success or `session::Failure`, `render` draws the human output,
 //! `follow` implements `submit --wait` and `export` pages through `records`.
 
 mod export;
@@ -160,7 +160,7 @@ pub struct SubmitArgs {
     /// The job's name, `<pipeline>.<task>` (e.g. `builtin.noop`).
     pub job: String,
     /// One parameter, KEY=VALUE (repeatable); VALUE is taken as JSON when it parses
-    /// (42, true, [1,2]), else as a string.
+    /// (42, true, [1, 2]), else as a string.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub param: Vec<String>,
     /// All parameters as a JSON object; `--param` values override its keys.

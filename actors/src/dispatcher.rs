@@ -1,5 +1,5 @@
 //! The dispatcher: the node's single owner of job state. It journals every transition, routes
-//! submitted jobs to their pipeline's [`RunQueue`], hands the next job to a worker that said it
+//! submitted jobs to their pipeline's [`RunQueue`](crate::queue::RunQueue), hands the next job to a worker that said it
 //! is ready (workers pull; nothing is prefetched), holds delayed and retrying jobs on one timer,
 //! and decides each outcome: success, retry with backoff, dead-letter.
 //!

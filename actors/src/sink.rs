@@ -28,7 +28,7 @@
 //! (`outbox.rs` hides which outbox the actor talks to). Every node runs this actor, but only one
 //! ships at a time: the one whose connection to the sink's database holds a session advisory
 //! lock (`pg_try_advisory_lock`). It writes every batch through that same connection (the
-//! [`Lease`]), and peeks the outbox only once it holds the lock, so the batches of two nodes
+//! `Lease`), and peeks the outbox only once it holds the lock, so the batches of two nodes
 //! never interleave: a node that loses its connection loses the lock with it, and no write of
 //! its can land after the next holder's. The others show `standby` and try the lock again every
 //! `flush_every`; a dead node's connection closes, and with it its lock.

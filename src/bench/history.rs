@@ -55,7 +55,7 @@ pub async fn dead_letters(c: &mut Client) -> Result<(), String> {
     }
 }
 
-/// Queues [`PENDING_AT_RESTART`] jobs on a paused `builtin`, kills the node with SIGKILL,
+/// Queues `PENDING_AT_RESTART` jobs on a paused `builtin`, kills the node with SIGKILL,
 /// restarts it on the same data dir and returns the time from the restart to its first `ping`
 /// answer; the backlog then drains (the pause is journaled, so it is resumed here).
 pub async fn restart_with_history(node: &mut NodeProcess) -> Result<Duration, String> {

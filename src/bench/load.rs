@@ -22,7 +22,7 @@ pub async fn ok(c: &mut Client, req: &Value) -> Result<Value, String> {
 }
 
 /// Submits about `jobs` no-op jobs in batches of `batch` over `connections` connections, each
-/// pipelining [`WINDOW`] batches; returns how many were acknowledged.
+/// pipelining `WINDOW` batches; returns how many were acknowledged.
 pub async fn submit_parallel(
     addr: SocketAddr,
     jobs: usize,

@@ -100,7 +100,7 @@ impl Jobs {
         Ok(row.get::<_, i64>(0) == 1)
     }
 
-    /// The leader's round: finishes up to [`PARENTS_PER_ROUND`] waiting parents whose children
+    /// The leader's round: finishes up to `PARENTS_PER_ROUND` waiting parents whose children
     /// have all ended, each with its children's summary. Returns how many it finished.
     pub async fn finish_parents(&self) -> Result<u64, Failure> {
         let mut client = self.client().await?;

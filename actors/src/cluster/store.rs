@@ -763,7 +763,7 @@ const MAX_PATTERNS: usize = 256;
 
 /// A name glob as `LIKE` patterns, any of which matches: `{a,b}` alternatives become one pattern
 /// each (the console folds a pipeline's names into one such glob). None when a pattern has a
-/// class of more than one character or the glob expands to more than [`MAX_PATTERNS`]: the
+/// class of more than one character or the glob expands to more than `MAX_PATTERNS`: the
 /// caller filters such globs itself.
 pub fn like_patterns(glob: &str) -> Option<Vec<String>> {
     let mut globs = Vec::new();

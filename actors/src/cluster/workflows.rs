@@ -168,7 +168,7 @@ impl Jobs {
         Ok(row.get::<_, i64>(0) == 1)
     }
 
-    /// The leader's round: moves on up to [`WORKFLOWS_PER_ROUND`] open workflows that have no
+    /// The leader's round: moves on up to `WORKFLOWS_PER_ROUND` open workflows that have no
     /// job runnable or running. Returns the pipelines of the jobs it released (to wake them).
     pub async fn advance_workflows(&self) -> Result<Vec<String>, Failure> {
         let mut client = self.client().await?;

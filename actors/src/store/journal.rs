@@ -9,16 +9,16 @@
 //!   The record carries its own history (`JobRecord::history`), so one transition is one record
 //!   insert: measured, a separate key per event doubled sled's write volume and halved job
 //!   throughput. Beside the records, the `u` (unfinished) and `f` (finished, by status and name)
-//!   index keys of [`index`], written in the same [`sled::Batch`] as their record, so replay
+//!   index keys of `index`, written in the same [`sled::Batch`] as their record, so replay
 //!   and filtered listings cost O(unfinished) or O(page), not O(history). A batch of changes
 //!   (a whole `submit_batch`) is one atomic batch. Workflows live here too (`b'w' ++ id`).
 //! - `records` holds pipeline output: `key` → `[version][updated_at i64 BE][JSON text]`.
 //! - `meta` holds small node state: `key` → `[version][bytes]`, among them the journal's own
 //!   `index_version` and `commit_seq`.
 //! - `outbox` holds the records still to ship to a sink: `seq(8, BE)` → record key, written in
-//!   the same sled transaction as the record while a sink is configured ([`outbox`]).
+//!   the same sled transaction as the record while a sink is configured (`outbox`).
 //!
-//! Every value starts with [`FORMAT_VERSION`]; an unknown version is reported as
+//! Every value starts with `FORMAT_VERSION`; an unknown version is reported as
 //! [`JournalError::Corrupt`] naming the key rather than being misread. Job ids are UUID v7, so
 //! key order is creation order: `list` walks keys backwards for newest first and `compact`
 //! walks the records forwards and stops at the first job too young to be compacted.
@@ -26,11 +26,11 @@
 //! # Damage is detected, not absorbed, and destroys nothing
 //!
 //! sled recovers a damaged log by cutting it at the first bad entry, overwriting the rest of
-//! that segment and every later one, and opening without complaint. [`watermark`] keeps a
+//! that segment and every later one, and opening without complaint. `watermark` keeps a
 //! commit sequence both inside sled and in a file beside it; [`Journal::open`] refuses a
 //! database that recovered to an earlier commit ([`JournalError::RolledBack`]) before writing
 //! anything, and [`check`] verifies a data dir offline (`warden check`). Because sled cuts
-//! inside its own `open`, Warden builds a patched sled whose recovery calls [`recovery`]'s guard
+//! inside its own `open`, Warden builds a patched sled whose recovery calls `recovery`'s guard
 //! first: the bytes about to be overwritten are saved under `<dir>/recovery/`, kept and named
 //! when the open is refused, removed when every durable commit came back.
 //!
@@ -38,14 +38,14 @@
 //!
 //! After one failed write (`ENOSPC`), sled 0.34 fails every later write with the same error,
 //! even once space is back (measured on a tmpfs): only reopening recovers. So the journal
-//! refuses new work below `[node] min_free_space` ([`Journal::admit_writes`], see [`space`]),
+//! refuses new work below `[node] min_free_space` ([`Journal::admit_writes`], see `space`),
 //! turns a failed commit into [`JournalError::Failed`] (restart needed), and bounds
 //! [`Journal::durable`] in real time ([`JournalError::CommitTimeout`]).
 //!
 //! # Durability, and why fsync is explicit
 //!
 //! A submit is acknowledged only once its entry is durable, i.e. fsync'd. sled 0.34.7's
-//! [`sled::Db::flush`] is not that: it writes the log buffers and ends in `sync_file_range(2)`
+//! [`sled::Tree::flush`] is not that: it writes the log buffers and ends in `sync_file_range(2)`
 //! (`pagecache/iobuf.rs`), which neither flushes the disk's volatile write cache nor persists
 //! file metadata such as the file's size, and sled never fsyncs the blob files it writes for
 //! large values (`pagecache/blob_io.rs`, under `<dir>/blobs/`). A power loss could therefore
@@ -715,8 +715,8 @@ impl Journal {
     }
 
     /// Applies `changes` as ONE atomic sled batch: one insert per change plus its index changes
-    /// (see [`index`]), derived from what the change's own event says the journal held before
-    /// ([`index::Before`]), or, for a record without history, from the status stored now (read
+    /// (see `index`), derived from what the change's own event says the journal held before
+    /// (`index::Before`), or, for a record without history, from the status stored now (read
     /// here: the dispatcher is the only writer of job records). Not durable yet: await [`Journal::durable`] before
     /// acknowledging.
     pub fn write(&self, changes: &[Change]) -> Result<(), JournalError> {
@@ -863,7 +863,7 @@ impl Journal {
     }
 
     /// The head of every unfinished job, oldest first, read from the unfinished index alone
-    /// ([`head`]): a replay of a million pending jobs reads neither their params nor their
+    /// (`head`): a replay of a million pending jobs reads neither their params nor their
     /// histories. Returns how many there were.
     ///
     /// The walk and the decoding run on a thread of their own, handing heads over in chunks,
@@ -925,7 +925,7 @@ impl Journal {
 
     /// Up to `filter.limit` records matching `filter`, newest first; only jobs strictly older
     /// than `filter.before` when it is given. Without a status or name this walks the records
-    /// themselves; otherwise the indexes (see [`index`]): finished jobs cost O(page + names),
+    /// themselves; otherwise the indexes (see `index`): finished jobs cost O(page + names),
     /// unfinished ones at most O(unfinished), never O(history).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, JournalError> {
         let mut out = Vec::new();
@@ -1554,9 +1554,9 @@ fn await_sled_lock(db: &Path, deadline: Instant) -> Result<(), JournalError> {
     }
 }
 
-/// sled log segment size (see [`sled_config`]).
+/// sled log segment size (see `sled_config`).
 const SEGMENT_SIZE: usize = 4 << 20;
-/// sled's page cache bound by default (see [`sled_config`]).
+/// sled's page cache bound by default (see `sled_config`).
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 /// Workflows live in the `jobs` tree too (so a workflow and its jobs are one atomic batch),

@@ -3,7 +3,7 @@
 //! sequence with the watermark file, decodes every job record, workflow, pipeline record and
 //! meta value, and checks that the indexes and the records agree both ways. It writes nothing
 //! itself; sled's own recovery may cut the log while opening, as at any start, and what it
-//! overwrites is saved first under `<dir>/recovery/` ([`super::recovery`]) and reported.
+//! overwrites is saved first under `<dir>/recovery/` (`super::recovery`) and reported.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ pub struct CheckReport {
     pub indexed: bool,
     /// Where the bytes sled's recovery overwrote while opening were saved, if it overwrote any.
     pub recovery_saved: Option<PathBuf>,
-    /// Every problem found, the first [`SHOWN_PROBLEMS`] described.
+    /// Every problem found, the first `SHOWN_PROBLEMS` described.
     pub problems: Vec<String>,
     /// Problems found in all.
     pub problem_count: u64,
