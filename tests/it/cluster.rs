@@ -434,13 +434,18 @@ async fn a_postgres_restart_loses_no_acknowledged_job() {
     drop(nodes);
 }
 
+/// The config section of a `yahoo` pipeline on `fake`, limited to `rate`.
+fn yahoo_pipeline(fake: &FakeUpstream, rate: &str) -> String {
+    format!(
+        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = {rate:?}\n",
+        fake.base_url()
+    )
+}
+
 /// Three nodes with a `yahoo` pipeline on `fake`, limited to `rate`.
 async fn yahoo_cluster(test: &str, fake: &FakeUpstream, rate: &str) -> (Schema, Vec<ClusterNode>) {
     let schema = Schema::fresh(test).await;
-    let extra = format!(
-        "[pipelines.yahoo]\nworkers = 4\nbase_url = {:?}\nrate_limit = {rate:?}\n",
-        fake.base_url()
-    );
+    let extra = yahoo_pipeline(fake, rate);
     let nodes: Vec<ClusterNode> = (0..3)
         .map(|i| {
             ClusterNode::start_with(&format!("node-{i}"), &pg::test_url(), &schema.name, &extra)

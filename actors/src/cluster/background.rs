@@ -35,6 +35,7 @@ use super::store::{CANCEL, WAKE};
 use super::Cluster;
 use crate::dispatcher::DispatcherMsg;
 use crate::job::JobId;
+use crate::metrics as m;
 
 /// Finished jobs deleted per statement of a compaction.
 const COMPACT_BATCH: i64 = 10_000;
@@ -182,12 +183,19 @@ impl Loops {
             }
         }
         match jobs.finish_parents().await {
-            Ok(0) => {}
-            Ok(n) => info!(
-                actor = "root/dispatcher",
-                parents = n,
-                "batch jobs finished: their children have all ended"
-            ),
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => {
+                info!(
+                    actor = "root/dispatcher",
+                    parents = names.len(),
+                    "batch jobs finished: their children have all ended"
+                );
+                // Counted here, once, by the node that finished them.
+                for name in names {
+                    metrics::counter!(m::JOB_EXECUTIONS, "job_name" => name, "status" => "succeeded")
+                        .increment(1);
+                }
+            }
             Err(e) => warn!(actor = "root/dispatcher", error = %e.message(),
                 "waiting batch jobs not finished"),
         }

@@ -101,8 +101,9 @@ impl Jobs {
     }
 
     /// The leader's round: finishes up to `PARENTS_PER_ROUND` waiting parents whose children
-    /// have all ended, each with its children's summary. Returns how many it finished.
-    pub async fn finish_parents(&self) -> Result<u64, Failure> {
+    /// have all ended, each with its children's summary. Returns the names of those it finished
+    /// (the leader counts their success, as a single node counts its own).
+    pub async fn finish_parents(&self) -> Result<Vec<String>, Failure> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(self.pg())?;
         let jobs = self.t("jobs");
@@ -119,22 +120,23 @@ impl Jobs {
             .map_err(self.pg())?;
         let parents: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
         if parents.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let (ids, results) = self.summaries(&tx, &parents).await?;
         let finish = format!(
             "UPDATE {jobs} j SET state = 'succeeded', completed_at = now(), error = NULL,
                  result = d.result, history = j.history || {succeeded}
              FROM unnest($1::uuid[], $2::text[]) AS d(id, result)
-             WHERE j.id = d.id AND j.state = 'running' AND j.claimed_by IS NULL",
+             WHERE j.id = d.id AND j.state = 'running' AND j.claimed_by IS NULL
+             RETURNING j.name",
             succeeded = event("'succeeded'", "j.attempt", "NULL::text"),
         );
-        let n = tx
-            .execute(&finish, &[&ids, &results])
+        let finished = tx
+            .query(&finish, &[&ids, &results])
             .await
             .map_err(self.pg())?;
         tx.commit().await.map_err(self.pg())?;
-        Ok(n)
+        Ok(finished.iter().map(|r| r.get(0)).collect())
     }
 
     /// How many of `parent`'s children are unfinished, and how many it has (0 for a job that

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::store::{Jobs, CANCEL, RECORD_COLUMNS, UNFINISHED};
+use super::store::{Jobs, CANCEL, UNFINISHED};
 use crate::dispatcher::{QueueDepths, UnfinishedCounts};
 use crate::job::{JobId, JobRecord, JobStatus};
 use crate::postgres::Failure;
@@ -82,7 +82,7 @@ impl Jobs {
     pub async fn cancel(&self, id: JobId) -> Result<(JobRecord, Option<String>), ApiError> {
         let mut client = self.client().await.map_err(unavailable)?;
         let tx = client.transaction().await.map_err(self.refused())?;
-        let sql = self.cancel_sql("id = $1", RECORD_COLUMNS);
+        let sql = self.cancel_sql("id = $1", &self.record_columns());
         let row = tx.query_opt(&sql, &[&id.0]).await.map_err(self.refused())?;
         let Some(row) = row else {
             drop(tx);
@@ -93,8 +93,8 @@ impl Jobs {
         // The two columns after the record's.
         // A waiting batch job is running but claimed by no node (`fanout.rs`).
         let owner: Option<String> = row
-            .get::<_, bool>(18)
-            .then(|| row.get::<_, Option<String>>(19))
+            .get::<_, bool>(19)
+            .then(|| row.get::<_, Option<String>>(20))
             .flatten();
         let rec = self.record(&row).map_err(unavailable)?;
         let children = self.cancel_sql("parent_id = $1", "id");
@@ -152,8 +152,9 @@ impl Jobs {
                      'at', (extract(epoch FROM clock_timestamp()) * 1000)::int8,
                      'kind', 'retried', 'attempt', 0, 'detail', 'sent back by an operator'))
              WHERE id = $1 AND state IN ('failed', 'cancelled')
-             RETURNING {RECORD_COLUMNS}",
-            jobs = self.t("jobs")
+             RETURNING {columns}",
+            jobs = self.t("jobs"),
+            columns = self.record_columns(),
         );
         match client.query_opt(&sql, &[&id.0]).await {
             Ok(Some(row)) => self.record(&row).map_err(unavailable),

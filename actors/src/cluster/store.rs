@@ -32,7 +32,7 @@ pub const WAKE: &str = "jobs";
 pub const CANCEL: &str = "cancel";
 
 /// Columns of a [`JobRecord`], times as Unix ms.
-pub(super) const RECORD_COLUMNS: &str =
+const RECORD_COLUMNS: &str =
     "id, name, pipeline, priority, state, attempt, max_retries, \
      unique_key, (extract(epoch FROM created_at) * 1000)::int8, \
      (extract(epoch FROM started_at) * 1000)::int8, \
@@ -637,11 +637,23 @@ impl Jobs {
         ctes
     }
 
+    /// [`RECORD_COLUMNS`] and then the ids of the job's children (a batch job's, in id order,
+    /// by the `parent_id` index), for a statement on the unaliased jobs table: the columns
+    /// [`Jobs::record`] reads.
+    pub(super) fn record_columns(&self) -> String {
+        format!(
+            "{RECORD_COLUMNS}, \
+             ARRAY(SELECT c.id FROM {jobs} c WHERE c.parent_id = jobs.id ORDER BY c.id)",
+            jobs = self.t("jobs")
+        )
+    }
+
     /// The record of `id`.
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, Failure> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM {} WHERE id = $1",
+            "SELECT {} FROM {} WHERE id = $1",
+            self.record_columns(),
             self.t("jobs")
         );
         let row = client.query_opt(&sql, &[&id.0]).await.map_err(self.pg())?;
@@ -659,10 +671,11 @@ impl Jobs {
     ) -> Result<Vec<JobRecord>, Failure> {
         let client = self.client().await?;
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM {} \
+            "SELECT {} FROM {} \
              WHERE ($1::text IS NULL OR state = $1) AND ($2::text[] IS NULL OR name LIKE ANY($2)) \
                AND ($3::uuid IS NULL OR id < $3) \
              ORDER BY id DESC LIMIT $4",
+            self.record_columns(),
             self.t("jobs")
         );
         let status = status.map(JobStatus::as_str);
@@ -675,7 +688,7 @@ impl Jobs {
         rows.iter().map(|r| self.record(r)).collect()
     }
 
-    /// A row of [`RECORD_COLUMNS`] as a record.
+    /// A row of [`Jobs::record_columns`] as a record.
     pub(super) fn record(&self, r: &Row) -> Result<JobRecord, Failure> {
         let corrupt = |what: String| {
             Failure::Rejected(format!(
@@ -706,7 +719,7 @@ impl Jobs {
             result: r.get(13),
             parent_id: r.get::<_, Option<Uuid>>(14).map(JobId),
             workflow_id: r.get(15),
-            children: Vec::new(),
+            children: r.get::<_, Vec<Uuid>>(18).into_iter().map(JobId).collect(),
             params: r.get(16),
             history,
         })

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{number, until_count, yahoo_cluster};
+use super::{number, until_count, yahoo_cluster, yahoo_pipeline, ClusterNode};
 use crate::fakes::{FakeUpstream, COMPANIES, YAHOO_CHART_PREFIX};
-use crate::support::{poll, req};
+use crate::pg::{self, Schema};
+use crate::support::{eventually, poll, req};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -23,8 +24,10 @@ async fn batch(node: &super::ClusterNode, n: usize) -> String {
 }
 
 /// Ensures that a batch job submitted through one node fans out to one child per ticker, that
-/// each child runs exactly once (one request each at the fake upstream), and that the parent,
-/// read through another node, succeeds with its children's summary and shows its fan-out.
+/// each child runs exactly once (one request each at the fake upstream), that the parent, read
+/// through another node, succeeds with its children's summary and shows its fan-out, that the
+/// cluster counts its success once in its metrics, and that its page on any node's console
+/// lists its children.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_fans_out_over_the_cluster_and_ends_with_its_summary() {
     let fake = FakeUpstream::start().await;
@@ -61,8 +64,53 @@ async fn a_batch_fans_out_over_the_cluster_and_ends_with_its_summary() {
         .collect();
     assert!(kinds.contains(&"fanned_out"), "{h}");
     assert_eq!(kinds.last(), Some(&"succeeded"), "{h}");
+    eventually("the batch's success counted once", WAIT, || async {
+        (succeeded_on(&nodes, "yahoo.batch_chart").await == 1).then_some(())
+    })
+    .await;
     drop(nodes);
+    children_on_the_console(&schema, &fake, &parent, n).await;
     schema.drop_now().await;
+}
+
+/// How many `job` jobs `warden_job_executions_total` counts as succeeded, summed over the
+/// `/metrics` of `nodes`.
+async fn succeeded_on(nodes: &[ClusterNode], job: &str) -> u64 {
+    let mut sum = 0;
+    for node in nodes {
+        let url = format!("http://{}/metrics", node.listening().await.metrics);
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        sum += text
+            .lines()
+            .filter(|l| l.starts_with("warden_job_executions_total{"))
+            .filter(|l| l.contains(&format!("job_name=\"{job}\"")))
+            .filter(|l| l.contains("status=\"succeeded\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    sum
+}
+
+/// Checks, on the console of a node started afterwards, that the batch `parent` lists its `n`
+/// children on its page and that the jobs search by parent finds each of them.
+async fn children_on_the_console(schema: &Schema, fake: &FakeUpstream, parent: &str, n: usize) {
+    let extra = yahoo_pipeline(fake, "50/s");
+    let viewer = ClusterNode::start_with_console("viewer", &pg::test_url(), &schema.name, &extra);
+    let ids: Vec<String> = schema
+        .texts(&format!(
+            "SELECT id::text FROM {{s}}.jobs WHERE parent_id = '{parent}' ORDER BY id"
+        ))
+        .await
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), n);
+    let mut web = super::console::web(&viewer).await;
+    let heading = format!("Children ({n})");
+    web.get(&format!("/jobs/{parent}")).await.shows(&[&heading]);
+    let search = web.get(&format!("/jobs?parent={parent}")).await;
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    search.shows(&ids);
 }
 
 /// Ensures that cancelling a waiting batch job through another node cancels its children that
