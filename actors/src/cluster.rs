@@ -103,6 +103,11 @@ pub static MIGRATIONS: Migrations = Migrations {
             "one probe for the cluster",
             include_str!("cluster/migrations/0010_probe.sql"),
         ),
+        (
+            11,
+            "the node that holds the cluster's probe",
+            include_str!("cluster/migrations/0011_probe_node.sql"),
+        ),
     ],
 };
 
@@ -212,6 +217,7 @@ impl Cluster {
     pub fn permits(&self) -> Permits {
         Permits {
             jobs: self.jobs.clone(),
+            silent_after: self.args.timing.silent_after,
         }
     }
 

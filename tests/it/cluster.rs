@@ -676,37 +676,97 @@ async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
 async fn while_the_cluster_probe_is_out_other_nodes_ask_again_soon() {
     let schema = Schema::fresh("probe_out").await;
     let (a, b) = (
-        store(&schema, "node-a").await,
-        store(&schema, "node-b").await,
+        live_store(&schema, "node-a").await,
+        live_store(&schema, "node-b").await,
     );
+    probe_taken(&a).await;
+    assert_asked_again_soon(ask_yahoo(&b).await);
+    b.permits().breaker("yahoo", None).await.unwrap();
+    assert_eq!(ask_yahoo(&b).await, Permit::Granted);
+    schema.drop_now().await;
+}
+
+/// Ensures that the cluster's probe is not held for its two-minute lease when its node is
+/// gone: once the node holding it has been silent for `silent_after`, or has started again
+/// (a new incarnation), the next node to ask gets the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_lost_with_its_node_passes_to_the_next_node() {
+    let schema = Schema::fresh("probe_lost").await;
+    let (a, b) = (
+        live_store(&schema, "node-a").await,
+        live_store(&schema, "node-b").await,
+    );
+    probe_taken(&a).await;
+    assert_asked_again_soon(ask_yahoo(&b).await);
+    // node-a falls silent (as if killed): its last beat is older than `silent_after`.
+    let silent = Timing::default().silent_after.as_secs() + 1;
+    schema
+        .texts(&format!(
+            "UPDATE {{s}}.nodes SET seen_at = now() - interval '{silent} seconds'
+             WHERE id = 'node-a' RETURNING id"
+        ))
+        .await;
+    assert_eq!(ask_yahoo(&b).await, Permit::Probe, "node-a's probe is lost");
+    // node-b starts again (a new incarnation) before its probe reports: lost too.
+    b.jobs
+        .heartbeat(uuid::Uuid::now_v7(), "127.0.0.1:2", 0)
+        .await
+        .unwrap();
+    a.jobs
+        .heartbeat(uuid::Uuid::now_v7(), "127.0.0.1:1", 0)
+        .await
+        .unwrap();
+    assert_eq!(ask_yahoo(&a).await, Permit::Probe, "node-b's probe is lost");
+    assert_asked_again_soon(ask_yahoo(&b).await);
+    schema.drop_now().await;
+}
+
+/// [`store`] for `node`, with a heartbeat of a fresh incarnation (a node's permits are asked
+/// only once it beats).
+async fn live_store(schema: &Schema, node: &str) -> Cluster {
+    let c = store(schema, node).await;
+    c.jobs
+        .heartbeat(uuid::Uuid::now_v7(), "127.0.0.1:1", 0)
+        .await
+        .unwrap();
+    c
+}
+
+/// One permit of `yahoo` (50/s) for `c`.
+async fn ask_yahoo(c: &Cluster) -> Permit {
     let windows = [RateWindow {
         limit: 50,
         per: Duration::from_secs(1),
     }];
-    let ask = |c: &Cluster| {
-        let p = c.permits();
-        async move { p.acquire("yahoo", &windows, Duration::ZERO).await.unwrap() }
-    };
-    a.permits()
+    c.permits()
+        .acquire("yahoo", &windows, Duration::ZERO)
+        .await
+        .unwrap()
+}
+
+/// Opens `yahoo`'s shared breaker for a millisecond and waits until `c` gets the probe.
+async fn probe_taken(c: &Cluster) {
+    c.permits()
         .breaker("yahoo", Some(Duration::from_millis(1)))
         .await
         .unwrap();
     eventually(
-        "node-a to get the probe",
+        "the probe to be granted",
         Duration::from_secs(5),
-        || async { (ask(&a).await == Permit::Probe).then_some(()) },
+        || async { (ask_yahoo(c).await == Permit::Probe).then_some(()) },
     )
     .await;
-    match ask(&b).await {
+}
+
+/// Checks that `p` refuses while another node's probe is out, asking again within a second.
+fn assert_asked_again_soon(p: Permit) {
+    match p {
         Permit::BreakerOpen(retry) => assert!(
             !retry.is_zero() && retry <= Duration::from_secs(1),
             "{retry:?}"
         ),
-        other => panic!("node-b got {other:?} while node-a's probe was out"),
+        other => panic!("got {other:?} while another node's probe was out"),
     }
-    b.permits().breaker("yahoo", None).await.unwrap();
-    assert_eq!(ask(&b).await, Permit::Granted);
-    schema.drop_now().await;
 }
 
 /// Ensures that the claim ages waiting jobs as a single node does (`[jobs] max_wait`): a low

@@ -15,11 +15,16 @@
 //! has passed, and until a probe closes it, the source is half-open for the whole cluster: the
 //! first permit asked is [`Permit::Probe`], leased for [`PROBE_LEASE`] (`probe_until`), and
 //! every other node is refused meanwhile, told to ask again after [`PROBE_PENDING_RETRY`] (the
-//! lease only bounds a probe that never reports). The node holding it makes its own breaker
-//! take that request as its probe, so the probe's outcome closes the window for every node or
-//! opens it again (through [`Permits::breaker`], as any transition of that breaker).
+//! lease only bounds a probe that never reports). A probe is void before its lease ends when
+//! the node holding it has gone silent (for 15 s, when the leader rescues its jobs too) or
+//! started again since the grant (`probe_node`, `probe_at`): the probe died with it, and the
+//! next node to ask probes instead. The node holding it makes its own breaker take that request
+//! as its probe, so the probe's outcome closes the window for every node or opens it again
+//! (through [`Permits::breaker`], as any transition of that breaker).
 
 use std::time::Duration;
+
+use tracing::warn;
 
 use super::store::Jobs;
 use crate::args::RateWindow;
@@ -50,6 +55,8 @@ pub const PROBE_LEASE: Duration = crate::pipeline::breaker::PROBE_TIMEOUT;
 #[derive(Clone)]
 pub struct Permits {
     pub(super) jobs: Jobs,
+    /// How long a node may be silent before its probe (like its jobs) is taken as lost.
+    pub(super) silent_after: Duration,
 }
 
 impl std::fmt::Debug for Permits {
@@ -69,8 +76,10 @@ struct SourceRow {
     open: Duration,
     /// A breaker window was recorded and no probe has closed it since.
     half_open: bool,
-    /// How much longer the last probe granted may be out (zero: none).
+    /// How much longer the last probe granted may be out (zero: none, or lost with its node).
     probe_out: Duration,
+    /// The node whose probe was lost: silent, or started again, while its lease ran.
+    probe_lost_by: Option<String>,
 }
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -105,11 +114,13 @@ impl Permits {
         self.grant(&tx, source, windows, guard, row.half_open)
             .await?;
         tx.commit().await.map_err(j.pg())?;
-        Ok(if row.half_open {
-            Permit::Probe
-        } else {
-            Permit::Granted
-        })
+        if !row.half_open {
+            return Ok(Permit::Granted);
+        }
+        if let Some(node) = &row.probe_lost_by {
+            warn!(source, lost_with = %node, "the cluster's probe was lost with its node: this node probes instead");
+        }
+        Ok(Permit::Probe)
     }
 
     /// Locks `source`'s row (creating it) and reads it.
@@ -125,19 +136,37 @@ impl Permits {
         let left = |column: &str| {
             format!("coalesce((extract(epoch FROM {column} - clock_timestamp()) * 1000)::int8, 0)")
         };
+        // A probe of a node that is silent, or started again since the grant, is lost.
+        let lost = format!(
+            "probe_node IS NOT NULL AND probe_until > clock_timestamp() AND NOT EXISTS (
+                 SELECT 1 FROM {nodes} n WHERE n.id = s.probe_node AND n.started_at <= s.probe_at
+                     AND n.seen_at > clock_timestamp() - $2::int8 * interval '1 millisecond')",
+            nodes = j.t("nodes")
+        );
         let sql = format!(
-            "SELECT {}, {}, breaker_open_until IS NOT NULL, {} FROM {sources} WHERE name = $1 FOR UPDATE",
+            "SELECT {}, {}, breaker_open_until IS NOT NULL, {}, CASE WHEN {lost} THEN probe_node END
+             FROM {sources} s WHERE name = $1 FOR UPDATE",
             left("paused_until"),
             left("breaker_open_until"),
             left("probe_until"),
         );
-        let row = tx.query_one(&sql, &[&source]).await.map_err(j.pg())?;
+        let silent_ms = self.silent_after.as_millis() as i64;
+        let row = tx
+            .query_one(&sql, &[&source, &silent_ms])
+            .await
+            .map_err(j.pg())?;
         let ms = |i: usize| Duration::from_millis(row.get::<_, i64>(i).max(0) as u64);
+        let probe_lost_by: Option<String> = row.get(4);
         Ok(SourceRow {
             paused: ms(0),
             open: ms(1),
             half_open: row.get(2),
-            probe_out: ms(3),
+            probe_out: if probe_lost_by.is_some() {
+                Duration::ZERO
+            } else {
+                ms(3)
+            },
+            probe_lost_by,
         })
     }
 
@@ -200,11 +229,14 @@ impl Permits {
         if probe {
             let lease = PROBE_LEASE.as_millis() as i64;
             let sql = format!(
-                "UPDATE {} SET probe_until = clock_timestamp() + $2::int8 * interval '1 millisecond'
+                "UPDATE {} SET probe_until = clock_timestamp() + $2::int8 * interval '1 millisecond',
+                     probe_node = $3, probe_at = clock_timestamp()
                  WHERE name = $1",
                 j.t("sources")
             );
-            tx.execute(&sql, &[&source, &lease]).await.map_err(j.pg())?;
+            tx.execute(&sql, &[&source, &lease, &j.node])
+                .await
+                .map_err(j.pg())?;
         }
         Ok(())
     }
