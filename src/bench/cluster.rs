@@ -7,6 +7,9 @@
 //! - `cluster_<n>_nodes_jobs_per_s`: `--jobs` no-ops submitted in batches through every node at
 //!   once (two connections each), counted from the first submit until the jobs table says every
 //!   one succeeded (polled every 20 ms); each `n` gets a schema of its own;
+//! - `sled_chain_ms_per_step`, `cluster_<n>_nodes_chain_ms_per_step`: a chain of
+//!   `chain_steps` no-ops submitted after the throughput run, from its submit until the whole
+//!   chain succeeded, per step (how long a step waits for the one before it);
 //! - `ceiling_jobs_per_s`: what PostgreSQL takes at most for the same work from one connection
 //!   with nothing around it: per batch, the insert, the claim and the completion statements of
 //!   the store (a job costs those three writes in any mode), on a schema of its own;
@@ -25,7 +28,7 @@ use warden_actors::cluster::{Cluster, ClusterArgs, Completion, NewRow, Outcome, 
 use warden_actors::job::{JobId, Priority};
 use warden_actors::sink::tokio_postgres::Client;
 
-use super::load::submit_parallel;
+use super::load::{chain_ms_per_step, submit_parallel, CHAIN_STEPS};
 use super::process::NodeProcess;
 use super::sink::connect;
 use super::PHASE_TIMEOUT;
@@ -73,12 +76,15 @@ async fn measure(args: &ClusterBenchArgs) -> Result<(), String> {
     let measured = async {
         let ceiling = ceiling(args, &format!("{prefix}_raw")).await?;
         println!("ceiling_jobs_per_s={ceiling:.0}");
-        let sled = sled(&exe, args).await?;
+        let (sled, sled_chain) = sled(&exe, args).await?;
         println!("sled_jobs_per_s={sled:.0}");
+        println!("chain_steps={CHAIN_STEPS}");
+        println!("sled_chain_ms_per_step={sled_chain:.1}");
         for n in 1..=args.nodes {
-            let rate = cluster_run(&exe, args, &db, &format!("{prefix}_{n}"), n).await?;
+            let (rate, chain) = cluster_run(&exe, args, &db, &format!("{prefix}_{n}"), n).await?;
             println!("cluster_{n}_nodes_jobs_per_s={rate:.0}");
             println!("cluster_{n}_nodes_ratio_to_ceiling={:.3}", rate / ceiling);
+            println!("cluster_{n}_nodes_chain_ms_per_step={chain:.1}");
         }
         Ok(())
     }
@@ -159,8 +165,8 @@ fn noop_row() -> NewRow {
     }
 }
 
-/// One node on its journal, the default config.
-async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<f64, String> {
+/// One node on its journal, the default config: its jobs/s, then its chain's ms per step.
+async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<(f64, f64), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let mut node = NodeProcess::spawn_workers(exe, dir.path(), "", args.workers)?;
     node.wait_ready(PHASE_TIMEOUT).await?;
@@ -171,18 +177,20 @@ async fn sled(exe: &Path, args: &ClusterBenchArgs) -> Result<f64, String> {
         .map_err(|e| e.to_string())?;
     super::load::wait_succeeded(&mut c, args.jobs as u64, PHASE_TIMEOUT).await?;
     let rate = args.jobs as f64 / started.elapsed().as_secs_f64();
+    let chain = chain_ms_per_step(node.admin()?, PHASE_TIMEOUT).await?;
     node.shutdown(PHASE_TIMEOUT).await?;
-    Ok(rate)
+    Ok((rate, chain))
 }
 
-/// `n` nodes on schema `schema`: the jobs submitted through all of them at once.
+/// `n` nodes on schema `schema`: the jobs submitted through all of them at once (jobs/s), then
+/// a chain submitted through the first (its ms per step; its steps run on any node).
 async fn cluster_run(
     exe: &Path,
     args: &ClusterBenchArgs,
     db: &Client,
     schema: &str,
     n: usize,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
     let dirs: Vec<tempfile::TempDir> = (0..n)
         .map(|_| tempfile::tempdir().map_err(|e| format!("temp dir: {e}")))
         .collect::<Result<_, _>>()?;
@@ -219,10 +227,11 @@ async fn cluster_run(
     }
     wait_table(db, schema, total as i64).await?;
     let rate = total as f64 / started.elapsed().as_secs_f64();
+    let chain = chain_ms_per_step(nodes[0].admin()?, PHASE_TIMEOUT).await?;
     for node in nodes {
         node.shutdown(PHASE_TIMEOUT).await?;
     }
-    Ok(rate)
+    Ok((rate, chain))
 }
 
 /// Waits until `n` jobs of `schema` succeeded.

@@ -148,3 +148,35 @@ pub fn percentiles(v: &mut [Duration]) -> (u128, u128) {
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_micros();
     (at(0.50), at(0.99))
 }
+
+/// Steps of the chain whose latency [`chain_ms_per_step`] measures.
+pub const CHAIN_STEPS: usize = 20;
+
+/// The time from a step's end to the next step's, per step: a chain of [`CHAIN_STEPS`] no-ops
+/// submitted through the node at `addr`, from the submit until its `workflow` answer is no
+/// longer `running` (polled every 5 ms), divided by the steps.
+pub async fn chain_ms_per_step(addr: SocketAddr, timeout: Duration) -> Result<f64, String> {
+    let mut c = Client::connect_addr(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let steps: Vec<Value> = (0..CHAIN_STEPS)
+        .map(|_| json!({"job": "builtin.noop"}))
+        .collect();
+    let started = Instant::now();
+    let submit = json!({"cmd": "submit_workflow", "kind": "chain", "jobs": steps});
+    let id = ok(&mut c, &submit).await?["workflow_id"].clone();
+    let ask = json!({"cmd": "workflow", "workflow_id": id});
+    loop {
+        let status = ok(&mut c, &ask).await?["workflow"]["status"].clone();
+        if status == "succeeded" {
+            return Ok(started.elapsed().as_secs_f64() * 1000.0 / CHAIN_STEPS as f64);
+        }
+        if status != "running" {
+            return Err(format!("the benchmark's chain ended {status}"));
+        }
+        if started.elapsed() > timeout {
+            return Err(format!("the benchmark's chain still ran after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -8,12 +8,13 @@
 //!   is about to rescue);
 //! - the leader (every second): takes or renews the lease every 5 s; while it leads, rescues
 //!   silent nodes' jobs, moves workflows on (`workflows.rs`), finishes the batch jobs whose
-//!   children have all ended (`fanout.rs`),
+//!   children have all ended (`fanout.rs`; these two also at once when a node's completion of
+//!   a child or a step nudges it),
 //!   counts the unfinished jobs for every node at the heartbeat's pace (one
 //!   `GROUP BY` over the backlog for the cluster, not one per node) and compacts finished jobs
 //!   past their retention;
 //! - the listener: one connection of its own (not from the pool: LISTEN is per session) that
-//!   holds this node's id lock, LISTENs for new jobs and for cancels, and reconnects with
+//!   holds this node's id lock, LISTENs for new jobs, cancels and nudges, and reconnects with
 //!   backoff when the server goes away; after each connect it wakes the dispatcher, since
 //!   notifications sent meanwhile are lost.
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ractor::ActorRef;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +33,7 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::dispatcher::Event;
-use super::store::{CANCEL, WAKE};
+use super::store::{ADVANCE, CANCEL, WAKE};
 use super::Cluster;
 use crate::dispatcher::DispatcherMsg;
 use crate::job::JobId;
@@ -59,6 +61,9 @@ pub(super) struct Loops {
     /// Finished jobs older than this are compacted.
     pub(super) retention: Duration,
     pub(super) token: CancellationToken,
+    /// Set by the listener when a batch child or a workflow step ended somewhere ([`ADVANCE`]):
+    /// the leader moves parents and workflows on without waiting for its next round.
+    pub(super) advance: Arc<Notify>,
 }
 
 impl Loops {
@@ -127,6 +132,13 @@ impl Loops {
             tokio::select! {
                 _ = self.token.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.advance.notified() => {
+                    // Nudges that come during a round coalesce into one more round.
+                    if leading {
+                        self.move_on().await;
+                    }
+                    continue;
+                }
             }
             if Instant::now() >= next_lease {
                 let now_leading = jobs.lead(timing.lease_ttl).await.unwrap_or_else(|e| {
@@ -156,9 +168,8 @@ impl Loops {
         }
     }
 
-    /// What the leader does every round: rescue silent nodes' jobs, move workflows on, finish
-    /// the batch jobs whose children have all ended. Each failure is logged and retried at the
-    /// next round.
+    /// What the leader does every round: rescue silent nodes' jobs, then [`Loops::move_on`].
+    /// Each failure is logged and retried at the next round.
     async fn lead_round(&self) {
         let jobs = &self.cluster.jobs;
         let silent = self.cluster.args.timing.silent_after;
@@ -172,6 +183,13 @@ impl Loops {
             Ok(_) => {}
             Err(e) => warn!(actor = "root/dispatcher", error = %e.message(), "rescue failed"),
         }
+        self.move_on().await;
+    }
+
+    /// Moves workflows on and finishes the batch jobs whose children have all ended: at every
+    /// round, and at once when a node says a child or a step ended ([`ADVANCE`]).
+    async fn move_on(&self) {
+        let jobs = &self.cluster.jobs;
         match jobs.advance_workflows().await {
             Ok(woken) => {
                 for pipeline in woken.iter().collect::<std::collections::BTreeSet<_>>() {
@@ -267,13 +285,15 @@ impl Loops {
             }
         };
         let (wake, cancel) = (c.jobs.channel(WAKE), c.jobs.channel(CANCEL));
+        let advance = c.jobs.channel(ADVANCE);
         session
             .client
-            .batch_execute(&format!("LISTEN {wake}; LISTEN {cancel}"))
+            .batch_execute(&format!("LISTEN {wake}; LISTEN {cancel}; LISTEN {advance}"))
             .await
             .map_err(words)?;
         // Whatever was announced while no session listened.
         self.tell(Event::Wake(None));
+        self.advance.notify_one();
         loop {
             let m = tokio::select! {
                 _ = self.token.cancelled() => return Ok(()),
@@ -287,6 +307,9 @@ impl Loops {
                     if let Ok(id) = n.payload().parse::<JobId>() {
                         self.tell(Event::Cancelled(vec![id]));
                     }
+                }
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == advance => {
+                    self.advance.notify_one()
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(words(e)),

@@ -205,6 +205,7 @@ impl Actor for ClusterDispatcher {
             incarnation,
             retention: args.jobs.retention,
             token: st.token.clone(),
+            advance: Default::default(),
         }
         .spawn();
         let poll = args.cluster.args.timing.poll;

@@ -30,6 +30,9 @@ pub const UNFINISHED: &str = "('pending', 'running', 'retrying')";
 pub const WAKE: &str = "jobs";
 /// The channel a cancel of a running job is announced on (payload: the job id).
 pub const CANCEL: &str = "cancel";
+/// The channel the leader is nudged on when a batch child or a workflow step ended, so that it
+/// moves the parent or the workflow on at once rather than at its next round.
+pub const ADVANCE: &str = "advance";
 
 /// Columns of a [`JobRecord`], times as Unix ms.
 const RECORD_COLUMNS: &str =
@@ -562,7 +565,8 @@ impl Jobs {
     }
 
     /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
-    /// outbox rows when the sink is on), in one statement. A completion whose claim is no
+    /// outbox rows when the sink is on), in one statement; nudges the leader ([`ADVANCE`]) when
+    /// one of them was a batch child or a workflow step that ended. A completion whose claim is no
     /// longer this node's (rescued by the leader, cancelled) changes nothing and writes none of
     /// its records: the ids written are returned, the others were fenced out. The exception is
     /// [`Outcome::Cancelled`], the attempt of a job cancelled while it ran here: its end is the
@@ -596,9 +600,10 @@ impl Jobs {
                   AS d(id, claim_no, state, kind, given_back, delay_ms, result, error)
              WHERE j.id = d.id AND j.claim_no = d.claim_no AND j.claimed_by = $9
                AND (j.state = 'running' OR (d.state = 'cancelled' AND j.state = 'cancelled'))
-             RETURNING j.id),
+             RETURNING j.id, (j.parent_id IS NOT NULL OR j.workflow_id IS NOT NULL)
+                 AND j.state IN ('succeeded', 'failed', 'cancelled') AS moves_on),
              {records}
-             SELECT id FROM done",
+             SELECT id, moves_on FROM done",
             jobs = self.t("jobs"),
             ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
             records = self.records_ctes(10, 11, 12),
@@ -623,6 +628,12 @@ impl Jobs {
             )
             .await
             .map_err(self.pg())?;
+        if rows.iter().any(|r| r.get::<_, bool>(1)) {
+            // Best effort: a nudge lost costs no more than the leader's next round.
+            let _ = client
+                .execute("SELECT pg_notify($1, '')", &[&self.channel(ADVANCE)])
+                .await;
+        }
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 

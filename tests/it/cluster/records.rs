@@ -189,14 +189,17 @@ say(result={"attempt": attempt})"#,
 }
 
 /// A claimed `builtin.noop` of a fresh job, through `jobs`.
-async fn claimed(jobs: &warden_actors::cluster::Jobs) -> warden_actors::cluster::Claimed {
+pub(super) async fn claimed(
+    jobs: &warden_actors::cluster::Jobs,
+) -> warden_actors::cluster::Claimed {
     jobs.insert(&[super::noop_row()]).await.unwrap();
     let mut got = jobs.claim("builtin", 1, None).await.unwrap();
     assert_eq!(got.len(), 1);
     got.remove(0)
 }
 
-fn end(
+/// The successful end of claim `claim_no` of `c`, storing `records`.
+pub(super) fn end(
     c: &warden_actors::cluster::Claimed,
     claim_no: i64,
     records: &[(&str, Value)],

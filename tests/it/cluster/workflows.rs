@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::records::exec_task;
-use super::{cluster_with, number, ClusterNode};
+use warden_actors::sink::tokio_postgres::{self, AsyncMessage, NoTls};
+
+use super::records::{claimed, end, exec_task};
+use super::{cluster_with, number, store, ClusterNode};
+use crate::pg::{self, Schema};
 use crate::support::{poll, req};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -90,4 +93,88 @@ async fn a_failed_step_cancels_the_rest_of_its_chain() {
     assert_eq!(number(&schema, &ran).await, 0, "a cancelled step ran");
     drop(nodes);
     schema.drop_now().await;
+}
+
+/// Ensures that a workflow step's end nudges the leader on the schema's `advance` channel, so
+/// that the next step starts without waiting for the leader's round, and that the end of a job
+/// in no workflow or batch does not: a marker sent between the two ends arrives first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_end_nudges_the_leader_and_a_plain_jobs_does_not() {
+    let schema = Schema::fresh("nudge").await;
+    let node = store(&schema, "node-a").await;
+    let jobs = &node.jobs;
+    let channel = format!("{}_advance", schema.name);
+    let (listener, mut heard) = listen(&channel).await;
+    let plain = claimed(jobs).await;
+    assert_eq!(
+        jobs.complete(&[end(&plain, plain.claim_no, &[])])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    listener
+        .execute("SELECT pg_notify($1, 'marker')", &[&channel])
+        .await
+        .unwrap();
+    let step = claimed(jobs).await;
+    schema
+        .texts(&format!(
+            "UPDATE {{s}}.jobs SET workflow_id = gen_random_uuid() WHERE id = '{}' RETURNING id::text",
+            step.id
+        ))
+        .await;
+    assert_eq!(
+        jobs.complete(&[end(&step, step.claim_no, &[])])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        next(&mut heard).await,
+        "marker",
+        "the plain job's end nudged no one"
+    );
+    assert_eq!(
+        next(&mut heard).await,
+        "",
+        "the step's end nudges the leader"
+    );
+    drop(listener);
+    schema.drop_now().await;
+}
+
+/// The next payload `heard`, within [`WAIT`].
+async fn next(heard: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(WAIT, heard.recv())
+        .await
+        .expect("a notification")
+        .expect("the listener is up")
+}
+
+/// A connection of its own LISTENing on `channel`, and the payloads heard there.
+async fn listen(
+    channel: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (client, mut conn) = tokio_postgres::connect(&pg::test_url(), NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures::StreamExt::next(&mut messages).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    (client, rx)
 }
