@@ -674,13 +674,7 @@ async fn after_a_shared_breaker_window_one_probe_goes_for_the_cluster() {
 /// answers in milliseconds, and the jobs held behind it would otherwise wait out the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_cluster_probe_is_out_other_nodes_ask_again_soon() {
-    let schema = Schema::fresh("probe_out").await;
-    let (a, b) = (
-        live_store(&schema, "node-a").await,
-        live_store(&schema, "node-b").await,
-    );
-    probe_taken(&a).await;
-    assert_asked_again_soon(ask_yahoo(&b).await);
+    let (schema, _a, b) = probe_out_on_node_a("probe_out").await;
     b.permits().breaker("yahoo", None).await.unwrap();
     assert_eq!(ask_yahoo(&b).await, Permit::Granted);
     schema.drop_now().await;
@@ -691,13 +685,7 @@ async fn while_the_cluster_probe_is_out_other_nodes_ask_again_soon() {
 /// (a new incarnation), the next node to ask gets the probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_lost_with_its_node_passes_to_the_next_node() {
-    let schema = Schema::fresh("probe_lost").await;
-    let (a, b) = (
-        live_store(&schema, "node-a").await,
-        live_store(&schema, "node-b").await,
-    );
-    probe_taken(&a).await;
-    assert_asked_again_soon(ask_yahoo(&b).await);
+    let (schema, a, b) = probe_out_on_node_a("probe_lost").await;
     // node-a falls silent (as if killed): its last beat is older than `silent_after`.
     let silent = Timing::default().silent_after.as_secs() + 1;
     schema
@@ -719,6 +707,19 @@ async fn a_probe_lost_with_its_node_passes_to_the_next_node() {
     assert_eq!(ask_yahoo(&a).await, Permit::Probe, "node-b's probe is lost");
     assert_asked_again_soon(ask_yahoo(&b).await);
     schema.drop_now().await;
+}
+
+/// Two live stores, `node-a` and `node-b`, on a fresh schema: `node-a` holds the cluster's probe
+/// of `yahoo`, and `node-b` is checked to be refused meanwhile.
+async fn probe_out_on_node_a(test: &str) -> (Schema, Cluster, Cluster) {
+    let schema = Schema::fresh(test).await;
+    let (a, b) = (
+        live_store(&schema, "node-a").await,
+        live_store(&schema, "node-b").await,
+    );
+    probe_taken(&a).await;
+    assert_asked_again_soon(ask_yahoo(&b).await);
+    (schema, a, b)
 }
 
 /// [`store`] for `node`, with a heartbeat of a fresh incarnation (a node's permits are asked
