@@ -565,7 +565,7 @@ impl Jobs {
     }
 
     /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
-    /// outbox rows when the sink is on), in one statement; nudges the leader ([`ADVANCE`]) when
+    /// outbox rows when the sink is on), in one statement; nudges the leader (`ADVANCE`) when
     /// one of them was a batch child or a workflow step that ended. A completion whose claim is no
     /// longer this node's (rescued by the leader, cancelled) changes nothing and writes none of
     /// its records: the ids written are returned, the others were fenced out. The exception is
