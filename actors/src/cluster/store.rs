@@ -565,8 +565,10 @@ impl Jobs {
     }
 
     /// Writes the ends of claimed jobs, and the records their attempts stored (with their sink
-    /// outbox rows when the sink is on), in one statement; nudges the leader (`ADVANCE`) when
-    /// one of them was a batch child or a workflow step that ended. A completion whose claim is no
+    /// outbox rows when the sink is on), in one statement; the same statement nudges the leader
+    /// (`ADVANCE`, delivered at its commit) when one of them was a batch child or a workflow
+    /// step that ended. The nudge's CTE is read by the final `SELECT` only so that it runs: no
+    /// second round trip on the completion path. A completion whose claim is no
     /// longer this node's (rescued by the leader, cancelled) changes nothing and writes none of
     /// its records: the ids written are returned, the others were fenced out. The exception is
     /// [`Outcome::Cancelled`], the attempt of a job cancelled while it ran here: its end is the
@@ -602,8 +604,9 @@ impl Jobs {
                AND (j.state = 'running' OR (d.state = 'cancelled' AND j.state = 'cancelled'))
              RETURNING j.id, (j.parent_id IS NOT NULL OR j.workflow_id IS NOT NULL)
                  AND j.state IN ('succeeded', 'failed', 'cancelled') AS moves_on),
-             {records}
-             SELECT id, moves_on FROM done",
+             {records},
+             nudged AS (SELECT pg_notify($13, '') FROM done WHERE moves_on LIMIT 1)
+             SELECT id, (SELECT count(*) FROM nudged) FROM done",
             jobs = self.t("jobs"),
             ended = event("d.kind", "j.attempt - d.given_back", "d.error"),
             records = self.records_ctes(10, 11, 12),
@@ -624,16 +627,11 @@ impl Jobs {
                     &recs.jobs,
                     &recs.keys,
                     &recs.values,
+                    &self.channel(ADVANCE),
                 ],
             )
             .await
             .map_err(self.pg())?;
-        if rows.iter().any(|r| r.get::<_, bool>(1)) {
-            // Best effort: a nudge lost costs no more than the leader's next round.
-            let _ = client
-                .execute("SELECT pg_notify($1, '')", &[&self.channel(ADVANCE)])
-                .await;
-        }
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 
