@@ -20,6 +20,21 @@ pub const FILE: &str = "listening.json";
 /// How often [`Listening::wait`] looks for the file.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Why [`Listening::wait`] has no addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotListening {
+    /// The process ended (or is a zombie not yet reaped) before it wrote the file.
+    #[error("the node (pid {pid}) exited before it listened")]
+    Exited { pid: u32 },
+    /// The process runs but wrote no file in time.
+    #[error("the node (pid {pid}) wrote no {} within {after:?}", path.display())]
+    TimedOut {
+        pid: u32,
+        path: PathBuf,
+        after: Duration,
+    },
+}
+
 /// A running node's process id and bound addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listening {
@@ -65,20 +80,25 @@ impl Listening {
 
     /// Waits up to `timeout` for process `pid`, a node on `data_dir`, to write the file; fails
     /// as soon as the process has exited (or is a zombie not yet reaped).
-    pub async fn wait(data_dir: &Path, pid: u32, timeout: Duration) -> Result<Listening, String> {
+    pub async fn wait(
+        data_dir: &Path,
+        pid: u32,
+        timeout: Duration,
+    ) -> Result<Listening, NotListening> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = Self::read(data_dir, pid) {
                 return Ok(l);
             }
             if has_exited(pid) {
-                return Err(format!("the node (pid {pid}) exited before it listened"));
+                return Err(NotListening::Exited { pid });
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the node (pid {pid}) wrote no {} within {timeout:?}",
-                    Self::path(data_dir).display()
-                ));
+                return Err(NotListening::TimedOut {
+                    pid,
+                    path: Self::path(data_dir),
+                    after: timeout,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
@@ -123,18 +143,22 @@ mod tests {
         Listening::remove(dir.path()).expect("removing a missing file is no error");
     }
 
-    /// Ensures that waiting for a process that has already exited fails at once, naming it,
-    /// instead of waiting out the timeout.
+    /// Ensures that waiting for a process that has already exited says it exited, rather than
+    /// waiting out the timeout, and that a live process without the file times out.
     #[tokio::test]
-    async fn waiting_for_an_exited_process_fails_at_once() {
+    async fn waiting_tells_an_exited_process_from_a_silent_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        let err = Listening::wait(dir.path(), pid, Duration::from_secs(600))
-            .await
-            .unwrap_err();
-        assert!(err.contains(&format!("pid {pid}")), "{err}");
-        assert!(!has_exited(std::process::id()));
+        let patience = Duration::from_secs(5);
+        let exited = Listening::wait(dir.path(), pid, patience).await;
+        assert_eq!(exited, Err(NotListening::Exited { pid }));
+        let me = std::process::id();
+        let silent = Listening::wait(dir.path(), me, Duration::ZERO).await;
+        assert!(
+            matches!(silent, Err(NotListening::TimedOut { pid, .. }) if pid == me),
+            "{silent:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::config::DEFAULT_TOML;
-use crate::listening::Listening;
+use crate::listening::{Listening, NotListening};
 
 /// Where the child's ports go: port 0 on loopback, the kernel's choice, read back from the
 /// `listening.json` the node writes.
@@ -194,10 +194,14 @@ impl NodeProcess {
         let started = Instant::now();
         let listening = match Listening::wait(&self.data, self.pid(), timeout).await {
             Ok(l) => l,
-            Err(e) => match self.exited()? {
-                Some(status) => return Err(self.ended_early(status)),
-                None => return Err(e),
-            },
+            Err(NotListening::Exited { .. }) => {
+                let status = self
+                    .child
+                    .wait()
+                    .map_err(|e| format!("reaping the node: {e}"))?;
+                return Err(self.ended_early(status));
+            }
+            Err(timed_out) => return Err(timed_out.to_string()),
         };
         self.listening = Some(listening);
         loop {
