@@ -283,15 +283,16 @@ fn encode(value: &str) -> String {
 
 /// One sample line of a Prometheus text exposition.
 #[derive(Debug)]
-struct Sample {
+pub struct Sample {
     name: String,
     labels: Vec<(String, String)>,
-    value: String,
+    /// The value, as written.
+    pub value: String,
 }
 
 impl Sample {
     /// True when the sample is of `name` and carries every label of `labels`.
-    fn is(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+    pub fn is(&self, name: &str, labels: &[(&str, &str)]) -> bool {
         self.name == name
             && labels
                 .iter()
@@ -300,7 +301,7 @@ impl Sample {
 }
 
 /// The sample lines of a Prometheus text exposition.
-fn samples(scrape: &str) -> Vec<Sample> {
+pub fn samples(scrape: &str) -> Vec<Sample> {
     scrape
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use warden_actors::metrics::JOB_EXECUTIONS;
+
 use super::{number, until_count, yahoo_cluster, yahoo_pipeline, ClusterNode};
 use crate::fakes::{FakeUpstream, COMPANIES, YAHOO_CHART_PREFIX};
+use crate::observability::samples;
 use crate::pg::{self, Schema};
 use crate::support::{eventually, poll, req};
 
@@ -64,12 +67,14 @@ async fn a_batch_fans_out_over_the_cluster_and_ends_with_its_summary() {
         .collect();
     assert!(kinds.contains(&"fanned_out"), "{h}");
     assert_eq!(kinds.last(), Some(&"succeeded"), "{h}");
-    eventually("the batch's success counted once", WAIT, || async {
+    eventually("the batch's success counted", WAIT, || async {
         (succeeded_on(&nodes, "yahoo.batch_chart").await == 1).then_some(())
     })
     .await;
-    drop(nodes);
     children_on_the_console(&schema, &fake, &parent, n).await;
+    // Seconds and several leader rounds later, still counted once.
+    assert_eq!(succeeded_on(&nodes, "yahoo.batch_chart").await, 1);
+    drop(nodes);
     schema.drop_now().await;
 }
 
@@ -80,12 +85,11 @@ async fn succeeded_on(nodes: &[ClusterNode], job: &str) -> u64 {
     for node in nodes {
         let url = format!("http://{}/metrics", node.listening().await.metrics);
         let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-        sum += text
-            .lines()
-            .filter(|l| l.starts_with("warden_job_executions_total{"))
-            .filter(|l| l.contains(&format!("job_name=\"{job}\"")))
-            .filter(|l| l.contains("status=\"succeeded\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        let series = [("job_name", job), ("status", "succeeded")];
+        sum += samples(&text)
+            .iter()
+            .filter(|s| s.is(JOB_EXECUTIONS, &series))
+            .map(|s| s.value.parse::<u64>().expect("a count"))
             .sum::<u64>();
     }
     sum
