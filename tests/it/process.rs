@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use warden::client::Client;
-use warden::listening::Listening;
+use warden::listening::{Listening, NotListening};
 
 /// How long a node process may take to answer its first command.
 const ANSWER_WAIT: Duration = Duration::from_secs(60);
@@ -42,13 +42,15 @@ impl NodeChild {
     pub async fn listening(&mut self, data_dir: &Path) -> Listening {
         match Listening::wait(data_dir, self.id(), ANSWER_WAIT).await {
             Ok(l) => l,
-            Err(e) => {
+            // Its stderr is whole once it exited; a live node's would be read forever.
+            Err(e @ NotListening::Exited { .. }) => {
                 let mut err = String::new();
                 if let Some(mut stderr) = self.stderr.take() {
                     let _ = stderr.read_to_string(&mut err);
                 }
                 panic!("{e}: {err}")
             }
+            Err(e) => panic!("{e}"),
         }
     }
 
